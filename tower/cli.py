@@ -1,0 +1,62 @@
+"""The ``tower`` command line."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from tower.errors import InputError
+from tower.presets import load_presets
+from tower.shots import read_shot_list
+from tower.takes import resolve_takes
+
+app = typer.Typer(help="Tower: batch rendering of anime episodes on ComfyUI.",
+                  no_args_is_help=True, add_completion=False)
+
+PresetsOption = Annotated[Optional[Path], typer.Option("--presets", help="YAML presets file")]  # noqa: UP045
+
+
+@app.callback()
+def _root() -> None:
+    """Tower: batch rendering of anime episodes on ComfyUI."""
+
+
+def _fail(err: InputError) -> None:
+    for problem in err.problems:
+        typer.echo(str(problem), err=True)
+    typer.echo(f"{len(err.problems)} problem(s) found.", err=True)
+    raise typer.Exit(1)
+
+
+@app.command()
+def validate(path: Annotated[str, typer.Argument(help="shot list (.yaml/.csv/.json, - for stdin)")],
+             presets: PresetsOption = None) -> None:
+    """Check a shot list and print a summary, or every problem with exit code 1."""
+    try:
+        known = load_presets(presets)
+        loaded = read_shot_list(path, known)
+    except InputError as err:
+        _fail(err)
+        return
+    for warning in loaded.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    shot_list = loaded.shot_list
+    takes = resolve_takes(shot_list, known)
+    per_preset = Counter(t.preset for t in takes)
+    checkpoints = Counter(t.checkpoint for t in takes)
+    typer.echo(f"{loaded.source}: episode {shot_list.episode}"
+               + (f" ({shot_list.title})" if shot_list.title else ""))
+    typer.echo(f"  shots: {len(shot_list.shots)}, takes: {len(takes)}, "
+               f"unique images: {len({t.key for t in takes})}")
+    for name, count in sorted(per_preset.items()):
+        typer.echo(f"  preset {name}: {count} takes")
+    for name, count in sorted(checkpoints.items()):
+        typer.echo(f"  checkpoint {name}: {count} takes")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

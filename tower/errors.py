@@ -1,0 +1,85 @@
+"""Errors about user input (shot lists, presets files), reported all at once.
+
+Every problem names the file, the line (YAML/JSON) or row (CSV), the shot when known,
+the field and what is wrong, e.g. ``ep01.yaml:42 shot sh030: takes: must be between 1
+and 64 (got 100)``, so the production team can fix a whole list in one pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with an input file."""
+
+    source: str
+    line: int | None
+    where: str | None
+    field: str | None
+    message: str
+
+    def __str__(self) -> str:
+        location = self.source if self.line is None else f"{self.source}:{self.line}"
+        parts = [location]
+        if self.where:
+            parts[0] = f"{location} {self.where}"
+        text = ": ".join(parts)
+        if self.field:
+            text += f": {self.field}"
+        return f"{text}: {self.message}"
+
+
+class InputError(ValueError):
+    """A file could not be used; carries every problem found, not just the first."""
+
+    def __init__(self, problems: Iterable[Problem]):
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+_RANGE_TYPES = {"greater_than_equal", "less_than_equal", "greater_than", "less_than"}
+
+
+def describe_error(error: dict[str, Any]) -> str:
+    """A sentence for one pydantic error, without pydantic's jargon."""
+    kind = error["type"]
+    value = error.get("input")
+    ctx = error.get("ctx") or {}
+    if kind == "missing":
+        return "is required"
+    if kind == "extra_forbidden":
+        return "unknown field"
+    if kind == "value_error":
+        return str(ctx.get("error", error["msg"]))
+    if kind in _RANGE_TYPES:
+        return f"{error['msg'].lower()} (got {value!r})"
+    if kind == "multiple_of":
+        return f"must be a multiple of {ctx.get('multiple_of')} (got {value!r})"
+    if kind.startswith("int_"):
+        return f"must be a whole number (got {value!r})"
+    if kind.startswith("float_"):
+        return f"must be a number (got {value!r})"
+    if kind.startswith("bool_"):
+        return f"must be true or false (got {value!r})"
+    if kind.startswith("string_too_short"):
+        return "must not be empty"
+    if kind.startswith("string_"):
+        return f"must be text (got {value!r})"
+    return f"{error['msg']} (got {value!r})"
+
+
+def format_pydantic_error(
+    err: ValidationError, source: str, where: str | None, line: int | None = None
+) -> list[Problem]:
+    """Turn a pydantic ValidationError into Problems, one per failing field."""
+    problems = []
+    for error in err.errors(include_url=False):
+        field = ".".join(str(part) for part in error["loc"]) or None
+        problems.append(Problem(source, line, where, field, describe_error(error)))
+    return problems

@@ -1,0 +1,252 @@
+"""Shot lists: the models and the loader that validates them.
+
+A shot list is the production team's plan for an episode: shots, each with a prompt
+and a number of takes. It is validated once, at the edge; everything downstream takes
+these models. Loading reports every problem in the file at once, each with the file,
+line (or CSV row), shot id, field and what is wrong.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from tower.documents import Document, format_of, parse, read_text
+from tower.errors import InputError, Problem, describe_error
+from tower.names import check_name
+from tower.presets import BUILTIN_PRESETS, Preset
+
+MAX_TAKES = 64
+MAX_SEED = 2**64 - 1
+SIZE_RULE = "must be a multiple of 8 between 64 and 4096"
+
+
+def _check_size(value: int | None) -> int | None:
+    if value is not None and (value % 8 or not 64 <= value <= 4096):
+        raise ValueError(f"{SIZE_RULE} (got {value})")
+    return value
+
+
+def _check_takes(value: int | None) -> int | None:
+    if value is not None and not 1 <= value <= MAX_TAKES:
+        raise ValueError(f"must be between 1 and {MAX_TAKES} (got {value})")
+    return value
+
+
+class ShotDefaults(BaseModel):
+    """Values every shot inherits unless it sets its own."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    preset: str = "standard"
+    checkpoint: str | None = Field(default=None, min_length=1)
+    negative: str = ""
+    style_prefix: str = ""
+    style_suffix: str = ""
+    width: int | None = None
+    height: int | None = None
+    takes: int = 1
+
+    _size = field_validator("width", "height")(_check_size)
+    _takes = field_validator("takes")(_check_takes)
+
+
+class Shot(BaseModel):
+    """One shot: a prompt rendered ``takes`` times (take k uses noise index k)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str
+    prompt: str
+    negative: str | None = None
+    preset: str | None = None
+    takes: int | None = None
+    seed: int | None = None
+    checkpoint: str | None = Field(default=None, min_length=1)
+    width: int | None = None
+    height: int | None = None
+    notes: str | None = None
+    tags: tuple[str, ...] = ()
+
+    _id = field_validator("id")(check_name)
+    _size = field_validator("width", "height")(_check_size)
+    _takes = field_validator("takes")(_check_takes)
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("seed")
+    @classmethod
+    def _seed_in_range(cls, value: int | None) -> int | None:
+        if value is not None and not 0 <= value <= MAX_SEED:
+            raise ValueError(f"must be between 0 and 2^64-1 (got {value})")
+        return value
+
+
+class ShotList(BaseModel):
+    """An episode's shots, in the order the team wrote them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    episode: str
+    title: str | None = None
+    defaults: ShotDefaults = ShotDefaults()
+    shots: tuple[Shot, ...] = Field(min_length=1)
+
+    _episode = field_validator("episode")(check_name)
+
+
+@dataclass
+class LoadedShotList:
+    """A validated shot list with where it came from and any warnings."""
+
+    shot_list: ShotList
+    source: str
+    warnings: list[Problem] = field(default_factory=list)
+
+
+CSV_COLUMNS = {"episode", "title", *Shot.model_fields}
+
+
+def _suggest(name: str, known: Any) -> str:
+    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _problems_from(err: ValidationError, doc: Document, base: tuple[Any, ...],
+                   where: str | None, known: Any) -> list[Problem]:
+    problems = []
+    for error in err.errors(include_url=False):
+        loc = tuple(error["loc"])
+        message = describe_error(error)
+        if error["type"] == "extra_forbidden":
+            message += _suggest(loc[-1], known)
+        elif error["type"] == "string_type" and isinstance(error.get("input"), int | float | bool):
+            message += "; put it in quotes"
+        line = doc.line_of(*base, *loc)
+        problems.append(Problem(doc.source, line, where, ".".join(map(str, loc)), message))
+    return problems
+
+
+def _shot_where(raw: Any, index: int) -> str:
+    shot_id = raw.get("id") if isinstance(raw, Mapping) else None
+    return f"shot {shot_id}" if isinstance(shot_id, str) and shot_id else f"shot #{index + 1}"
+
+
+def _validate(doc: Document, data: Mapping[str, Any], shot_path: tuple[Any, ...],
+              presets: Mapping[str, Preset]) -> ShotList:
+    problems: list[Problem] = []
+    header = {k: v for k, v in data.items() if k != "shots"}
+    try:
+        top = ShotList.model_validate({**header, "shots": [{"id": "x", "prompt": "x"}]})
+    except ValidationError as err:
+        problems += _problems_from(err, doc, (), None, ShotList.model_fields)
+        top = None
+    raw_shots = data.get("shots")
+    if not isinstance(raw_shots, list) or not raw_shots:
+        problems.append(Problem(doc.source, doc.line_of("shots"), None, "shots",
+                                "must be a non-empty list of shots"))
+        raw_shots = []
+    shots: list[Shot] = []
+    first_line: dict[str, int | None] = {}
+    for index, raw in enumerate(raw_shots):
+        base = (*shot_path, index)
+        where = _shot_where(raw, index)
+        if not isinstance(raw, Mapping):
+            problems.append(Problem(doc.source, doc.line_of(*base), where, None,
+                                    "must be a mapping of fields (id, prompt, ...)"))
+            continue
+        try:
+            shot = Shot.model_validate(raw)
+        except ValidationError as err:
+            problems += _problems_from(err, doc, base, where, Shot.model_fields)
+            continue
+        line = doc.line_of(*base)
+        if shot.id in first_line:
+            first = first_line[shot.id]
+            problems.append(Problem(doc.source, line, where, "id",
+                                    f"duplicate shot id (first used on line {first})"))
+        first_line.setdefault(shot.id, line)
+        if shot.preset is not None and shot.preset not in presets:
+            hint = _suggest(shot.preset, presets)
+            problems.append(Problem(doc.source, doc.line_of(*base, "preset"), where, "preset",
+                                    f"unknown preset {shot.preset!r}{hint}; "
+                                    f"known: {', '.join(sorted(presets))}"))
+        shots.append(shot)
+    if top is not None and top.defaults.preset not in presets:
+        problems.append(Problem(doc.source, doc.line_of("defaults", "preset"), None,
+                                "defaults.preset", f"unknown preset {top.defaults.preset!r}; "
+                                f"known: {', '.join(sorted(presets))}"))
+    if problems or top is None:
+        raise InputError(problems)
+    return top.model_copy(update={"shots": tuple(shots)})
+
+
+def _csv_to_mapping(doc: Document) -> tuple[dict[str, Any], list[Problem]]:
+    """Turn CSV rows into the shot-list shape; unknown columns become warnings."""
+    warnings = [Problem(doc.source, 1, None, column, "unknown column, ignored"
+                        + _suggest(column, CSV_COLUMNS))
+                for column in doc.data["header"] if column not in CSV_COLUMNS]
+    problems: list[Problem] = []
+    header: dict[str, Any] = {}
+    shots = []
+    for index, row in enumerate(doc.data["rows"]):
+        line = doc.line_of("rows", index)
+        for key in ("episode", "title"):
+            value = row.get(key)
+            if value is None:
+                continue
+            if key in header and header[key] != value:
+                problems.append(Problem(
+                    doc.source, line, None, key,
+                    f"differs from earlier rows ({header[key]!r} vs {value!r})"))
+            header.setdefault(key, value)
+        shot = {k: v for k, v in row.items() if k in Shot.model_fields}
+        if "tags" in shot:
+            shot["tags"] = [t.strip() for t in shot["tags"].split(";") if t.strip()]
+        shots.append(shot)
+    if "episode" not in header:
+        problems.append(Problem(doc.source, 1, None, "episode",
+                                "is required: add an 'episode' column"))
+    if problems:
+        raise InputError(problems)
+    return {**header, "shots": shots}, warnings
+
+
+def read_shot_list(path: str | Path,
+                   presets: Mapping[str, Preset] = BUILTIN_PRESETS) -> LoadedShotList:
+    """Load and validate a shot list (YAML, CSV or JSON by extension; ``-`` is stdin).
+
+    Raises:
+        InputError: with every problem found, each naming file, line, shot and field.
+    """
+    fmt = format_of(path)
+    source, text = read_text(path)
+    doc = parse(source, text, fmt)
+    warnings = list(doc.warnings)
+    if fmt == "csv":
+        data, csv_warnings = _csv_to_mapping(doc)
+        warnings += csv_warnings
+        shot_path: tuple[Any, ...] = ("rows",)
+    else:
+        data = doc.data
+        shot_path = ("shots",)
+        if not isinstance(data, Mapping):
+            raise InputError([Problem(source, 1, None, None,
+                                      "must be a mapping with 'episode' and 'shots'")])
+    return LoadedShotList(_validate(doc, data, shot_path, presets), source, warnings)
+
+
+def load_shot_list(path: str | Path,
+                   presets: Mapping[str, Preset] = BUILTIN_PRESETS) -> ShotList:
+    """Like :func:`read_shot_list`, returning only the validated list."""
+    return read_shot_list(path, presets).shot_list
