@@ -1,0 +1,72 @@
+"""The Parquet schemas, declared once: the output index and the per-batch metrics.
+
+Every writer casts to these schemas and every file carries them, so readers (dedup,
+the daily report, ad-hoc polars queries by a supervisor) never guess types.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+UTC_TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+# One row per rendered take.
+INDEX_SCHEMA = pa.schema([
+    pa.field("render_key", pa.string(), nullable=False),
+    pa.field("episode", pa.string(), nullable=False),
+    pa.field("shot_id", pa.string(), nullable=False),
+    pa.field("take", pa.int16(), nullable=False),
+    pa.field("preset", pa.string(), nullable=False),
+    pa.field("checkpoint", pa.string(), nullable=False),
+    pa.field("seed", pa.uint64(), nullable=False),
+    pa.field("width", pa.int32(), nullable=False),
+    pa.field("height", pa.int32(), nullable=False),
+    pa.field("prompt", pa.string(), nullable=False),
+    pa.field("output_path", pa.string(), nullable=False),  # relative to the render root
+    pa.field("sha256", pa.string(), nullable=False),
+    pa.field("size_bytes", pa.int64(), nullable=False),
+    pa.field("rendered_at", UTC_TIMESTAMP, nullable=False),
+    pa.field("server", pa.string(), nullable=False),
+    pa.field("prompt_id", pa.string(), nullable=False),
+    pa.field("run_id", pa.string(), nullable=False),
+])
+
+BATCH_STATUSES = ("ok", "cached", "failed", "oom", "interrupted")
+
+# One row per render-batch attempt. Seconds are float64; unmeasured values are null.
+METRICS_SCHEMA = pa.schema([
+    pa.field("run_id", pa.string(), nullable=False),
+    pa.field("flow_run_id", pa.string()),
+    pa.field("batch_id", pa.string(), nullable=False),
+    pa.field("server", pa.string(), nullable=False),
+    pa.field("episode", pa.string(), nullable=False),
+    pa.field("preset", pa.string(), nullable=False),
+    pa.field("checkpoint", pa.string(), nullable=False),
+    pa.field("width", pa.int32(), nullable=False),
+    pa.field("height", pa.int32(), nullable=False),
+    pa.field("takes", pa.int32(), nullable=False),        # takes requested in this batch
+    pa.field("batch_size", pa.int32(), nullable=False),   # latent batch actually sampled
+    pa.field("vae_tiled", pa.bool_(), nullable=False),
+    pa.field("status", pa.string(), nullable=False),      # one of BATCH_STATUSES
+    pa.field("attempt", pa.int32(), nullable=False),
+    pa.field("queued_at", UTC_TIMESTAMP),
+    pa.field("started_at", UTC_TIMESTAMP),
+    pa.field("finished_at", UTC_TIMESTAMP, nullable=False),
+    pa.field("queue_wait_s", pa.float64()),
+    pa.field("execution_s", pa.float64()),
+    pa.field("model_load_s", pa.float64()),
+    pa.field("sampling_s", pa.float64()),
+    pa.field("vae_decode_s", pa.float64()),
+    pa.field("download_s", pa.float64()),
+    pa.field("model_cache_hit", pa.bool_()),
+    pa.field("cached_nodes", pa.int32()),
+    pa.field("vram_estimated_mb", pa.float64()),
+    pa.field("vram_budget_mb", pa.float64()),
+    pa.field("vram_peak_mb", pa.float64()),
+    pa.field("gpu_util_mean", pa.float64()),             # percent, 0..100
+    pa.field("bytes_downloaded", pa.int64()),
+    pa.field("images", pa.int32()),                      # images written to the render root
+    pa.field("error_type", pa.string()),
+    pa.field("error_message", pa.string()),
+    pa.field("date", pa.string(), nullable=False),       # YYYY-MM-DD of finished_at (partition)
+])

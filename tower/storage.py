@@ -1,0 +1,86 @@
+"""Where the pipeline writes, and how: one data root, atomic writes only.
+
+Everything the pipeline writes lives under one data root (renders, output index,
+metrics, reports). Paths that come from outside (a ComfyUI response, a shot id) are
+joined through :meth:`DataRoot.inside`, which refuses anything that would escape it.
+Files others read are written to a temporary name in the same folder and renamed, so
+a reader or a crash never sees half a file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_DATA_ROOT = Path("data")
+
+
+class UnsafePathError(ValueError):
+    """A relative path would leave the folder it must stay in."""
+
+
+def inside(base: Path, relative: str | os.PathLike[str]) -> Path:
+    """``base / relative``, refusing absolute paths, ``..`` and anything resolving outside."""
+    rel = Path(relative)
+    if rel.is_absolute() or any(part == ".." for part in rel.parts) or str(relative) == "":
+        raise UnsafePathError(f"refusing path {str(relative)!r}: must stay inside {base}")
+    target = (base / rel).resolve()
+    if not target.is_relative_to(base.resolve()):
+        raise UnsafePathError(f"refusing path {str(relative)!r}: resolves outside {base}")
+    return base / rel
+
+
+@dataclass(frozen=True)
+class DataRoot:
+    """The folder layout under the data root."""
+
+    root: Path = DEFAULT_DATA_ROOT
+
+    @property
+    def renders(self) -> Path:
+        return self.root / "renders"
+
+    @property
+    def index(self) -> Path:
+        return self.root / "index"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+    def inside(self, relative: str | os.PathLike[str]) -> Path:
+        """A path under the data root; see :func:`inside`."""
+        return inside(self.root, relative)
+
+
+@contextmanager
+def atomic_path(dest: Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``dest``; rename it to ``dest`` if the block succeeds."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_bytes(dest: Path, data: bytes) -> None:
+    """Write ``data`` to ``dest`` atomically."""
+    with atomic_path(dest) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(dest: Path, text: str) -> None:
+    """Write UTF-8 ``text`` to ``dest`` atomically."""
+    atomic_write_bytes(dest, text.encode("utf-8"))
