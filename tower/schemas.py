@@ -70,3 +70,27 @@ METRICS_SCHEMA = pa.schema([
     pa.field("error_message", pa.string()),
     pa.field("date", pa.string(), nullable=False),       # YYYY-MM-DD of finished_at (partition)
 ])
+
+RUN_STATUSES = ("completed", "failed", "cancelled", "running")
+
+# One row per flow run (written when it ends): what was asked, what dedup saved.
+RUNS_SCHEMA = pa.schema([
+    pa.field("run_id", pa.string(), nullable=False),
+    pa.field("flow_run_id", pa.string()),
+    pa.field("flow", pa.string(), nullable=False),             # "render_episode" | "draft_preview"
+    pa.field("episode", pa.string(), nullable=False),
+    pa.field("preset", pa.string()),                           # preset override, if any
+    pa.field("servers", pa.list_(pa.string()), nullable=False),
+    pa.field("started_at", UTC_TIMESTAMP, nullable=False),
+    pa.field("finished_at", UTC_TIMESTAMP, nullable=False),
+    pa.field("takes_requested", pa.int32(), nullable=False),
+    pa.field("takes_deduped", pa.int32(), nullable=False),    # served from the output index
+    pa.field("takes_rendered", pa.int32(), nullable=False),
+    pa.field("takes_failed", pa.int32(), nullable=False),
+    pa.field("batches", pa.int32(), nullable=False),
+    pa.field("retries", pa.int32(), nullable=False),
+    pa.field("oom_splits", pa.int32(), nullable=False),
+    pa.field("model_swaps", pa.int32(), nullable=False),
+    pa.field("status", pa.string(), nullable=False),           # one of RUN_STATUSES
+    pa.field("date", pa.string(), nullable=False),  # YYYY-MM-DD of started_at (partition)
+])
