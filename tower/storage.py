@@ -53,6 +53,10 @@ class DataRoot:
         return self.root / "metrics"
 
     @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    @property
     def reports(self) -> Path:
         return self.root / "reports"
 
