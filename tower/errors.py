@@ -7,11 +7,12 @@ and 64 (got 100)``, so the production team can fix a whole list in one pass.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import ValidationError
+from pydantic import BeforeValidator, ValidationError
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,27 @@ class InputError(ValueError):
     def __init__(self, problems: Iterable[Problem]):
         self.problems = list(problems)
         super().__init__("\n".join(str(p) for p in self.problems))
+
+
+def reject_bool(value: Any) -> Any:
+    """Refuse booleans where a number belongs.
+
+    YAML reads ``yes``/``no``/``on``/``off`` as booleans and pydantic would quietly turn
+    them into 1 and 0; ``takes: yes`` is a mistake to report, not one take.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"must be a number, not true/false (got {value!r})")
+    return value
+
+
+Whole = Annotated[int, BeforeValidator(reject_bool)]
+Number = Annotated[float, BeforeValidator(reject_bool)]
+
+
+def suggest(name: Any, known: Iterable[Any]) -> str:
+    """`` (did you mean 'prompt'?)`` for a near miss such as ``promt``, else ``""``."""
+    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 _RANGE_TYPES = {"greater_than_equal", "less_than_equal", "greater_than", "less_than"}

@@ -10,13 +10,21 @@ preset changes the keys of exactly the takes whose pixels would change.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from tower.errors import InputError, Problem, format_pydantic_error
+from tower.documents import Document, parse, read_text
+from tower.errors import (
+    InputError,
+    Number,
+    Problem,
+    Whole,
+    format_pydantic_error,
+    suggest,
+)
 from tower.names import check_name
 
 DRAFT_CHECKPOINT = "anime-draft-sd15.safetensors"
@@ -29,17 +37,17 @@ class Preset(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str
-    steps: int = Field(ge=1, le=10000)
-    width: int = Field(ge=64, le=4096, multiple_of=8)
-    height: int = Field(ge=64, le=4096, multiple_of=8)
+    steps: Whole = Field(ge=1, le=10000)
+    width: Whole = Field(ge=64, le=4096, multiple_of=8)
+    height: Whole = Field(ge=64, le=4096, multiple_of=8)
     sampler: str = Field(min_length=1)
     scheduler: str = Field(min_length=1)
-    cfg: float = Field(ge=0.0, le=100.0)
+    cfg: Number = Field(ge=0.0, le=100.0)
     checkpoint: str = Field(min_length=1)
-    denoise: float = Field(default=1.0, gt=0.0, le=1.0)
+    denoise: Number = Field(default=1.0, gt=0.0, le=1.0)
     vae_tiled: bool = False
-    vae_tile_size: int = Field(default=512, ge=64, le=4096, multiple_of=32)
-    max_batch: int = Field(default=4, ge=1, le=64)
+    vae_tile_size: Whole = Field(default=512, ge=64, le=4096, multiple_of=32)
+    max_batch: Whole = Field(default=4, ge=1, le=64)
     description: str = ""
 
     @field_validator("name")
@@ -79,17 +87,17 @@ class PresetOverride(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     extends: str | None = None
-    steps: int | None = None
-    width: int | None = None
-    height: int | None = None
+    steps: Whole | None = None
+    width: Whole | None = None
+    height: Whole | None = None
     sampler: str | None = None
     scheduler: str | None = None
-    cfg: float | None = None
+    cfg: Number | None = None
     checkpoint: str | None = None
-    denoise: float | None = None
+    denoise: Number | None = None
     vae_tiled: bool | None = None
-    vae_tile_size: int | None = None
-    max_batch: int | None = None
+    vae_tile_size: Whole | None = None
+    max_batch: Whole | None = None
     description: str | None = None
 
 
@@ -97,57 +105,94 @@ def apply_overrides(
     overrides: Mapping[str, Mapping[str, Any]],
     base: Mapping[str, Preset] = BUILTIN_PRESETS,
     source: str = "<presets>",
+    doc: Document | None = None,
 ) -> dict[str, Preset]:
     """Return ``base`` with ``overrides`` applied, reporting every problem at once.
 
     A name that is already a preset is overridden field by field; a new name needs
-    ``extends: <preset>`` or every required field.
+    ``extends: <preset>`` (a built-in or one defined earlier in the file) or every
+    required field. ``doc``, when given, supplies line numbers for the problems.
     """
     presets = dict(base)
     problems: list[Problem] = []
     for name, raw in overrides.items():
-        where = f"preset {name}"
-        if not isinstance(raw, Mapping):
-            problems.append(Problem(source, None, where, None, "must be a mapping of fields"))
-            continue
-        try:
-            override = PresetOverride.model_validate(raw)
-        except ValidationError as err:
-            problems.extend(format_pydantic_error(err, source, where))
-            continue
-        fields = override.model_dump(exclude_none=True)
-        parent_name = fields.pop("extends", None) or (name if name in presets else None)
-        parent = presets.get(parent_name) if parent_name else None
-        if parent_name and parent is None:
-            problems.append(Problem(source, None, where, "extends",
-                                    f"unknown preset {parent_name!r}; known: {sorted(presets)}"))
-            continue
-        merged = {**(parent.model_dump() if parent else {}), **fields, "name": name}
-        try:
-            presets[name] = Preset.model_validate(merged)
-        except ValidationError as err:
-            problems.extend(format_pydantic_error(err, source, where))
+        found = _override_one(str(name), raw, presets, source)
+        if isinstance(found, Preset):
+            presets[found.name] = found
+        else:
+            problems += _located(found, doc, name)
     if problems:
         raise InputError(problems)
     return presets
 
 
-def load_presets(path: Path | None) -> dict[str, Preset]:
-    """Built-in presets, overridden by the YAML file at ``path`` when given."""
+_OVERRIDABLE = frozenset(PresetOverride.model_fields)
+_REQUIRED = tuple(name for name, info in Preset.model_fields.items()
+                  if info.is_required() and name != "name")
+
+
+def _override_one(name: str, raw: Any, presets: Mapping[str, Preset],
+                  source: str) -> Preset | list[Problem]:
+    """The preset ``raw`` defines, or every problem with it."""
+    where = f"preset {name}"
+    if not isinstance(raw, Mapping):
+        return [Problem(source, None, where, None, "must be a mapping of fields")]
+    try:
+        check_name(name)
+    except ValueError as err:
+        return [Problem(source, None, where, None, f"preset name {err}")]
+    problems = [Problem(source, None, where, str(key), "unknown field"
+                        + suggest(key, _OVERRIDABLE - {"extends"}))
+                for key in raw if key not in _OVERRIDABLE]
+    fields = {k: v for k, v in raw.items() if k in _OVERRIDABLE and k != "extends"}
+    parent_name = raw.get("extends") or (name if name in presets else None)
+    parent = presets.get(parent_name) if isinstance(parent_name, str) else None
+    if parent_name is not None and parent is None:
+        problems.append(Problem(source, None, where, "extends",
+                                f"unknown preset {parent_name!r}; "
+                                f"known: {', '.join(sorted(presets))}"))
+        return problems
+    missing = [f for f in _REQUIRED if f not in fields] if parent is None else []
+    if missing:
+        problems.append(Problem(source, None, where, None,
+                                "a new preset needs 'extends: <preset>' or every field; "
+                                f"missing: {', '.join(missing)}"))
+        return problems
+    merged = {**(parent.model_dump() if parent else {}), **fields, "name": name}
+    try:
+        preset = Preset.model_validate(merged)
+    except ValidationError as err:
+        return problems + format_pydantic_error(err, source, where)
+    return problems or preset
+
+
+def _located(problems: list[Problem], doc: Document | None, name: Any) -> list[Problem]:
+    """Give each problem the line of its field (or of its preset) in the file."""
+    if doc is None:
+        return problems
+    base = ("presets", name) if ("presets",) in doc.lines else (name,)
+    return [replace(p, line=doc.line_of(*base, *(p.field.split(".") if p.field else ())))
+            for p in problems]
+
+
+def load_presets(path: str | Path | None) -> dict[str, Preset]:
+    """Built-in presets, overridden by the YAML file at ``path`` when given.
+
+    The file maps preset names to fields, either at the top level or under a
+    ``presets:`` key. It is read with the same guards as shot lists (size, binary,
+    YAML bombs) and every problem is reported at once, with its line.
+
+    Raises:
+        InputError: the file is missing, unreadable or holds invalid presets.
+    """
     if path is None:
         return dict(BUILTIN_PRESETS)
-    source = str(path)
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError([Problem(source, None, None, None, "file not found")]) from None
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise InputError([Problem(source, None, None, None, f"not valid YAML: {err}")]) from err
-    if data is None:
-        return dict(BUILTIN_PRESETS)
+    source, text = read_text(path)
+    doc = parse(source, text, "yaml")
+    data = doc.data
     if isinstance(data, Mapping) and "presets" in data:
         data = data["presets"]
     if not isinstance(data, Mapping):
-        raise InputError([Problem(source, None, None, None,
+        raise InputError([Problem(source, 1, None, None,
                                   "must map preset names to their fields")])
-    return apply_overrides(data, source=source)
+    return apply_overrides(data, source=source, doc=doc)

@@ -8,7 +8,6 @@ line (or CSV row), shot id, field and what is wrong.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tower.documents import Document, format_of, parse, read_text
-from tower.errors import InputError, Problem, describe_error
+from tower.errors import InputError, Problem, Whole, describe_error, suggest
 from tower.names import check_name
 from tower.presets import BUILTIN_PRESETS, Preset
 
@@ -48,9 +47,9 @@ class ShotDefaults(BaseModel):
     negative: str = ""
     style_prefix: str = ""
     style_suffix: str = ""
-    width: int | None = None
-    height: int | None = None
-    takes: int = 1
+    width: Whole | None = None
+    height: Whole | None = None
+    takes: Whole = 1
 
     _size = field_validator("width", "height")(_check_size)
     _takes = field_validator("takes")(_check_takes)
@@ -65,11 +64,11 @@ class Shot(BaseModel):
     prompt: str
     negative: str | None = None
     preset: str | None = None
-    takes: int | None = None
-    seed: int | None = None
+    takes: Whole | None = None
+    seed: Whole | None = None
     checkpoint: str | None = Field(default=None, min_length=1)
-    width: int | None = None
-    height: int | None = None
+    width: Whole | None = None
+    height: Whole | None = None
     notes: str | None = None
     tags: tuple[str, ...] = ()
 
@@ -117,11 +116,6 @@ class LoadedShotList:
 CSV_COLUMNS = {"episode", "title", *Shot.model_fields}
 
 
-def _suggest(name: str, known: Any) -> str:
-    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def _problems_from(err: ValidationError, doc: Document, base: tuple[Any, ...],
                    where: str | None, known: Any) -> list[Problem]:
     problems = []
@@ -129,7 +123,7 @@ def _problems_from(err: ValidationError, doc: Document, base: tuple[Any, ...],
         loc = tuple(error["loc"])
         message = describe_error(error)
         if error["type"] == "extra_forbidden":
-            message += _suggest(loc[-1], known)
+            message += suggest(loc[-1], known)
         elif error["type"] == "string_type" and isinstance(error.get("input"), int | float | bool):
             message += "; put it in quotes"
         line = doc.line_of(*base, *loc)
@@ -177,7 +171,7 @@ def _validate(doc: Document, data: Mapping[str, Any], shot_path: tuple[Any, ...]
                                     f"duplicate shot id (first used on line {first})"))
         first_line.setdefault(shot.id, line)
         if shot.preset is not None and shot.preset not in presets:
-            hint = _suggest(shot.preset, presets)
+            hint = suggest(shot.preset, presets)
             problems.append(Problem(doc.source, doc.line_of(*base, "preset"), where, "preset",
                                     f"unknown preset {shot.preset!r}{hint}; "
                                     f"known: {', '.join(sorted(presets))}"))
@@ -194,7 +188,7 @@ def _validate(doc: Document, data: Mapping[str, Any], shot_path: tuple[Any, ...]
 def _csv_to_mapping(doc: Document) -> tuple[dict[str, Any], list[Problem]]:
     """Turn CSV rows into the shot-list shape; unknown columns become warnings."""
     warnings = [Problem(doc.source, 1, None, column, "unknown column, ignored"
-                        + _suggest(column, CSV_COLUMNS))
+                        + suggest(column, CSV_COLUMNS))
                 for column in doc.data["header"] if column not in CSV_COLUMNS]
     problems: list[Problem] = []
     header: dict[str, Any] = {}

@@ -64,7 +64,11 @@ def full_prompt(prefix: str, prompt: str, suffix: str) -> str:
 
 
 def resolve_shot(shot_list: ShotList, shot: Shot, preset: Preset) -> list[ResolvedTake]:
-    """All takes of one shot at ``preset``; the shot's own fields beat the list's defaults."""
+    """All takes of one shot at ``preset``; the shot's own fields beat the list's defaults.
+
+    Text is stripped of surrounding spaces (which a spreadsheet adds or drops freely),
+    so a list gives the same takes whether it was kept as YAML or exported to CSV.
+    """
     defaults = shot_list.defaults
     seed = shot.seed if shot.seed is not None else derive_seed(shot_list.episode, shot.id)
     takes = shot.takes or defaults.takes
@@ -73,7 +77,7 @@ def resolve_shot(shot_list: ShotList, shot: Shot, preset: Preset) -> list[Resolv
         shot_id=shot.id,
         take=0,
         prompt=full_prompt(defaults.style_prefix, shot.prompt, defaults.style_suffix),
-        negative=shot.negative if shot.negative is not None else defaults.negative,
+        negative=(shot.negative if shot.negative is not None else defaults.negative).strip(),
         seed=seed,
         preset=preset.name,
         checkpoint=shot.checkpoint or defaults.checkpoint or preset.checkpoint,
