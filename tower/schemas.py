@@ -29,6 +29,9 @@ INDEX_SCHEMA = pa.schema([
     pa.field("server", pa.string(), nullable=False),
     pa.field("prompt_id", pa.string(), nullable=False),
     pa.field("run_id", pa.string(), nullable=False),
+    # sha256 of the settings that define a shot's look (everything in the render key but
+    # seed, take and VAE decode): lets previews reuse any take of the same shot setup.
+    pa.field("look_key", pa.string()),
 ])
 
 BATCH_STATUSES = ("ok", "cached", "failed", "oom", "interrupted")
