@@ -1,11 +1,12 @@
 """The metrics store (one row per render-batch attempt) and the run log (one per flow run).
 
 Both are append-only Parquet datasets partitioned by day, hive style
-(``date=YYYY-MM-DD/part-....parquet``), so a daily report reads one folder. The
-``date`` column lives in the folder name, not in the files: polars and pyarrow read it
-back from the path. Writes go through :mod:`tower.parquet_io` (one new part per
-partition per append, temporary name then rename), so concurrent writers never lose
-rows and a crash never leaves half a file where readers look.
+(``date=YYYY-MM-DD/part-....parquet``), so a daily report reads one folder. Each file
+also carries its ``date`` column, so a part read on its own (or by a reader that ignores
+hive folders) is complete and typed by the schema alone. Writes go through
+:mod:`tower.parquet_io` (one new part per partition per append, temporary name then
+rename), so concurrent writers never lose rows and a crash never leaves half a file
+where readers look.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from tower import parquet_io as pio
 from tower.schemas import BATCH_STATUSES, METRICS_SCHEMA, RUN_STATUSES, RUNS_SCHEMA
 
 PARTITION = "date"
-_HIVE = {PARTITION: pl.String}
 
 
 @dataclass(kw_only=True)
@@ -135,7 +135,7 @@ class DailyStore:
         self._validate(table)
         written = []
         for day in sorted(set(table.column(PARTITION).to_pylist())):
-            part = table.filter(pc.equal(table.column(PARTITION), day)).drop_columns(PARTITION)
+            part = table.filter(pc.equal(table.column(PARTITION), day))
             dest = f"{self.partition_dir(day)}/{pio.part_name()}"
             pio.write_table_atomic(self.filesystem, dest, part)
             written.append(dest)
@@ -173,7 +173,7 @@ class DailyStore:
 
     def scan(self, since: date | None = None, until: date | None = None) -> pl.LazyFrame:
         """Rows of the days in ``since..until`` (inclusive), columns in schema order."""
-        return pio.scan_files(self.filesystem, self.files(since, until), self.schema, _HIVE)
+        return pio.scan_files(self.filesystem, self.files(since, until), self.schema)
 
 
 class MetricsStore(DailyStore):

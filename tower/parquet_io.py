@@ -167,10 +167,8 @@ def empty_frame(schema: pa.Schema) -> pl.LazyFrame:
     return pl.from_arrow(schema.empty_table()).lazy()  # type: ignore[union-attr]
 
 
-def scan_files(
-    filesystem: pafs.FileSystem, files: Sequence[str], schema: pa.Schema,
-    hive: Mapping[str, pl.DataType] | None = None,
-) -> pl.LazyFrame:
+def scan_files(filesystem: pafs.FileSystem, files: Sequence[str],
+               schema: pa.Schema) -> pl.LazyFrame:
     """A lazy scan of ``files``, columns in ``schema`` order.
 
     Local files go through polars' own reader (projection and predicate pushdown);
@@ -179,21 +177,19 @@ def scan_files(
     if not files:
         return empty_frame(schema)
     if is_local(filesystem):
-        frame = pl.scan_parquet(list(files), hive_partitioning=bool(hive),
-                                hive_schema=dict(hive) if hive else None,
-                                missing_columns="insert")
+        frame = pl.scan_parquet(list(files), hive_partitioning=False,
+                                schema=polars_schema(schema), missing_columns="insert",
+                                extra_columns="ignore")
     else:
-        partitioning = ds.partitioning(flavor="hive") if hive else None
-        dataset = ds.dataset(list(files), schema=_file_schema(schema, hive), format="parquet",
-                             filesystem=filesystem, partitioning=partitioning)
+        dataset = ds.dataset(list(files), schema=schema, format="parquet",
+                             filesystem=filesystem)
         frame = pl.scan_pyarrow_dataset(dataset)
     return frame.select(schema.names)
 
 
-def _file_schema(schema: pa.Schema, hive: Mapping[str, pl.DataType] | None) -> pa.Schema:
-    if not hive:
-        return schema
-    return pa.schema([f for f in schema if f.name not in hive])
+def polars_schema(schema: pa.Schema) -> pl.Schema:
+    """The polars form of a pyarrow schema."""
+    return pl.from_arrow(schema.empty_table()).schema  # type: ignore[union-attr]
 
 
 def read_metadata(filesystem: pafs.FileSystem, path: str) -> pq.FileMetaData:
