@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import socket
+import subprocess
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from tower.local_server import (
+    PREFECT,
+    LocalServerError,
+    answers,
+    ensure_prefect_server,
+    server_status,
+    stop_started_servers,
+)
+from tower.server_cli import server_app
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_prefect_server_is_started_reused_and_stopped(tmp_path):
+    state = tmp_path / "state"
+    port = free_port()
+    try:
+        info = ensure_prefect_server(state, port=port, api_url="")
+        assert info.started and info.url == f"http://127.0.0.1:{port}/api"
+        assert httpx.get(f"{info.url}/health").json() is True
+        assert PREFECT.pid_file(state).read_text().strip() == str(info.pid)
+        assert (state / "prefect" / "prefect.db").exists()  # its database stays in the state dir
+
+        again = ensure_prefect_server(state, port=port, api_url="")
+        assert (again.started, again.pid, again.url) == (False, info.pid, info.url)
+
+        # A configured PREFECT_API_URL that answers wins, and nothing new is started.
+        other = tmp_path / "other"
+        configured = ensure_prefect_server(other, port=free_port(), api_url=info.url + "/")
+        assert (configured.url, configured.source, configured.started) == (info.url, "env", False)
+        assert not other.exists()
+
+        [status] = [s for s in server_status(state, prefect_port=port) if s.name == PREFECT.name]
+        assert status.answering and status.pid == info.pid
+    finally:
+        stopped = stop_started_servers(state)
+    assert stopped == [f"prefect server (pid {info.pid})"]
+    assert not answers(f"{info.url}/health")
+    assert not PREFECT.pid_file(state).exists()
+    assert stop_started_servers(state) == []
+
+
+def test_a_server_that_cannot_start_names_its_log(tmp_path):
+    with socket.socket() as busy:  # something else holds the port
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(LocalServerError, match=r"prefect-server\.log") as caught:
+            ensure_prefect_server(tmp_path, port=port, api_url="", timeout=60)
+    assert "exited" in str(caught.value)
+    assert not PREFECT.pid_file(tmp_path).exists()
+
+
+def test_stop_never_touches_a_process_it_did_not_start(tmp_path):
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        PREFECT.pid_file(tmp_path).write_text(f"{other.pid}\n")  # stale file, PID reused
+        assert stop_started_servers(tmp_path) == []
+        assert other.poll() is None
+        assert not PREFECT.pid_file(tmp_path).exists()
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_server_cli_stop_and_status(tmp_path):
+    runner = CliRunner()
+    stopped = runner.invoke(server_app, ["stop", "--state-dir", str(tmp_path)])
+    assert stopped.exit_code == 0 and "nothing to stop" in stopped.output
+    port, sim_port = free_port(), free_port()
+    shown = runner.invoke(server_app, ["status", "--state-dir", str(tmp_path),
+                                       "--prefect-port", str(port), "--sim-port", str(sim_port)])
+    assert shown.exit_code == 0
+    assert f"prefect server: http://127.0.0.1:{port}/api not answering" in shown.output
+    assert f"comfyui simulator: http://127.0.0.1:{sim_port} not answering" in shown.output
