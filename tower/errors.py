@@ -66,6 +66,16 @@ def suggest(name: Any, known: Iterable[Any]) -> str:
 
 
 _RANGE_TYPES = {"greater_than_equal", "less_than_equal", "greater_than", "less_than"}
+_MAPPING_TYPES = {"model_type", "dict_type", "model_attributes_type"}
+# pydantic error type prefix -> sentence, for errors whose wording needs no context.
+_BY_PREFIX = (
+    ("int_", "must be a whole number"),
+    ("float_", "must be a number"),
+    ("bool_", "must be true or false"),
+    ("list_", "must be a list"),
+    ("tuple_", "must be a list"),
+    ("string_", "must be text"),
+)
 
 
 def describe_error(error: dict[str, Any]) -> str:
@@ -83,17 +93,12 @@ def describe_error(error: dict[str, Any]) -> str:
         return f"{error['msg'].lower()} (got {value!r})"
     if kind == "multiple_of":
         return f"must be a multiple of {ctx.get('multiple_of')} (got {value!r})"
-    if kind.startswith("int_"):
-        return f"must be a whole number (got {value!r})"
-    if kind.startswith("float_"):
-        return f"must be a number (got {value!r})"
-    if kind.startswith("bool_"):
-        return f"must be true or false (got {value!r})"
-    if kind.startswith("string_too_short"):
+    if kind == "string_too_short":
         return "must not be empty"
-    if kind.startswith("string_"):
-        return f"must be text (got {value!r})"
-    return f"{error['msg']} (got {value!r})"
+    if kind in _MAPPING_TYPES:
+        return f"must be a mapping of fields (got {value!r})"
+    sentence = next((text for prefix, text in _BY_PREFIX if kind.startswith(prefix)), None)
+    return f"{sentence or error['msg']} (got {value!r})"
 
 
 def format_pydantic_error(

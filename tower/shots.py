@@ -123,7 +123,8 @@ def _problems_from(err: ValidationError, doc: Document, base: tuple[Any, ...],
         loc = tuple(error["loc"])
         message = describe_error(error)
         if error["type"] == "extra_forbidden":
-            message += suggest(loc[-1], known)
+            in_defaults = len(loc) > 1 and loc[0] == "defaults"
+            message += suggest(loc[-1], ShotDefaults.model_fields if in_defaults else known)
         elif error["type"] == "string_type" and isinstance(error.get("input"), int | float | bool):
             message += "; put it in quotes"
         line = doc.line_of(*base, *loc)
@@ -136,20 +137,34 @@ def _shot_where(raw: Any, index: int) -> str:
     return f"shot {shot_id}" if isinstance(shot_id, str) and shot_id else f"shot #{index + 1}"
 
 
-def _validate(doc: Document, data: Mapping[str, Any], shot_path: tuple[Any, ...],
-              presets: Mapping[str, Preset]) -> ShotList:
-    problems: list[Problem] = []
+def _preset_problem(doc: Document, name: Any, path: tuple[Any, ...], where: str | None,
+                    presets: Mapping[str, Preset]) -> list[Problem]:
+    if not isinstance(name, str) or name in presets:
+        return []  # absent, or a type error pydantic reports
+    return [Problem(doc.source, doc.line_of(*path), where, ".".join(map(str, path[-2:]))
+                    if where is None else "preset",
+                    f"unknown preset {name!r}{suggest(name, presets)}; "
+                    f"known: {', '.join(sorted(presets))}")]
+
+
+def _validate_header(doc: Document, data: Mapping[str, Any],
+                     presets: Mapping[str, Preset]) -> tuple[ShotList | None, list[Problem]]:
+    """Everything but the shots (validated with a placeholder shot)."""
     header = {k: v for k, v in data.items() if k != "shots"}
+    defaults = header.get("defaults")
+    problems = _preset_problem(doc, defaults.get("preset") if isinstance(defaults, Mapping)
+                               else None, ("defaults", "preset"), None, presets)
     try:
         top = ShotList.model_validate({**header, "shots": [{"id": "x", "prompt": "x"}]})
     except ValidationError as err:
-        problems += _problems_from(err, doc, (), None, ShotList.model_fields)
-        top = None
-    raw_shots = data.get("shots")
-    if not isinstance(raw_shots, list) or not raw_shots:
-        problems.append(Problem(doc.source, doc.line_of("shots"), None, "shots",
-                                "must be a non-empty list of shots"))
-        raw_shots = []
+        return None, _problems_from(err, doc, (), None, ShotList.model_fields) + problems
+    return top, problems
+
+
+def _validate_shots(doc: Document, raw_shots: list[Any], shot_path: tuple[Any, ...],
+                    presets: Mapping[str, Preset]) -> tuple[list[Shot], list[Problem]]:
+    """Each shot on its own, so that one bad shot hides nothing about the others."""
+    problems: list[Problem] = []
     shots: list[Shot] = []
     first_line: dict[str, int | None] = {}
     for index, raw in enumerate(raw_shots):
@@ -159,29 +174,32 @@ def _validate(doc: Document, data: Mapping[str, Any], shot_path: tuple[Any, ...]
             problems.append(Problem(doc.source, doc.line_of(*base), where, None,
                                     "must be a mapping of fields (id, prompt, ...)"))
             continue
+        shot_id, line = raw.get("id"), doc.line_of(*base)
+        if isinstance(shot_id, str) and shot_id in first_line:
+            problems.append(Problem(doc.source, line, where, "id", "duplicate shot id "
+                                    f"(first used on line {first_line[shot_id]})"))
+        elif isinstance(shot_id, str):
+            first_line[shot_id] = line
+        problems += _preset_problem(doc, raw.get("preset"), (*base, "preset"), where, presets)
         try:
-            shot = Shot.model_validate(raw)
+            shots.append(Shot.model_validate(raw))
         except ValidationError as err:
             problems += _problems_from(err, doc, base, where, Shot.model_fields)
-            continue
-        line = doc.line_of(*base)
-        if shot.id in first_line:
-            first = first_line[shot.id]
-            problems.append(Problem(doc.source, line, where, "id",
-                                    f"duplicate shot id (first used on line {first})"))
-        first_line.setdefault(shot.id, line)
-        if shot.preset is not None and shot.preset not in presets:
-            hint = suggest(shot.preset, presets)
-            problems.append(Problem(doc.source, doc.line_of(*base, "preset"), where, "preset",
-                                    f"unknown preset {shot.preset!r}{hint}; "
-                                    f"known: {', '.join(sorted(presets))}"))
-        shots.append(shot)
-    if top is not None and top.defaults.preset not in presets:
-        problems.append(Problem(doc.source, doc.line_of("defaults", "preset"), None,
-                                "defaults.preset", f"unknown preset {top.defaults.preset!r}; "
-                                f"known: {', '.join(sorted(presets))}"))
+    return shots, problems
+
+
+def _validate(doc: Document, data: Mapping[str, Any], shot_path: tuple[Any, ...],
+              presets: Mapping[str, Preset]) -> ShotList:
+    top, problems = _validate_header(doc, data, presets)
+    raw_shots = data.get("shots")
+    if not isinstance(raw_shots, list) or not raw_shots:
+        problems.append(Problem(doc.source, doc.line_of("shots"), None, "shots",
+                                "must be a non-empty list of shots"))
+        raw_shots = []
+    shots, shot_problems = _validate_shots(doc, raw_shots, shot_path, presets)
+    problems += shot_problems
     if problems or top is None:
-        raise InputError(problems)
+        raise InputError(sorted(problems, key=lambda p: p.line or 0))
     return top.model_copy(update={"shots": tuple(shots)})
 
 
