@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from tower.demo import DemoError, describe, run_demo
 from tower.local_server import (
     PREFECT_PORT,
     SIMULATOR_PORT,
@@ -71,3 +72,14 @@ def status(state_dir: StateOption = STATE_DIR, prefect_port: PrefectPort = PREFE
         state = "answering" if entry.answering else "not answering"
         owner = f", started by tower (pid {entry.pid})" if entry.pid else ""
         typer.echo(f"{entry.name}: {entry.url} {state}{owner}")
+
+
+def demo(prefect_port: PrefectPort = PREFECT_PORT, sim_port: SimPort = SIMULATOR_PORT) -> None:
+    """Render the demo episode twice on the simulator and show where everything went."""
+    try:
+        report = run_demo(Path("."), typer.echo, prefect_port=prefect_port, sim_port=sim_port)
+    except (DemoError, LocalServerError) as err:
+        _exit_with(err)
+        return
+    for line in describe(report):
+        typer.echo(line)
