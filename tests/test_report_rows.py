@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-import pyarrow as pa
-import pyarrow.parquet as pq
 
+from tower.metrics import MetricsStore, RunLog
 from tower.report_data import scan_metrics, scan_runs
-from tower.schemas import METRICS_SCHEMA, RUNS_SCHEMA
+from tower.schemas import METRICS_SCHEMA
+from tower.storage import DataRoot
 
 T0 = datetime(2026, 11, 26, 1, 0, tzinfo=UTC)
 NOW = datetime(2026, 11, 27, 0, 0, tzinfo=UTC)
@@ -73,34 +73,24 @@ def run_row(run_id: str = "run-1", *, start: datetime = T0, wall_s: float = 600.
     return row
 
 
-def _write(folder: Path, rows: list[dict[str, Any]], schema: pa.Schema, name: str) -> None:
-    by_day: dict[str, list[dict[str, Any]]] = {}
-    for row in rows:
-        by_day.setdefault(row["date"], []).append(row)
-    for day, day_rows in by_day.items():
-        part = folder / f"date={day}"
-        part.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.Table.from_pylist(day_rows, schema=schema), part / f"{name}.parquet")
+def write_metrics(root: Path, rows: list[dict[str, Any]]) -> None:
+    """Append metrics rows under ``root/metrics`` through the metrics store."""
+    MetricsStore(DataRoot(root).metrics).append(rows)
 
 
-def write_metrics(root: Path, rows: list[dict[str, Any]], name: str = "part-0") -> None:
-    """Write metrics rows under ``root/metrics/date=.../name.parquet``."""
-    _write(root / "metrics", rows, METRICS_SCHEMA, name)
-
-
-def write_runs(root: Path, rows: list[dict[str, Any]], name: str = "part-0") -> None:
-    """Write runs rows under ``root/runs/date=.../name.parquet``."""
-    _write(root / "runs", rows, RUNS_SCHEMA, name)
+def write_runs(root: Path, rows: list[dict[str, Any]]) -> None:
+    """Append runs rows under ``root/runs`` through the run log."""
+    RunLog(DataRoot(root).runs).append(rows)
 
 
 def test_written_rows_read_back_with_the_schema_and_window(tmp_path: Path) -> None:
-    rows = sequential(3) + [metric_row(9, at=T0 - timedelta(days=2))]
+    rows = [*sequential(3), metric_row(9, at=T0 - timedelta(days=2))]
     write_metrics(tmp_path, rows)
     write_runs(tmp_path, [run_row(), run_row("old", start=T0 - timedelta(days=2))])
-    got = scan_metrics(tmp_path / "metrics", NOW - timedelta(days=1), NOW).collect()
+    got = scan_metrics(DataRoot(tmp_path), NOW - timedelta(days=1), NOW).collect()
     assert sorted(got["batch_id"]) == ["b0", "b1", "b2"]
     assert got.schema == pl.from_arrow(METRICS_SCHEMA.empty_table()).schema
-    runs = scan_runs(tmp_path / "runs", NOW - timedelta(days=1), NOW).collect()
+    runs = scan_runs(DataRoot(tmp_path), NOW - timedelta(days=1), NOW).collect()
     assert runs["run_id"].to_list() == ["run-1"]
 
 
@@ -109,5 +99,5 @@ def test_scanners_ignore_temp_files_and_foreign_folders(tmp_path: Path) -> None:
     part = tmp_path / "metrics" / f"date={T0.date()}"
     (part / ".part-9.parquet.tmp").write_bytes(b"half a file")
     (tmp_path / "metrics" / "README").mkdir()
-    got = scan_metrics(tmp_path / "metrics", NOW - timedelta(days=1), NOW).collect()
+    got = scan_metrics(DataRoot(tmp_path), NOW - timedelta(days=1), NOW).collect()
     assert got.height == 2
