@@ -189,8 +189,10 @@ def _validate_shots(doc: Document, raw_shots: list[Any], shot_path: tuple[Any, .
 
 
 def _validate(doc: Document, data: Mapping[str, Any], shot_path: tuple[Any, ...],
-              presets: Mapping[str, Preset]) -> ShotList:
+              presets: Mapping[str, Preset], found: list[Problem]) -> ShotList:
+    """The validated list, or an InputError with ``found`` and every other problem."""
     top, problems = _validate_header(doc, data, presets)
+    problems = found + problems
     raw_shots = data.get("shots")
     if not isinstance(raw_shots, list) or not raw_shots:
         problems.append(Problem(doc.source, doc.line_of("shots"), None, "shots",
@@ -203,8 +205,8 @@ def _validate(doc: Document, data: Mapping[str, Any], shot_path: tuple[Any, ...]
     return top.model_copy(update={"shots": tuple(shots)})
 
 
-def _csv_to_mapping(doc: Document) -> tuple[dict[str, Any], list[Problem]]:
-    """Turn CSV rows into the shot-list shape; unknown columns become warnings."""
+def _csv_to_mapping(doc: Document) -> tuple[dict[str, Any], list[Problem], list[Problem]]:
+    """CSV rows in the shot-list shape, the warnings (unknown columns) and the problems."""
     warnings = [Problem(doc.source, 1, None, column, "unknown column, ignored"
                         + suggest(column, CSV_COLUMNS))
                 for column in doc.data["header"] if column not in CSV_COLUMNS]
@@ -229,9 +231,8 @@ def _csv_to_mapping(doc: Document) -> tuple[dict[str, Any], list[Problem]]:
     if "episode" not in header:
         problems.append(Problem(doc.source, 1, None, "episode",
                                 "is required: add an 'episode' column"))
-    if problems:
-        raise InputError(problems)
-    return {**header, "shots": shots}, warnings
+        header["episode"] = "missing"  # reported above; lets the rows be checked too
+    return {**header, "shots": shots}, warnings, problems
 
 
 def read_shot_list(path: str | Path,
@@ -245,8 +246,9 @@ def read_shot_list(path: str | Path,
     source, text = read_text(path)
     doc = parse(source, text, fmt)
     warnings = list(doc.warnings)
+    problems: list[Problem] = []
     if fmt == "csv":
-        data, csv_warnings = _csv_to_mapping(doc)
+        data, csv_warnings, problems = _csv_to_mapping(doc)
         warnings += csv_warnings
         shot_path: tuple[Any, ...] = ("rows",)
     else:
@@ -255,7 +257,7 @@ def read_shot_list(path: str | Path,
         if not isinstance(data, Mapping):
             raise InputError([Problem(source, 1, None, None,
                                       "must be a mapping with 'episode' and 'shots'")])
-    return LoadedShotList(_validate(doc, data, shot_path, presets), source, warnings)
+    return LoadedShotList(_validate(doc, data, shot_path, presets, problems), source, warnings)
 
 
 def load_shot_list(path: str | Path,
