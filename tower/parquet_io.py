@@ -124,10 +124,22 @@ def rows_to_table(rows: Sequence[Any] | pa.Table, schema: pa.Schema, what: str) 
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as err:
             raise StoreError(f"{what}: table does not match the schema: {err}") from err
     records = [_as_record(row) for row in rows]
+    _check_aware(records, schema, what)
     try:
         return pa.Table.from_pylist(records, schema=schema)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as err:
         raise StoreError(f"{what}: rows do not match the schema: {err}") from err
+
+
+def _check_aware(records: Sequence[Mapping[str, Any]], schema: pa.Schema, what: str) -> None:
+    """Refuse naive datetimes: pyarrow would silently read them as UTC."""
+    stamps = [f.name for f in schema if pa.types.is_timestamp(f.type)]
+    for number, record in enumerate(records):
+        for name in stamps:
+            value = record.get(name)
+            if isinstance(value, datetime) and value.tzinfo is None:
+                raise StoreError(f"{what}: row {number}: {name} must be timezone-aware (UTC),"
+                                 f" got {value.isoformat()}")
 
 
 def _as_record(row: Any) -> dict[str, Any]:
@@ -199,6 +211,15 @@ def read_metadata(filesystem: pafs.FileSystem, path: str) -> pq.FileMetaData:
             return pq.read_metadata(handle)
     except (OSError, pa.ArrowException) as err:
         raise StoreError(f"could not read {path}: {err}") from err
+
+
+def read_table(filesystem: pafs.FileSystem, path: str, schema: pa.Schema) -> pa.Table:
+    """One whole part, as a table of exactly ``schema``."""
+    try:
+        table = pq.read_table(path, filesystem=filesystem)
+    except (OSError, pa.ArrowException) as err:
+        raise StoreError(f"could not read {path}: {err}") from err
+    return rows_to_table(table.replace_schema_metadata(None), schema, path)
 
 
 def paths(files: Iterable[pafs.FileInfo]) -> list[str]:
