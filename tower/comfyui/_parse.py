@@ -1,0 +1,192 @@
+"""Turning ComfyUI's JSON answers into the client's models and errors.
+
+Pure functions over already-decoded JSON, so each can be tested with the recorded
+answers in the contract folder. Anything malformed becomes :class:`ComfyUIProtocolError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from tower.comfyui._exceptions import (
+    ComfyUIError,
+    ComfyUIExecutionError,
+    ComfyUIInterrupted,
+    ComfyUIOutOfMemory,
+    ComfyUIProtocolError,
+    ComfyUIValidationError,
+)
+from tower.comfyui._models import (
+    Device,
+    HistoryEntry,
+    ImageRef,
+    QueueState,
+    RenderResult,
+    SystemStats,
+)
+
+_MAX_MESSAGE_CHARS = 500
+
+
+def _mapping(value: object, what: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ComfyUIProtocolError(f"{what}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def parse_system_stats(body: object) -> SystemStats:
+    """``GET /system_stats`` -> :class:`SystemStats`."""
+    body = _mapping(body, "/system_stats")
+    system = _mapping(body.get("system", {}), "/system_stats system")
+    devices = []
+    for item in body.get("devices") or []:
+        item = _mapping(item, "/system_stats device")
+        devices.append(Device(
+            name=str(item.get("name", "")), type=str(item.get("type", "")),
+            index=item.get("index"), vram_total=int(item.get("vram_total") or 0),
+            vram_free=int(item.get("vram_free") or 0),
+            torch_vram_total=item.get("torch_vram_total"),
+            torch_vram_free=item.get("torch_vram_free")))
+    return SystemStats(
+        comfyui_version=system.get("comfyui_version"), devices=tuple(devices),
+        python_version=system.get("python_version"),
+        pytorch_version=system.get("pytorch_version"),
+        ram_total=system.get("ram_total"), ram_free=system.get("ram_free"))
+
+
+def _queue_items(items: object, what: str) -> list[tuple[float, str]]:
+    if not isinstance(items, list):
+        raise ComfyUIProtocolError(f"/queue {what}: expected a list")
+    found = []
+    for item in items:
+        if not isinstance(item, list) or len(item) < 2:
+            raise ComfyUIProtocolError(f"/queue {what}: malformed item {item!r:.80}")
+        try:
+            found.append((float(item[0]), str(item[1])))
+        except (TypeError, ValueError) as err:
+            raise ComfyUIProtocolError(f"/queue {what}: bad number {item[0]!r}") from err
+    return found
+
+
+def parse_queue(body: object) -> QueueState:
+    """``GET /queue`` -> :class:`QueueState`; pending sorted the way the server runs them.
+
+    ``queue_pending`` is the server's raw heap list, so it is sorted here by
+    ``(number, prompt_id)``, the heap's own order.
+    """
+    body = _mapping(body, "/queue")
+    running = _queue_items(body.get("queue_running", []), "queue_running")
+    pending = sorted(_queue_items(body.get("queue_pending", []), "queue_pending"))
+    return QueueState(running=tuple(pid for _, pid in running),
+                      pending=tuple(pid for _, pid in pending))
+
+
+def _images(outputs: Mapping[str, Any], order: list[str]) -> tuple[ImageRef, ...]:
+    node_ids = [n for n in order if n in outputs] + [n for n in outputs if n not in order]
+    images: list[ImageRef] = []
+    for node_id in node_ids:
+        ui = _mapping(outputs[node_id], f"history outputs[{node_id}]")
+        items = ui.get("images") or []
+        if not isinstance(items, list):
+            raise ComfyUIProtocolError(f"history outputs[{node_id}].images: expected a list")
+        images += [ImageRef.from_json(item) for item in items]
+    return tuple(images)
+
+
+def _messages(status: Mapping[str, Any]) -> tuple[tuple[str, dict[str, Any]], ...]:
+    found = []
+    for item in status.get("messages") or []:
+        if isinstance(item, list) and len(item) == 2 and isinstance(item[1], Mapping):
+            found.append((str(item[0]), dict(item[1])))
+    return tuple(found)
+
+
+def parse_history(body: object, prompt_id: str) -> HistoryEntry | None:
+    """``GET /history/<id>`` -> the entry, or None while the server has none (``{}``)."""
+    body = _mapping(body, f"/history/{prompt_id}")
+    if prompt_id not in body:
+        return None
+    entry = _mapping(body[prompt_id], f"/history/{prompt_id} entry")
+    prompt = entry.get("prompt") or []
+    if not isinstance(prompt, list) or len(prompt) < 3:
+        raise ComfyUIProtocolError(f"/history/{prompt_id}: malformed prompt field")
+    graph = dict(_mapping(prompt[2], f"/history/{prompt_id} graph"))
+    order = [str(n) for n in prompt[4]] if len(prompt) > 4 and isinstance(prompt[4], list) \
+        else []
+    outputs = _mapping(entry.get("outputs") or {}, f"/history/{prompt_id} outputs")
+    status = _mapping(entry.get("status") or {}, f"/history/{prompt_id} status")
+    number = prompt[0] if isinstance(prompt[0], int | float) else None
+    return HistoryEntry(
+        prompt_id=prompt_id, number=number, graph=graph,
+        status_str=str(status.get("status_str", "success")),
+        completed=bool(status.get("completed", True)),
+        outputs_order=tuple(order), images=_images(outputs, order),
+        messages=_messages(status))
+
+
+def describe_node_errors(node_errors: Mapping[str, Any]) -> list[str]:
+    """One line per input error: ``node <id> (<class>) input <name>: <type>: <details>``."""
+    lines = []
+    for node_id, entry in node_errors.items():
+        entry = entry if isinstance(entry, Mapping) else {}
+        class_type = entry.get("class_type", "?")
+        for error in entry.get("errors") or []:
+            extra = error.get("extra_info") or {}
+            details = error.get("details") or error.get("message") or ""
+            name = extra.get("input_name")
+            if name:
+                details = details.removeprefix(f"{name}: ")
+                lines.append(f"node {node_id} ({class_type}) input {name}: "
+                             f"{error.get('type', 'error')}: {details}")
+            else:
+                lines.append(f"node {node_id} ({class_type}): {error.get('type', 'error')}: "
+                             f"{details}")
+    return lines
+
+
+def validation_error(body: object) -> ComfyUIValidationError:
+    """A 400 answer of ``POST /prompt`` -> :class:`ComfyUIValidationError` naming every fault.
+
+    The top-level ``details`` is often empty: the useful part is ``node_errors``. Graph
+    level errors (unknown class, no outputs) come with empty ``node_errors``.
+    """
+    body = body if isinstance(body, Mapping) else {}
+    error = body.get("error") or {}
+    if isinstance(error, str):
+        error = {"type": "error", "message": error}
+    node_errors = body.get("node_errors") or {}
+    lines = describe_node_errors(node_errors) if isinstance(node_errors, Mapping) else []
+    if not lines:
+        line = f"{error.get('type', 'error')}: {error.get('message', 'invalid prompt')}"
+        if error.get("details"):
+            line += f" ({error['details']})"
+        lines = [line]
+    return ComfyUIValidationError("ComfyUI rejected the prompt: " + "; ".join(lines),
+                                  error=error, node_errors=node_errors)
+
+
+def is_out_of_memory(exception_type: str | None, message: str | None) -> bool:
+    """Does a node's exception mean the GPU (or torch) ran out of memory?"""
+    short = (exception_type or "").rsplit(".", 1)[-1]
+    if short in ("OutOfMemoryError", "OutOfMemory"):
+        return True
+    return "out of memory" in (message or "").lower()
+
+
+def failure(prompt_id: str, kind: str, data: Mapping[str, Any],
+            result: RenderResult | None = None) -> ComfyUIError:
+    """The exception for an ``execution_error`` / ``execution_interrupted`` message."""
+    node_id, node_type = data.get("node_id"), data.get("node_type")
+    if kind == "execution_interrupted":
+        return ComfyUIInterrupted(
+            f"prompt {prompt_id} was interrupted at node {node_id} ({node_type})",
+            prompt_id=prompt_id, node_id=node_id, node_type=node_type, result=result)
+    exc_type = data.get("exception_type")
+    exc_message = str(data.get("exception_message") or "").strip()
+    cls = ComfyUIOutOfMemory if is_out_of_memory(exc_type, exc_message) else \
+        ComfyUIExecutionError
+    return cls(f"prompt {prompt_id}: node {node_id} ({node_type}) raised {exc_type}: "
+               f"{exc_message[:_MAX_MESSAGE_CHARS]}",
+               prompt_id=prompt_id, node_id=node_id, node_type=node_type,
+               exception_type=exc_type, exception_message=exc_message, result=result)

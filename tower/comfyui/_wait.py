@@ -1,0 +1,190 @@
+"""Waiting for one prompt: WebSocket events first, /queue and /history polling as backup.
+
+The history entry is the only thing trusted for the outcome: ``execution_success`` can
+arrive before the entry is written (contract fact 7), a socket can drop, and a prompt
+adopted from an earlier attempt sends its events to another client id. So the waiter
+listens while the socket lives, looks at /queue and /history whenever the socket is
+silent, gone, or says the prompt ended, and finishes only when the entry is there.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from tower.comfyui._constants import (
+    UNREACHABLE_GRACE_S,
+    VANISHED_CHECKS,
+    WS_SILENCE_S,
+)
+from tower.comfyui._exceptions import ComfyUITimeout, ComfyUIUnavailable
+from tower.comfyui._models import HistoryEntry, ProgressEvent, QueueState, RenderResult
+from tower.comfyui._parse import failure
+from tower.comfyui._results import build_result, outcome
+from tower.comfyui._retry import retry_delay
+from tower.comfyui._tracker import PromptTracker
+from tower.comfyui._ws import EventSocket, Frame
+
+logger = logging.getLogger("tower.comfyui")
+
+ProgressCallback = Callable[[ProgressEvent], None]
+
+
+class _Server(Protocol):
+    name: str
+
+    def queue(self) -> QueueState: ...
+    def _history_entry(self, prompt_id: str) -> HistoryEntry | None: ...
+    def _open_socket(self, client_id: str) -> EventSocket | None: ...
+
+
+@dataclass
+class WaitSpec:
+    """What one wait is about and how patient it is."""
+
+    prompt_id: str
+    client_id: str
+    timeout: float | None
+    stall_timeout: float
+    on_progress: ProgressCallback | None = None
+    queued_at: datetime | None = None
+    adopted: bool = False
+    stale_number: float | None = None  # an older history entry under the same id
+
+
+class Waiter:
+    """One wait; :meth:`run` returns the result or raises the prompt's failure."""
+
+    def __init__(self, server: _Server, spec: WaitSpec, socket: EventSocket | None):
+        self.server, self.spec, self.socket = server, spec, socket
+        self.tracker = PromptTracker(spec.prompt_id)
+        self.began = self.last_progress = time.monotonic()
+        self.queue_seen: int | None = None
+        self.misses = 0
+        self.polls = 0
+        self.unreachable_since: float | None = None
+
+    def run(self) -> RenderResult:
+        try:
+            entry = self._until_entry()
+        finally:
+            self._drop_socket()
+        result = build_result(entry, self.tracker, queued_at=self.spec.queued_at,
+                              adopted=self.spec.adopted)
+        if result.status != "success":
+            _, kind, data = outcome(entry)
+            raise failure(self.spec.prompt_id, kind or "execution_error", data, result)
+        return result
+
+    def _until_entry(self) -> HistoryEntry:
+        entry = self._poll()
+        while entry is None:
+            self._check_deadlines()
+            if self.socket is not None and self._listen():
+                continue
+            if self.socket is None:
+                self._pause()
+                self._reconnect()
+            entry = self._poll()
+        return entry
+
+    def _listen(self) -> bool:
+        """Read one frame; False when it is time to poll (silence, end, lost socket)."""
+        assert self.socket is not None
+        patience = WS_SILENCE_S if not self.tracker.ended else \
+            retry_delay(self.polls, initial=0.05, maximum=WS_SILENCE_S)
+        try:
+            frame = self.socket.recv(min(patience, self._time_left()))
+        except ComfyUIUnavailable as err:
+            logger.warning("%s: %s; polling for prompt %s", self.server.name, err,
+                           self.spec.prompt_id)
+            self._drop_socket()
+            return False
+        if frame is None:
+            return False
+        self._handle(frame)
+        return not self.tracker.ended
+
+    def _handle(self, frame: Frame) -> None:
+        self.last_progress = frame.t
+        event = self.tracker.feed(frame.kind, frame.data, frame.t)
+        if event is not None and self.spec.on_progress is not None:
+            try:
+                self.spec.on_progress(event)
+            except Exception:
+                logger.exception("%s: progress callback failed", self.server.name)
+
+    def _poll(self) -> HistoryEntry | None:
+        """Look at /queue then /history (that order: an entry leaves the queue only once
+        its history is written). Raises when the server lost the prompt or stays down."""
+        self.polls += 1
+        try:
+            queue = self.server.queue()
+            entry = self.server._history_entry(self.spec.prompt_id)
+        except ComfyUIUnavailable as err:
+            self._unreachable(err)
+            return None
+        self.unreachable_since = None
+        if entry is not None and not self._is_stale(entry):
+            return entry
+        self._note_queue(queue)
+        return None
+
+    def _is_stale(self, entry: HistoryEntry) -> bool:
+        stale = self.spec.stale_number
+        return stale is not None and entry.number == stale
+
+    def _note_queue(self, queue: QueueState) -> None:
+        position = queue.position(self.spec.prompt_id)
+        if position != self.queue_seen:
+            self.queue_seen = position
+            self.last_progress = time.monotonic()
+        if position is not None or self.tracker.ended:
+            self.misses = 0
+            return
+        self.misses += 1
+        if self.misses >= VANISHED_CHECKS:
+            raise ComfyUIUnavailable(
+                f"{self.server.name}: prompt {self.spec.prompt_id} is neither queued nor in "
+                "the history: the server lost it (restarted?)")
+
+    def _unreachable(self, err: ComfyUIUnavailable) -> None:
+        now = time.monotonic()
+        self.unreachable_since = self.unreachable_since or now
+        grace = min(UNREACHABLE_GRACE_S, self.spec.stall_timeout)
+        if now - self.unreachable_since >= grace:
+            raise ComfyUIUnavailable(
+                f"{self.server.name}: unreachable for {now - self.unreachable_since:.1f} s "
+                f"while waiting for prompt {self.spec.prompt_id}: {err}") from err
+
+    def _pause(self) -> None:
+        time.sleep(min(retry_delay(self.polls), self._time_left()))
+
+    def _reconnect(self) -> None:
+        self.socket = self.server._open_socket(self.spec.client_id)
+
+    def _drop_socket(self) -> None:
+        if self.socket is not None:
+            self.socket.close()
+            self.socket = None
+
+    def _time_left(self) -> float:
+        now = time.monotonic()
+        left = self.spec.stall_timeout - (now - self.last_progress)
+        if self.spec.timeout is not None:
+            left = min(left, self.spec.timeout - (now - self.began))
+        return max(0.0, left)
+
+    def _check_deadlines(self) -> None:
+        now = time.monotonic()
+        pid, name = self.spec.prompt_id, self.server.name
+        if self.spec.timeout is not None and now - self.began >= self.spec.timeout:
+            raise ComfyUITimeout(f"{name}: prompt {pid} not finished after "
+                                 f"{self.spec.timeout:g} s", prompt_id=pid)
+        if now - self.last_progress >= self.spec.stall_timeout:
+            raise ComfyUITimeout(f"{name}: no progress on prompt {pid} for "
+                                 f"{self.spec.stall_timeout:g} s", prompt_id=pid)
