@@ -39,7 +39,8 @@ def metric_row(i: int = 0, *, at: datetime = T0, **fields: Any) -> dict[str, Any
     row.update(fields)
     start = row.pop("started_at", at)
     row["started_at"] = start
-    row["queued_at"] = row.get("queued_at") or start - timedelta(seconds=row["queue_wait_s"] or 0)
+    if "queued_at" not in row and start is not None:
+        row["queued_at"] = start - timedelta(seconds=row["queue_wait_s"] or 0)
     if "finished_at" not in row:
         row["finished_at"] = start + timedelta(seconds=(row["execution_s"] or 0)
                                                + (row["download_s"] or 0))
