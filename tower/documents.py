@@ -232,7 +232,7 @@ def _parse_csv(source: str, text: str) -> Document:
     A row's line is the line its record starts on, which is the row number a
     spreadsheet shows as long as no cell holds a line break.
     """
-    reader = csv.reader(io.StringIO(text, newline=""))
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     doc = Document(source, {"rows": [], "header": []})
     try:
         header = _csv_header(source, reader)

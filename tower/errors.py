@@ -65,7 +65,8 @@ def suggest(name: Any, known: Iterable[Any]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-_RANGE_TYPES = {"greater_than_equal", "less_than_equal", "greater_than", "less_than"}
+_RANGE_TYPES = {"greater_than_equal": "at least", "less_than_equal": "at most",
+                "greater_than": "more than", "less_than": "less than"}
 _MAPPING_TYPES = {"model_type", "dict_type", "model_attributes_type"}
 # pydantic error type prefix -> sentence, for errors whose wording needs no context.
 _BY_PREFIX = (
@@ -90,7 +91,8 @@ def describe_error(error: dict[str, Any]) -> str:
     if kind == "value_error":
         return str(ctx.get("error", error["msg"]))
     if kind in _RANGE_TYPES:
-        return f"{error['msg'].lower()} (got {value!r})"
+        bound = next(iter(ctx.values()), "?")
+        return f"must be {_RANGE_TYPES[kind]} {bound} (got {value!r})"
     if kind == "multiple_of":
         return f"must be a multiple of {ctx.get('multiple_of')} (got {value!r})"
     if kind == "string_too_short":
