@@ -1,0 +1,103 @@
+"""Simulated renders: deterministic pixels, saved the way ComfyUI's SaveImage saves them.
+
+A take's pixels depend only on (checkpoint, positive prompt, seed, noise index, size),
+never on the batch it was rendered in, mirroring ComfyUI with ``LatentFromBatch``
+(see ``tower/graph.py``). Pixels are random colour blocks of 8x8 (one per latent
+cell), drawn from a generator seeded with a hash of those values: cheap to make, and
+any change to the inputs changes the image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from tower.storage import atomic_write_bytes, inside
+
+LATENT_SCALE = 8
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """Everything that decides one simulated image's pixels."""
+
+    checkpoint: str
+    text: str
+    seed: int
+    index: int
+    width: int
+    height: int
+
+    def digest(self) -> bytes:
+        key = json.dumps([self.checkpoint, self.text, self.seed, self.index,
+                          self.width, self.height])
+        return hashlib.sha256(key.encode("utf-8")).digest()
+
+
+def render(spec: ImageSpec) -> Image.Image:
+    """The RGB image for ``spec``."""
+    cols = max(1, spec.width // LATENT_SCALE)
+    rows = max(1, spec.height // LATENT_SCALE)
+    rng = random.Random(spec.digest())
+    cells = Image.frombytes("RGB", (cols, rows), rng.randbytes(cols * rows * 3))
+    return cells.resize((spec.width, spec.height), Image.Resampling.NEAREST)
+
+
+def png_bytes(image: Image.Image, prompt: Any, extra_pnginfo: dict[str, Any] | None) -> bytes:
+    """PNG with the prompt (and each extra_pnginfo key) as tEXt chunks, like SaveImage."""
+    info = PngInfo()
+    if prompt is not None:
+        info.add_text("prompt", json.dumps(prompt))
+    for key, value in (extra_pnginfo or {}).items():
+        info.add_text(key, json.dumps(value))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info, compress_level=1)
+    return buffer.getvalue()
+
+
+class UnsafePrefixError(Exception):
+    """A filename_prefix that would save outside the output folder."""
+
+
+def save_path(output_dir: Path, prefix: str) -> tuple[Path, str, str, int]:
+    """(folder, subfolder, filename stem, next counter) for a SaveImage ``filename_prefix``.
+
+    Like ``folder_paths.get_save_image_path``: the counter is one above the highest
+    existing ``<stem>_NNNNN_`` file in the folder, so deleted files can be reused.
+    """
+    subfolder, _, stem = prefix.replace("\\", "/").rpartition("/")
+    try:
+        folder = inside(output_dir, subfolder) if subfolder else output_dir
+    except ValueError as err:
+        raise UnsafePrefixError("Saving image outside the output folder is not allowed."
+                                f"\n full_output_folder: {output_dir / subfolder}"
+                                f"\n         output_dir: {output_dir}") from err
+    pattern = re.compile(rf"^{re.escape(stem)}_(\d+)_")
+    highest = 0
+    if folder.is_dir():
+        for entry in folder.iterdir():
+            match = pattern.match(entry.name)
+            if match:
+                highest = max(highest, int(match.group(1)))
+    return folder, subfolder, stem, highest + 1
+
+
+def save_images(output_dir: Path, prefix: str, specs: list[ImageSpec], prompt: Any,
+                extra_pnginfo: dict[str, Any] | None) -> list[dict[str, str]]:
+    """Write one PNG per spec with consecutive counters; returns SaveImage's ui entries."""
+    folder, subfolder, stem, counter = save_path(output_dir, prefix)
+    saved = []
+    for offset, spec in enumerate(specs):
+        name = f"{stem}_{counter + offset:05}_.png"
+        atomic_write_bytes(folder / name, png_bytes(render(spec), prompt, extra_pnginfo))
+        saved.append({"filename": name, "subfolder": subfolder, "type": "output"})
+    return saved

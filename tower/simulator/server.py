@@ -1,0 +1,96 @@
+"""Run a simulator on a loopback port in a background thread.
+
+Each :class:`SimulatorServer` is independent (its own engine, worker thread and
+uvicorn server), so one process can host a whole render farm on different ports.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+
+import uvicorn
+
+from tower.simulator.app import create_app
+from tower.simulator.config import Faults, SimulatorConfig
+from tower.simulator.engine import Engine
+
+HOST = "127.0.0.1"
+START_TIMEOUT_S = 10.0
+
+
+class SimulatorServer:
+    """A started simulator; use as a context manager or call :meth:`stop`."""
+
+    def __init__(self, config: SimulatorConfig, faults: Faults, port: int = 0) -> None:
+        self.config = config
+        self.faults = faults
+        self._own_dir = config.output_dir is None
+        self.output_dir = Path(config.output_dir or tempfile.mkdtemp(prefix="tower-sim-"))
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.engine = Engine(config, faults, self.output_dir)
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind((HOST, port))
+        self.port: int = self._socket.getsockname()[1]
+        self.url = f"http://{HOST}:{self.port}"
+        uv_config = uvicorn.Config(create_app(self.engine), log_level="warning",
+                                   lifespan="on", ws="websockets-sansio", access_log=False,
+                                   timeout_graceful_shutdown=2)
+        self._server = uvicorn.Server(uv_config)
+        self._thread = threading.Thread(target=self._server.run,
+                                        kwargs={"sockets": [self._socket]}, daemon=True,
+                                        name=f"{config.name}-http")
+
+    def start(self) -> SimulatorServer:
+        """Start serving; returns once the server accepts connections."""
+        self._thread.start()
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"simulator {self.config.name!r} failed to start on "
+                                   f"{self.url}")
+            time.sleep(0.005)
+        return self
+
+    def restart(self) -> None:
+        """Like restarting ComfyUI: queue, history, node cache, loaded model and sockets
+        are lost, prompt numbers start again from 0; the port stays the same."""
+        self.engine.restart()
+
+    def busy_intervals(self) -> list[tuple[float, float]]:
+        """(start, end) unix times during which the simulated GPU executed prompts."""
+        return [(start, end) for start, end in self.engine.busy()["intervals"]]
+
+    def stop(self) -> None:
+        """Stop serving and the worker; removes the output folder if it was a temp one."""
+        self.engine.close()
+        self._server.should_exit = True
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+        self._socket.close()
+        if self._own_dir:
+            shutil.rmtree(self.output_dir, ignore_errors=True)
+
+    def __enter__(self) -> SimulatorServer:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"SimulatorServer(name={self.config.name!r}, url={self.url!r})"
+
+
+def start_simulator(config: SimulatorConfig | None = None, port: int = 0,
+                    faults: Faults | None = None) -> SimulatorServer:
+    """Start a simulator on ``127.0.0.1:port`` (0 picks a free port) in the background."""
+    server = SimulatorServer(config or SimulatorConfig(), faults or Faults(), port)
+    return server.start()
