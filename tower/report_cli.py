@@ -1,0 +1,87 @@
+"""``tower report`` and ``tower status``: the daily report and the farm's state in a terminal.
+
+The command bodies live here; :mod:`tower.cli` only registers them. The clock is read
+here, at the edge, and passed into the report and status functions.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from tower.comfyui import ComfyUIClient
+from tower.errors import InputError
+from tower.presets import load_presets
+from tower.report import build_report, write_report
+from tower.report_data import ReportDataError
+from tower.report_model import report_window
+from tower.report_render import render_terminal
+from tower.status import gather_status, render_status
+from tower.storage import DEFAULT_DATA_ROOT, DataRoot
+
+STATUS_TIMEOUT_S = 5.0
+STATUS_CONNECT_TIMEOUT_S = 2.0
+
+DataRootOption = Annotated[Path, typer.Option("--data-root", help="the pipeline's data root")]
+
+
+def _day(value: str | None, option: str) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a date (YYYY-MM-DD)", param_hint=option) \
+            from None
+
+
+def report_command(
+    day: Annotated[Optional[str], typer.Option("--date", help="one UTC day, YYYY-MM-DD")] = None,  # noqa: UP045
+    since: Annotated[Optional[str], typer.Option("--since", help="from a day until now")] = None,  # noqa: UP045
+    data_root: DataRootOption = DEFAULT_DATA_ROOT,
+    write: Annotated[bool, typer.Option("--write/--no-write",
+                                        help="also write reports/<day>.md, .json and charts")]
+    = False,
+    presets: Annotated[Optional[Path], typer.Option("--presets", help="YAML presets file")]  # noqa: UP045
+    = None,
+) -> None:
+    """Print the performance report for the last 24 hours, one day, or since a day."""
+    try:
+        window = report_window(datetime.now(UTC), _day(day, "--date"), _day(since, "--since"))
+        known = load_presets(presets)
+        data = DataRoot(data_root)
+        report = build_report(data, window, known)
+    except (ValueError, ReportDataError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+    except InputError as err:
+        for problem in err.problems:
+            typer.echo(str(problem), err=True)
+        raise typer.Exit(1) from None
+    typer.echo(render_terminal(report))
+    if write:
+        files = write_report(report, data)
+        typer.echo(f"Written: {files.markdown}, {files.json}")
+
+
+def status_command(
+    server: Annotated[Optional[list[str]], typer.Option(  # noqa: UP045
+        "--server", help="ComfyUI URL (repeat for several)")] = None,
+    data_root: DataRootOption = DEFAULT_DATA_ROOT,
+) -> None:
+    """Servers reachable, queues, VRAM, loaded model, the last run, index size, dedup rate."""
+    try:
+        clients = [ComfyUIClient(url, timeout=STATUS_TIMEOUT_S,
+                                 connect_timeout=STATUS_CONNECT_TIMEOUT_S) for url in server or ()]
+    except ValueError as err:
+        typer.echo(f"error: --server: {err}", err=True)
+        raise typer.Exit(1) from None
+    try:
+        status = gather_status(clients, DataRoot(data_root), datetime.now(UTC))
+    finally:
+        for client in clients:
+            client.close()
+    typer.echo(render_status(status))
