@@ -10,6 +10,7 @@ import typer
 
 from tower.errors import InputError
 from tower.presets import load_presets
+from tower.report_cli import report_command, status_command
 from tower.shots import read_shot_list
 from tower.takes import resolve_takes
 
@@ -55,6 +56,10 @@ def validate(path: Annotated[str, typer.Argument(help="shot list (.yaml/.csv/.js
         typer.echo(f"  preset {name}: {count} takes")
     for name, count in sorted(checkpoints.items()):
         typer.echo(f"  checkpoint {name}: {count} takes")
+
+
+app.command("report")(report_command)
+app.command("status")(status_command)
 
 
 def main() -> None:
