@@ -12,10 +12,12 @@ from tower.errors import InputError
 from tower.presets import load_presets
 from tower.report_cli import report_command, status_command
 from tower.shots import read_shot_list
+from tower.simulator.cli import sim
 from tower.takes import resolve_takes
 
 app = typer.Typer(help="Tower: batch rendering of anime episodes on ComfyUI.",
                   no_args_is_help=True, add_completion=False)
+app.command("sim")(sim)
 
 PresetsOption = Annotated[Optional[Path], typer.Option("--presets", help="YAML presets file")]  # noqa: UP045
 
