@@ -12,8 +12,11 @@ import typer
 from tower.simulator.config import SimulatorConfig
 from tower.simulator.server import start_simulator
 
+LOOPBACK_NAMES = ("127.0.0.1", "localhost")
+
 
 def sim(
+    host: Annotated[str, typer.Option(help="must be loopback: 127.0.0.1 only")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port on 127.0.0.1 (0 picks a free one)")] = 8188,
     vram_mb: Annotated[int, typer.Option(help="simulated card size in MB", min=1024)] = 12288,
     time_scale: Annotated[float, typer.Option(
@@ -22,6 +25,9 @@ def sim(
         help="where PNGs are written (a temp folder, removed on exit, if not given)")] = None,
 ) -> None:
     """Run a ComfyUI simulator on 127.0.0.1 until Ctrl-C."""
+    if host not in LOOPBACK_NAMES:
+        typer.echo(f"--host {host!r} refused: the simulator binds 127.0.0.1 only", err=True)
+        raise typer.Exit(2)
     config = SimulatorConfig(vram_mb=vram_mb, time_scale=time_scale, output_dir=output_dir)
     try:
         server = start_simulator(config, port=port)
