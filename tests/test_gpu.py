@@ -125,3 +125,43 @@ def test_sampler_for_without_any_source_records_nothing(monkeypatch):
 ])
 def test_is_local(url, local):
     assert gpu.is_local(url) is local
+
+
+def test_comfyui_reader_reports_vram_in_use_on_the_simulator(simulator):
+    from tower.comfyui import ComfyUIClient
+
+    with ComfyUIClient(simulator.url) as client:
+        stats = client.system_stats()
+        device = stats.devices[0]
+        reading = gpu.comfyui_reader(client)()
+        assert reading.util_percent is None
+        assert reading.vram_used_mb == (device.vram_total - device.vram_free) / gpu.MIB
+        assert 0 <= reading.vram_used_mb <= simulator.config.vram_mb
+
+        # A remote-looking server never uses NVML even where the driver exists.
+        assert sampler_for(client, prefer_nvml=False).source == "comfyui"
+
+
+def test_sampler_for_uses_system_stats_when_nvml_is_missing(simulator, monkeypatch):
+    from tower.comfyui import ComfyUIClient
+
+    monkeypatch.setattr(pynvml, "nvmlInit", _no_driver)
+    with ComfyUIClient(simulator.url) as client, sampler_for(client, interval=60) as sampler:
+        pass
+    summary = sampler.summary()
+    assert (summary.source, summary.samples, summary.measured) == ("comfyui", 2, True)
+    assert summary.util_mean is None
+
+
+def test_a_cpu_only_server_is_not_measured():
+    """On CPU, ComfyUI reports system RAM as "VRAM": recording it would mislead."""
+    from tower.comfyui import Device, SystemStats
+
+    class CpuServer:
+        base_url = "http://10.0.0.9:8188"
+
+        def system_stats(self):
+            cpu = Device("cpu", "cpu", None, vram_total=64 * 2**30, vram_free=32 * 2**30)
+            return SystemStats(comfyui_version="0.3.64", devices=(cpu,))
+
+    assert sampler_for(CpuServer()).source == "none"

@@ -170,10 +170,10 @@ def ensure_prefect_server(state_dir: Path, host: str = DEFAULT_HOST, port: int =
     return ServerInfo(url, process.pid, started=True, source="started")
 
 
-def _simulator_command(host: str, port: int, output_dir: Path,
-                       extra_args: tuple[str, ...]) -> list[str]:
+def _simulator_command(port: int, output_dir: Path, extra_args: tuple[str, ...]) -> list[str]:
+    """``tower sim`` (which always listens on 127.0.0.1) run by this Python."""
     return [sys.executable, "-c", "from tower.cli import main; main()", "sim",
-            "--host", host, "--port", str(port), "--output-dir", str(output_dir), *extra_args]
+            "--port", str(port), "--output-dir", str(output_dir), *extra_args]
 
 
 def ensure_simulator(state_dir: Path, port: int = SIMULATOR_PORT, host: str = DEFAULT_HOST,
@@ -181,7 +181,8 @@ def ensure_simulator(state_dir: Path, port: int = SIMULATOR_PORT, host: str = DE
                      timeout: float = SIMULATOR_START_TIMEOUT_S) -> str:
     """The URL of a ComfyUI answering on ``host:port``, starting ``tower sim`` if none does.
 
-    The simulator's images go to ``state_dir/simulator-output``.
+    The simulator's images go to ``state_dir/simulator-output``; ``extra_args`` are
+    passed to ``tower sim`` (e.g. ``("--time-scale", "0.002")``).
 
     Raises:
         LocalServerError: the simulator exited or did not answer in time (names the log).
@@ -191,7 +192,7 @@ def ensure_simulator(state_dir: Path, port: int = SIMULATOR_PORT, host: str = DE
     if answers(stats):
         return url
     output_dir = (state_dir / "simulator-output").resolve()
-    command = _simulator_command(host, port, output_dir, extra_args)
+    command = _simulator_command(port, output_dir, extra_args)
     process = _spawn(SIMULATOR, state_dir, command, os.environ)
     _wait_until(lambda: answers(stats), process, SIMULATOR, state_dir, timeout)
     return url
