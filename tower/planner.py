@@ -1,0 +1,427 @@
+"""The batch planner: takes still to render become ComfyUI prompts on servers.
+
+A render batch is one prompt: consecutive takes of one shot at one preset with
+identical settings (see :func:`tower.graph.check_batch`), as many as fit the server's
+VRAM budget, capped by the preset's ``max_batch``.
+
+How work is placed:
+
+1. Takes are cut into *chunks*: consecutive takes sharing every setting, at most
+   ``max_batch`` long. A chunk goes to one server, which renders it in one or more
+   batches sized for its own budget.
+2. Chunks are grouped by checkpoint, the heaviest group first; within a group, chunks
+   of the same prompt sit next to each other (ComfyUI reuses the text encoding).
+3. Each chunk goes to the server that would finish it first, counting a model load
+   when the server's current checkpoint differs. Keeping a checkpoint costs nothing,
+   so a group stays on one server until the imbalance is worth a model swap; a server
+   that already has the checkpoint loaded starts ahead.
+4. Each server renders its batches grouped by checkpoint (its loaded one first), so
+   its model swaps equal the distinct checkpoints it serves, less one if it starts
+   with the right one.
+
+If a take does not fit any server even alone, its VAE decode switches to tiled
+(``preset.vae_tile_size``); if that does not fit either, :class:`PlanningError` says
+the estimate, the largest budget and what to change. Everything is deterministic:
+the same takes and servers give the same plan and the same batch ids (a hash of the
+takes' render keys), so submitting a plan twice is idempotent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from itertools import groupby
+
+from tower.presets import Preset
+from tower.takes import ResolvedTake
+from tower.timing import TimeModel
+from tower.vram import VramModel
+
+__all__ = [
+    "Plan", "PlanningError", "RenderBatch", "ServerSpec", "TimeModel", "apply_decode_policy",
+    "plan_batches", "split_batch",
+]
+
+# The settings every take of one prompt shares (tower.graph.check_batch).
+BATCH_FIELDS = (
+    "episode", "shot_id", "preset", "prompt", "negative", "seed", "checkpoint", "sampler",
+    "scheduler", "steps", "cfg", "width", "height", "denoise", "vae_tiled", "vae_tile_size",
+)
+
+
+class PlanningError(ValueError):
+    """The takes cannot be planned on these servers; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """A ComfyUI server as the planner sees it."""
+
+    name: str
+    vram_budget_mb: float
+    loaded_checkpoint: str | None = None
+    speed: float = 1.0  # relative to the time model's reference card
+
+
+@dataclass(frozen=True)
+class RenderBatch:
+    """One ComfyUI prompt: consecutive takes of one shot, on one server."""
+
+    batch_id: str
+    server: str
+    takes: tuple[ResolvedTake, ...]
+    vram_estimate_mb: float
+    est_seconds: float
+
+    @property
+    def first(self) -> ResolvedTake:
+        return self.takes[0]
+
+    @property
+    def episode(self) -> str:
+        return self.first.episode
+
+    @property
+    def shot_id(self) -> str:
+        return self.first.shot_id
+
+    @property
+    def preset(self) -> str:
+        return self.first.preset
+
+    @property
+    def checkpoint(self) -> str:
+        return self.first.checkpoint
+
+    @property
+    def vae_tiled(self) -> bool:
+        return self.first.vae_tiled
+
+    @property
+    def start(self) -> int:
+        """Index of the first take (the graph's batch offset)."""
+        return self.first.take
+
+    @property
+    def size(self) -> int:
+        return len(self.takes)
+
+    @property
+    def prompt_id(self) -> str:
+        """The ComfyUI prompt id: fixed by the takes, so a resubmission is recognised."""
+        return f"tower-{self.batch_id}"
+
+    @property
+    def take_range(self) -> str:
+        end = self.takes[-1].take
+        return f"t{self.start}" if end == self.start else f"t{self.start}-{end}"
+
+    @property
+    def label(self) -> str:
+        """e.g. ``ep01 sh030 t0-3 high``."""
+        return f"{self.episode} {self.shot_id} {self.take_range} {self.preset}"
+
+    @property
+    def filename_prefix(self) -> str:
+        return f"{self.episode}/{self.shot_id}/{self.batch_id[:8]}"
+
+
+def batch_id_for(takes: Sequence[ResolvedTake]) -> str:
+    """16 hex digits of sha256 over the takes' render keys."""
+    return hashlib.sha256("\n".join(t.key for t in takes).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Batches per server in render order, with each server's swaps and estimated time."""
+
+    batches: tuple[RenderBatch, ...]
+    model_swaps: dict[str, int] = field(default_factory=dict)
+    est_seconds: dict[str, float] = field(default_factory=dict)
+
+    def for_server(self, name: str) -> list[RenderBatch]:
+        """The batches of server ``name``, in the order to submit them."""
+        return [b for b in self.batches if b.server == name]
+
+    @property
+    def takes(self) -> int:
+        return sum(b.size for b in self.batches)
+
+    def rows(self) -> list[dict[str, object]]:
+        """One dict per batch, for a table artifact."""
+        return [{"batch": b.batch_id, "shot": f"{b.episode} {b.shot_id}", "takes": b.take_range,
+                 "preset": b.preset, "server": b.server,
+                 "vram_estimate_mb": round(b.vram_estimate_mb),
+                 "est_seconds": round(b.est_seconds, 1)} for b in self.batches]
+
+    def table(self) -> str:
+        """The plan as fixed-width text, a summary line per server at the end."""
+        head = (f"{'server':<12} {'batch':<16} {'shot':<16} {'takes':<7} {'preset':<9} "
+                f"{'checkpoint':<32} {'vae':<5} {'vram MB':>8} {'est s':>8}")
+        lines = [head, "-" * len(head)]
+        for b in self.batches:
+            lines.append(
+                f"{b.server:<12.12} {b.batch_id:<16} {b.episode + ' ' + b.shot_id:<16.16} "
+                f"{b.take_range:<7} {b.preset:<9.9} {b.checkpoint:<32.32} "
+                f"{'tiled' if b.vae_tiled else 'full':<5} {b.vram_estimate_mb:>8.0f} "
+                f"{b.est_seconds:>8.1f}")
+        lines.append("")
+        for name in self.est_seconds:
+            count = len(self.for_server(name))
+            lines.append(f"{name}: {count} batches, {self.model_swaps.get(name, 0)} model swaps,"
+                         f" ~{self.est_seconds[name]:.0f} s")
+        lines.append(f"total: {len(self.batches)} batches, {self.takes} takes")
+        return "\n".join(lines)
+
+
+@dataclass
+class _Chunk:
+    """Consecutive takes with one set of settings, placed on one server as a whole."""
+
+    takes: tuple[ResolvedTake, ...]
+    max_batch: int
+    fit: dict[str, int] = field(default_factory=dict)       # server -> batch size
+    cost: dict[str, float] = field(default_factory=dict)    # server -> seconds
+
+    @property
+    def first(self) -> ResolvedTake:
+        return self.takes[0]
+
+
+@dataclass
+class _Models:
+    vram: VramModel
+    time: TimeModel
+
+    def vram_mb(self, take: ResolvedTake, size: int) -> float:
+        return self.vram.estimate_mb(take.checkpoint, take.width, take.height, size,
+                                     take.vae_tiled, take.vae_tile_size)
+
+    def seconds(self, take: ResolvedTake, size: int) -> float:
+        return self.time.estimate_seconds(self.vram.family(take.checkpoint), take.width,
+                                          take.height, size, take.steps, take.vae_tiled)
+
+    def load_seconds(self, checkpoint: str) -> float:
+        return self.time.load_seconds(self.vram.family(checkpoint))
+
+
+def plan_batches(takes: Sequence[ResolvedTake], servers: Sequence[ServerSpec],
+                 presets: Mapping[str, Preset], vram: VramModel | None = None,
+                 time_model: TimeModel | None = None) -> Plan:
+    """Plan ``takes`` (usually dedup's ``to_render``) onto ``servers``.
+
+    Every distinct take is planned exactly once; identical duplicates are planned once.
+
+    Raises:
+        PlanningError: no servers, duplicate server names, an unknown preset, or a take
+            that fits no server's budget even with tiled VAE decode.
+    """
+    _check_servers(servers)
+    models = _Models(vram or VramModel(), time_model or TimeModel())
+    chunks = [_fit_chunk(c, servers, presets, models) for c in _chunks(takes, presets)]
+    order = _chunk_order(chunks)
+    placed = _place(order, servers, models)
+    return _build_plan(placed, servers, models)
+
+
+def _check_servers(servers: Sequence[ServerSpec]) -> None:
+    if not servers:
+        raise PlanningError("no servers to plan for")
+    names = [s.name for s in servers]
+    if len(set(names)) != len(names):
+        raise PlanningError(f"server names must be unique: {names}")
+    for s in servers:
+        if s.vram_budget_mb <= 0 or s.speed <= 0:
+            raise PlanningError(f"server {s.name}: vram_budget_mb and speed must be positive")
+
+
+def _settings(take: ResolvedTake) -> tuple[object, ...]:
+    return tuple(getattr(take, name) for name in BATCH_FIELDS)
+
+
+def _chunks(takes: Sequence[ResolvedTake], presets: Mapping[str, Preset]) -> list[_Chunk]:
+    """Consecutive same-settings takes, cut to the preset's max_batch."""
+    unique = sorted(set(takes), key=lambda t: (_settings(t), t.take))
+    chunks: list[_Chunk] = []
+    for _, same in groupby(unique, key=_settings):
+        group = list(same)
+        preset = presets.get(group[0].preset)
+        if preset is None:
+            raise PlanningError(f"{group[0].label}: unknown preset {group[0].preset!r};"
+                                f" known: {', '.join(sorted(presets))}")
+        run: list[ResolvedTake] = []
+        for take in group:
+            if run and (take.take != run[-1].take + 1 or len(run) == preset.max_batch):
+                chunks.append(_Chunk(tuple(run), preset.max_batch))
+                run = []
+            run.append(take)
+        chunks.append(_Chunk(tuple(run), preset.max_batch))
+    return chunks
+
+
+def _largest_fit(take: ResolvedTake, limit: int, budget: float, models: _Models) -> int:
+    """The largest batch size up to ``limit`` whose estimate fits ``budget`` (0: none)."""
+    best = 0
+    for size in range(1, limit + 1):
+        if models.vram_mb(take, size) > budget:
+            break
+        best = size
+    return best
+
+
+def _fit_chunk(chunk: _Chunk, servers: Sequence[ServerSpec], presets: Mapping[str, Preset],
+               models: _Models) -> _Chunk:
+    """Batch sizes and costs per server; tiled decode if the chunk fits nowhere."""
+    limit = min(chunk.max_batch, len(chunk.takes))
+    fits = {s.name: _largest_fit(chunk.first, limit, s.vram_budget_mb, models) for s in servers}
+    if not any(fits.values()) and not chunk.first.vae_tiled:
+        tile = presets[chunk.first.preset].vae_tile_size
+        chunk = replace(chunk, takes=tuple(t.with_tiled_decode(tile) for t in chunk.takes))
+        fits = {s.name: _largest_fit(chunk.first, limit, s.vram_budget_mb, models)
+                for s in servers}
+    if not any(fits.values()):
+        raise PlanningError(_too_big(chunk.first, servers, models))
+    for s in servers:
+        size = fits[s.name]
+        if size:
+            chunk.fit[s.name] = size
+            chunk.cost[s.name] = sum(models.seconds(chunk.first, len(part))
+                                     for part in _slices(chunk.takes, size)) / s.speed
+    return chunk
+
+
+def _too_big(take: ResolvedTake, servers: Sequence[ServerSpec], models: _Models) -> str:
+    biggest = max(servers, key=lambda s: s.vram_budget_mb)
+    need = models.vram_mb(take, 1)
+    return (f"{take.label} ({take.preset}, {take.checkpoint}, {take.width}x{take.height}): "
+            f"estimated {need:.0f} MB for one take with tiled VAE decode (tile "
+            f"{take.vae_tile_size}), but the largest budget is {biggest.vram_budget_mb:.0f} MB"
+            f" ({biggest.name}); lower the resolution or the preset's vae_tile_size, use a "
+            f"smaller checkpoint, or add a server with more VRAM")
+
+
+def _slices(takes: Sequence[ResolvedTake], size: int) -> list[tuple[ResolvedTake, ...]]:
+    return [tuple(takes[i:i + size]) for i in range(0, len(takes), size)]
+
+
+def _chunk_order(chunks: list[_Chunk]) -> list[_Chunk]:
+    """Heaviest checkpoint first; same prompt together; then shot and take order."""
+    def work(c: _Chunk) -> float:
+        return min(c.cost.values())
+
+    totals: dict[str, float] = {}
+    for c in chunks:
+        totals[c.first.checkpoint] = totals.get(c.first.checkpoint, 0.0) + work(c)
+    return sorted(chunks, key=lambda c: (
+        -round(totals[c.first.checkpoint], 6), c.first.checkpoint, c.first.prompt,
+        c.first.negative, c.first.episode, c.first.shot_id, c.first.preset, c.first.take,
+        c.first.key))
+
+
+def _place(order: list[_Chunk], servers: Sequence[ServerSpec],
+           models: _Models) -> dict[str, list[_Chunk]]:
+    """Greedy earliest finish, a model load counted when the checkpoint changes."""
+    finish = {s.name: 0.0 for s in servers}
+    current = {s.name: s.loaded_checkpoint for s in servers}
+    speed = {s.name: s.speed for s in servers}
+    placed: dict[str, list[_Chunk]] = {s.name: [] for s in servers}
+    for chunk in order:
+        ckpt = chunk.first.checkpoint
+
+        def done_at(name: str, chunk: _Chunk = chunk, ckpt: str = ckpt) -> float:
+            load = 0.0 if current[name] == ckpt else models.load_seconds(ckpt) / speed[name]
+            return finish[name] + load + chunk.cost[name]
+
+        best = min((s.name for s in servers if s.name in chunk.fit), key=done_at)
+        finish[best] = done_at(best)
+        current[best] = ckpt
+        placed[best].append(chunk)
+    return placed
+
+
+def _build_plan(placed: dict[str, list[_Chunk]], servers: Sequence[ServerSpec],
+                models: _Models) -> Plan:
+    batches: list[RenderBatch] = []
+    swaps: dict[str, int] = {}
+    seconds: dict[str, float] = {}
+    for server in servers:
+        chunks = placed[server.name]
+        # Stable sort: the loaded checkpoint's chunks first, otherwise placement order.
+        chunks = sorted(chunks, key=lambda c: c.first.checkpoint != server.loaded_checkpoint)
+        own = [_batch(part, server, models) for c in chunks
+               for part in _slices(c.takes, c.fit[server.name])]
+        swaps[server.name] = _count_swaps(own, server.loaded_checkpoint)
+        seconds[server.name] = sum(b.est_seconds for b in own) + sum(
+            models.load_seconds(ck) / server.speed for ck in _loads(own, server.loaded_checkpoint))
+        batches += own
+    return Plan(tuple(batches), swaps, seconds)
+
+
+def _batch(takes: tuple[ResolvedTake, ...], server: ServerSpec, models: _Models) -> RenderBatch:
+    return RenderBatch(batch_id=batch_id_for(takes), server=server.name, takes=takes,
+                       vram_estimate_mb=models.vram_mb(takes[0], len(takes)),
+                       est_seconds=models.seconds(takes[0], len(takes)) / server.speed)
+
+
+def _loads(batches: Sequence[RenderBatch], loaded: str | None) -> list[str]:
+    """The checkpoints loaded along ``batches``, in order."""
+    loads = []
+    for batch in batches:
+        if batch.checkpoint != loaded:
+            loads.append(batch.checkpoint)
+            loaded = batch.checkpoint
+    return loads
+
+
+def _count_swaps(batches: Sequence[RenderBatch], loaded: str | None) -> int:
+    return len(_loads(batches, loaded))
+
+
+def split_batch(batch: RenderBatch,
+                vram: VramModel | None = None) -> tuple[RenderBatch, RenderBatch]:
+    """Halves of ``batch`` (the first one larger when odd), for a retry after an OOM.
+
+    Both halves stay on the batch's server and get their own ids; the VRAM estimate is
+    recomputed (with ``vram`` when given) and the time split pro rata.
+
+    Raises:
+        ValueError: for a batch of one take, which cannot be split.
+    """
+    if batch.size < 2:
+        raise ValueError(f"{batch.label}: a batch of one take cannot be split")
+    model = vram or VramModel()
+    cut = (batch.size + 1) // 2
+    halves = []
+    for part in (batch.takes[:cut], batch.takes[cut:]):
+        first = part[0]
+        halves.append(RenderBatch(
+            batch_id=batch_id_for(part), server=batch.server, takes=tuple(part),
+            vram_estimate_mb=model.estimate_mb(first.checkpoint, first.width, first.height,
+                                               len(part), first.vae_tiled, first.vae_tile_size),
+            est_seconds=batch.est_seconds * len(part) / batch.size))
+    return halves[0], halves[1]
+
+
+def apply_decode_policy(takes: Sequence[ResolvedTake], servers: Sequence[ServerSpec],
+                        presets: Mapping[str, Preset],
+                        vram: VramModel | None = None) -> list[ResolvedTake]:
+    """Takes that no server could decode whole, switched to tiled VAE decode.
+
+    Run before dedup, since the decode mode is part of the render key. The rule is
+    "tile only when even the largest budget cannot hold one take decoded whole": a
+    take that fits somewhere keeps full decode (the planner sends it where it fits),
+    and adding a smaller server to the pool never changes existing keys. Tiles use the
+    preset's ``vae_tile_size`` (the take's own when the preset is unknown).
+    """
+    _check_servers(servers)
+    model = vram or VramModel()
+    largest = max(s.vram_budget_mb for s in servers)
+    result = []
+    for take in takes:
+        if not take.vae_tiled and model.estimate_mb(
+                take.checkpoint, take.width, take.height, 1) > largest:
+            preset = presets.get(take.preset)
+            take = take.with_tiled_decode(preset.vae_tile_size if preset else take.vae_tile_size)
+        result.append(take)
+    return result
