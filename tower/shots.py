@@ -11,9 +11,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
 
 from tower.documents import Document, format_of, parse, read_text
 from tower.errors import InputError, Problem, Whole, describe_error, suggest
@@ -23,6 +30,8 @@ from tower.presets import BUILTIN_PRESETS, Preset
 MAX_TAKES = 64
 MAX_SEED = 2**64 - 1
 SIZE_RULE = "must be a multiple of 8 between 64 and 4096"
+# A file name on the ComfyUI server; stray spaces from a spreadsheet are not part of it.
+CheckpointName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 
 
 def _check_size(value: int | None) -> int | None:
@@ -43,7 +52,7 @@ class ShotDefaults(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     preset: str = "standard"
-    checkpoint: str | None = Field(default=None, min_length=1)
+    checkpoint: CheckpointName | None = None
     negative: str = ""
     style_prefix: str = ""
     style_suffix: str = ""
@@ -66,7 +75,7 @@ class Shot(BaseModel):
     preset: str | None = None
     takes: Whole | None = None
     seed: Whole | None = None
-    checkpoint: str | None = Field(default=None, min_length=1)
+    checkpoint: CheckpointName | None = None
     width: Whole | None = None
     height: Whole | None = None
     notes: str | None = None
