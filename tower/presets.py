@@ -122,7 +122,7 @@ def apply_overrides(
         else:
             problems += _located(found, doc, name)
     if problems:
-        raise InputError(problems)
+        raise InputError(sorted(problems, key=lambda p: p.line or 0))
     return presets
 
 
