@@ -11,6 +11,7 @@ import typer
 from tower.errors import InputError
 from tower.presets import load_presets
 from tower.report_cli import report_command, status_command
+from tower.server_cli import demo, server_app
 from tower.shots import read_shot_list
 from tower.simulator.cli import sim
 from tower.takes import resolve_takes
@@ -62,6 +63,8 @@ def validate(path: Annotated[str, typer.Argument(help="shot list (.yaml/.csv/.js
 
 app.command("report")(report_command)
 app.command("status")(status_command)
+app.add_typer(server_app, name="server")
+app.command("demo")(demo)
 
 
 def main() -> None:
