@@ -9,9 +9,11 @@ from typer.testing import CliRunner
 
 from tower.local_server import (
     PREFECT,
+    SIMULATOR,
     LocalServerError,
     answers,
     ensure_prefect_server,
+    ensure_simulator,
     server_status,
     stop_started_servers,
 )
@@ -86,3 +88,21 @@ def test_server_cli_stop_and_status(tmp_path):
     assert shown.exit_code == 0
     assert f"prefect server: http://127.0.0.1:{port}/api not answering" in shown.output
     assert f"comfyui simulator: http://127.0.0.1:{sim_port} not answering" in shown.output
+
+
+def test_simulator_is_started_in_the_background_reused_and_stopped(tmp_path):
+    port = free_port()
+    try:
+        url = ensure_simulator(tmp_path, port=port, extra_args=("--time-scale", "0"))
+        assert url == f"http://127.0.0.1:{port}"
+        stats = httpx.get(f"{url}/system_stats").json()
+        assert stats["system"]["comfyui_version"] == "0.3.64"
+        pid = int(SIMULATOR.pid_file(tmp_path).read_text())
+        assert ensure_simulator(tmp_path, port=port) == url
+        assert int(SIMULATOR.pid_file(tmp_path).read_text()) == pid  # reused, not restarted
+    finally:
+        stopped = stop_started_servers(tmp_path)
+    assert stopped == [f"comfyui simulator (pid {pid})"]
+    assert not answers(f"{url}/system_stats")
+    assert (tmp_path / "simulator-output").is_dir()
+    assert "listening on" in SIMULATOR.log_file(tmp_path).read_text()
