@@ -199,3 +199,14 @@ def test_tile_overlap_stays_on_comfyui_steps(tile: int, overlap: int) -> None:
     assert tile_overlap(tile) == overlap
     spec = FULL_INFO["VAEDecodeTiled"]["input"]["required"]["overlap"][1]
     assert overlap % spec["step"] == 0 and overlap < tile
+
+
+def test_checker_reads_both_spellings_of_an_enum() -> None:
+    graph = build_graph(takes_of(), "p")
+    info = {**FULL_INFO, "KSampler": {**FULL_INFO["KSampler"], "input": {"required": {
+        **FULL_INFO["KSampler"]["input"]["required"],
+        "scheduler": ["COMBO", {"options": ["karras", "normal"]}]}}}}
+    assert check_graph(graph, info) == []
+    graph["sampler"]["inputs"]["scheduler"] = "beta"
+    assert check_graph(graph, info) == [
+        "sampler.scheduler: 'beta' is not one of the allowed values"]

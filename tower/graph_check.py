@@ -63,6 +63,8 @@ def _check_input(where: str, value: Any, spec: list[Any], graph: Mapping[str, An
     kind, options = spec[0], (spec[1] if len(spec) > 1 else {})
     if isinstance(value, list):
         return _check_link(where, value, kind, graph, object_info)
+    if kind == "COMBO":  # newer spelling of an enum: ["COMBO", {"options": [...]}]
+        kind = list(options.get("options") or [])
     if isinstance(kind, list):
         return [] if value in kind else [f"{where}: {value!r} is not one of the allowed values"]
     if kind in _NUMBER_TYPES:
