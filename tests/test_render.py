@@ -76,10 +76,14 @@ def rendered_files(ctx):
 def test_batch_lands_images_index_rows_and_metrics(client, ctx):
     takes = takes_of(3)
     batch = batch_of(takes)
+    events = []
+    ctx.on_progress = events.append
 
     outcome = execute_batch(client, batch, ctx)
 
     assert (outcome.status, outcome.error) == ("ok", None)
+    assert {e.prompt_id for e in events} == {batch.prompt_id}
+    assert "progress" in {e.event for e in events}
     assert outcome.images == [ctx.data_root.renders / take_output_path(t) for t in takes]
     index = index_rows(ctx)
     assert index["render_key"].to_list() == [t.key for t in takes]

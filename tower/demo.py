@@ -131,7 +131,10 @@ def run_demo(project_dir: Path, echo: Echo, *, shot_list: Path = DEMO_SHOT_LIST,
     echo("Starting the ComfyUI simulator and a Prefect server (reused if running)...")
     simulator_url = ensure_simulator(state_dir, port=sim_port)
     info = ensure_prefect_server(state_dir, port=prefect_port)
-    ui_url = ui_base_url(info.url, os.environ)
+    configured = os.environ.get("PREFECT_API_URL")
+    if configured and info.source != "env":
+        echo(f"  note: PREFECT_API_URL={configured} does not answer; using {info.url}")
+    ui_url = ui_base_url(info.url, os.environ if info.source == "env" else {})
     echo(f"  ComfyUI simulator: {simulator_url}")
     echo(f"  Prefect server:    {info.url} (UI {ui_url})")
     point_prefect_at(info.url, state_dir)

@@ -23,6 +23,7 @@ from tower.comfyui import (
     ComfyUIOutOfMemory,
     ComfyUIProtocolError,
     DownloadedFile,
+    ProgressEvent,
     RenderResult,
 )
 from tower.gpu import GpuSampler, GpuSummary, sampler_for
@@ -54,6 +55,7 @@ class RenderContext:
     front: bool = False
     timeout_s: float | None = None
     measure_gpu: Callable[[ComfyUIClient], GpuSampler] = sampler_for
+    on_progress: Callable[[ProgressEvent], None] | None = None
     now: Callable[[], datetime] = field(default=_utc_now, repr=False)
 
 
@@ -177,7 +179,7 @@ def execute_batch(client: ComfyUIClient, batch: RenderBatch, ctx: RenderContext,
     try:
         with sampler:
             result = client.render(graph, prompt_id=batch.prompt_id, front=ctx.front,
-                                   timeout=ctx.timeout_s)
+                                   timeout=ctx.timeout_s, on_progress=ctx.on_progress)
         started = time.monotonic()
         files = _download_all(client, batch, result, ctx)
         download_s = time.monotonic() - started
