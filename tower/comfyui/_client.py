@@ -344,6 +344,7 @@ class ComfyUIClient:
                             adopted=state in ("queued", "running"), stale_number=stale)
             if not spec.adopted:
                 spec.queued_at, spec.adopted = self._submit_once(graph, spec, front)
+                spec.poll_first = spec.adopted
             else:
                 logger.info("%s: prompt %s is %s; adopting it", self.name, prompt_id, state)
         except BaseException:

@@ -34,6 +34,12 @@ WS_SILENCE_S = 1.0
 WS_OPEN_TIMEOUT = 5.0
 """Seconds to open the WebSocket before falling back to polling."""
 
+DRAIN_WAIT_S = 0.1
+"""Seconds to wait for a finished prompt's last frames when its history came first."""
+
+WS_CLOSE_TIMEOUT = 1.0
+"""Seconds to wait for the server's close frame when a wait ends."""
+
 WS_MAX_FRAME_BYTES = 64 * 1024 * 1024
 """execution_error frames carry tensor dumps in ``current_inputs``; allow big frames."""
 

@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Protocol
 
 from tower.comfyui._constants import (
+    DRAIN_WAIT_S,
     UNREACHABLE_GRACE_S,
     VANISHED_CHECKS,
     WS_SILENCE_S,
@@ -54,6 +55,7 @@ class WaitSpec:
     queued_at: datetime | None = None
     adopted: bool = False
     stale_number: float | None = None  # an older history entry under the same id
+    poll_first: bool = True  # False right after our own POST: listen live first
 
 
 class Waiter:
@@ -71,6 +73,7 @@ class Waiter:
     def run(self) -> RenderResult:
         try:
             entry = self._until_entry()
+            self._drain()
         finally:
             self._drop_socket()
         result = build_result(entry, self.tracker, queued_at=self.spec.queued_at,
@@ -81,7 +84,7 @@ class Waiter:
         return result
 
     def _until_entry(self) -> HistoryEntry:
-        entry = self._poll()
+        entry = self._poll() if self.spec.poll_first or self.socket is None else None
         while entry is None:
             self._check_deadlines()
             if self.socket is not None and self._listen():
@@ -91,6 +94,18 @@ class Waiter:
                 self._reconnect()
             entry = self._poll()
         return entry
+
+    def _drain(self) -> None:
+        """Read the frames already sent: when polling found the entry first, they still
+        carry the node timings (and ComfyUI sends ``executing{null}`` after the entry)."""
+        while self.socket is not None:
+            try:
+                frame = self.socket.recv(0.0 if self.tracker.ended else DRAIN_WAIT_S)
+            except ComfyUIUnavailable:
+                return
+            if frame is None:
+                return
+            self._handle(frame)
 
     def _listen(self) -> bool:
         """Read one frame; False when it is time to poll (silence, end, lost socket)."""

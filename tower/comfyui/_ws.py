@@ -17,7 +17,7 @@ from urllib.parse import quote
 from websockets.exceptions import ConnectionClosed, WebSocketException
 from websockets.sync.client import ClientConnection, connect
 
-from tower.comfyui._constants import WS_MAX_FRAME_BYTES, WS_OPEN_TIMEOUT
+from tower.comfyui._constants import WS_CLOSE_TIMEOUT, WS_MAX_FRAME_BYTES, WS_OPEN_TIMEOUT
 from tower.comfyui._exceptions import ComfyUIUnavailable
 
 logger = logging.getLogger("tower.comfyui")
@@ -69,6 +69,9 @@ class EventSocket:
                 url, additional_headers=headers, open_timeout=open_timeout,
                 ssl=ssl_context(verify) if url.startswith("wss://") else None,
                 max_size=WS_MAX_FRAME_BYTES, proxy=None, compression=None,
+                # Unread frames must not stall the reader thread, or close() would wait
+                # for a close frame stuck behind them.
+                max_queue=None, close_timeout=WS_CLOSE_TIMEOUT,
                 logger=_NoDebugLogger(logging.getLogger("websockets.client")))
         except (OSError, TimeoutError, WebSocketException) as err:
             raise ComfyUIUnavailable(f"{name}: cannot open WebSocket: "
