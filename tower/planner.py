@@ -11,10 +11,12 @@ How work is placed:
    batches sized for its own budget.
 2. Chunks are grouped by checkpoint, the heaviest group first; within a group, chunks
    of the same prompt sit next to each other (ComfyUI reuses the text encoding).
-3. Each chunk goes to the server that would finish it first, counting a model load
-   when the server's current checkpoint differs. Keeping a checkpoint costs nothing,
-   so a group stays on one server until the imbalance is worth a model swap; a server
-   that already has the checkpoint loaded starts ahead.
+3. A whole group goes to one server when one can take it and stay within a fair share
+   of the total work (total estimated seconds over total speed, plus one chunk); the
+   server that already has the checkpoint loaded is preferred. A group too big for
+   any share is spread chunk by chunk, each to the server that would finish it first,
+   counting a model load when the server's current checkpoint differs, so it stays on
+   one server until the imbalance is worth a model swap.
 4. Each server renders its batches grouped by checkpoint (its loaded one first), so
    its model swaps equal the distinct checkpoints it serves, less one if it starts
    with the right one.
@@ -319,25 +321,73 @@ def _chunk_order(chunks: list[_Chunk]) -> list[_Chunk]:
         c.first.key))
 
 
+class _Placer:
+    """Assigns chunks to servers, tracking each server's finish time and checkpoint."""
+
+    def __init__(self, servers: Sequence[ServerSpec], models: _Models, target: float,
+                 slack: float):
+        self.servers = list(servers)
+        self.models = models
+        self.target, self.slack = target, slack
+        self.finish = {s.name: 0.0 for s in servers}
+        self.current = {s.name: s.loaded_checkpoint for s in servers}
+        self.placed: dict[str, list[_Chunk]] = {s.name: [] for s in servers}
+
+    def _load(self, server: ServerSpec, checkpoint: str) -> float:
+        if self.current[server.name] == checkpoint:
+            return 0.0
+        return self.models.load_seconds(checkpoint) / server.speed
+
+    def _assign(self, server: ServerSpec, chunks: Sequence[_Chunk]) -> None:
+        for chunk in chunks:
+            ckpt = chunk.first.checkpoint
+            self.finish[server.name] += self._load(server, ckpt) + chunk.cost[server.name]
+            self.current[server.name] = ckpt
+            self.placed[server.name].append(chunk)
+
+    def whole(self, group: Sequence[_Chunk]) -> bool:
+        """Give the group to one server if one can take it all within the target."""
+        ckpt = group[0].first.checkpoint
+        options = []
+        for rank, server in enumerate(self.servers):
+            if any(server.name not in c.fit for c in group):
+                continue
+            done = (self.finish[server.name] + self._load(server, ckpt)
+                    + sum(c.cost[server.name] for c in group))
+            if done <= self.target + self.slack:
+                options.append((self.current[server.name] != ckpt, done, rank, server))
+        if not options:
+            return False
+        self._assign(min(options)[3], group)
+        return True
+
+    def split(self, group: Sequence[_Chunk]) -> None:
+        """Chunk by chunk to the server that finishes it first, model loads counted."""
+        for chunk in group:
+            ckpt = chunk.first.checkpoint
+            best = min((s for s in self.servers if s.name in chunk.fit),
+                       key=lambda s, c=chunk, k=ckpt: (
+                           self.finish[s.name] + self._load(s, k) + c.cost[s.name]))
+            self._assign(best, [chunk])
+
+
 def _place(order: list[_Chunk], servers: Sequence[ServerSpec],
            models: _Models) -> dict[str, list[_Chunk]]:
-    """Greedy earliest finish, a model load counted when the checkpoint changes."""
-    finish = {s.name: 0.0 for s in servers}
-    current = {s.name: s.loaded_checkpoint for s in servers}
-    speed = {s.name: s.speed for s in servers}
-    placed: dict[str, list[_Chunk]] = {s.name: [] for s in servers}
-    for chunk in order:
-        ckpt = chunk.first.checkpoint
+    """Whole checkpoint groups where they fit a fair share, the rest chunk by chunk.
 
-        def done_at(name: str, chunk: _Chunk = chunk, ckpt: str = ckpt) -> float:
-            load = 0.0 if current[name] == ckpt else models.load_seconds(ckpt) / speed[name]
-            return finish[name] + load + chunk.cost[name]
-
-        best = min((s.name for s in servers if s.name in chunk.fit), key=done_at)
-        finish[best] = done_at(best)
-        current[best] = ckpt
-        placed[best].append(chunk)
-    return placed
+    The fair share is total work over total speed; a group may exceed it by one chunk.
+    """
+    if not order:
+        return {s.name: [] for s in servers}
+    work = sum(min(c.cost[s.name] * s.speed for s in servers if s.name in c.fit)
+               for c in order)
+    slack = max(min(c.cost.values()) for c in order)
+    placer = _Placer(servers, models, work / sum(s.speed for s in servers), slack)
+    for _, same in groupby(order, key=lambda c: c.first.checkpoint):
+        group = list(same)
+        if not placer.whole(group):
+            placer.split(group)
+    return placer.placed
 
 
 def _build_plan(placed: dict[str, list[_Chunk]], servers: Sequence[ServerSpec],
