@@ -256,7 +256,7 @@ def test_history_unknown_and_paging(simulator: SimulatorServer) -> None:
         assert http.get("/history/unknown").json() == {}
         for seed in (1, 2, 3):
             graph["3"]["inputs"]["seed"] = seed
-            ids.append(submit(http, copy.deepcopy(graph))["prompt_id"])
+            ids.append(submit(http, copy.deepcopy(graph), client_id="h")["prompt_id"])
             wait_history(http, ids[-1])
         newest = http.get("/history", params={"max_items": 2}).json()
         first = http.get("/history", params={"offset": 0, "max_items": 2}).json()
