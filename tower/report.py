@@ -19,7 +19,12 @@ import polars as pl
 from tower.charts import bar_chart, line_chart, stacked_bar_chart
 from tower.presets import BUILTIN_PRESETS, Preset
 from tower.report_data import READ_ERRORS, day_range, read_error, scan_metrics, scan_runs
-from tower.report_figures import compute_figures, daily_take_seconds, with_seconds
+from tower.report_figures import (
+    compact,
+    compute_figures,
+    daily_take_seconds,
+    with_seconds,
+)
 from tower.report_model import (
     CHART_DAYS,
     COMPONENTS,
@@ -63,6 +68,9 @@ def chart_window(window: Window) -> Window:
 def report_from_frames(window: Window, metrics: pl.LazyFrame, runs: pl.LazyFrame,
                        presets: Mapping[str, Preset] = BUILTIN_PRESETS) -> Report:
     """The report of ``window`` from frames holding at least it and the 14 days before."""
+    # Read the files once; every figure below is then a query over memory.
+    metrics = compact(metrics).collect().lazy()
+    runs = runs.collect().lazy()
     figures = compute_figures(window, metrics, runs)
     previous = compute_figures(window.previous(), metrics, runs)
     charts = chart_window(window)

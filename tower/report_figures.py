@@ -33,6 +33,15 @@ METRIC_COLUMNS = (
 )
 
 
+def compact(metrics: pl.LazyFrame) -> pl.LazyFrame:
+    """The columns the figures use, with repeated strings as categoricals and batch ids
+    hashed: a year of metrics then fits in a few hundred megabytes."""
+    return metrics.select(METRIC_COLUMNS).with_columns(
+        pl.col("run_id", "server", "preset", "status", "error_type").cast(pl.Categorical),
+        pl.col("batch_id").hash(),
+    )
+
+
 def _s(name: str) -> pl.Expr:
     return pl.col(name).fill_null(0.0)
 
@@ -188,6 +197,8 @@ def volume(metrics: pl.LazyFrame, runs: pl.LazyFrame) -> Volume:
     m = metrics.select(
         pl.col("run_id").n_unique().alias("metric_runs"),
         pl.col("batch_id").n_unique().alias("batches"),
+        pl.col("batch_id").filter(pl.col("status").is_in(("ok", "cached"))).n_unique()
+        .alias("done"),
         pl.len().alias("attempts"),
         pl.col("takes").filter(pl.col("status") == "ok").sum().alias("rendered"),
         pl.col("takes").filter(pl.col("status") == "cached").sum().alias("cached"),
@@ -197,9 +208,6 @@ def volume(metrics: pl.LazyFrame, runs: pl.LazyFrame) -> Volume:
         (pl.col("status") == "oom").sum().alias("ooms"),
         (pl.col("model_cache_hit") == False).sum().alias("swaps"),  # noqa: E712
     ).collect().row(0, named=True)
-    failed = (metrics.group_by("batch_id")
-              .agg(pl.col("status").is_in(("ok", "cached")).any().alias("done"))
-              .filter(~pl.col("done")).select(pl.len()).collect().item())
     r = runs.select(pl.len().alias("runs"), pl.col("takes_requested").sum(),
                     pl.col("takes_deduped").sum()).collect().row(0, named=True)
     return Volume(
@@ -207,7 +215,8 @@ def volume(metrics: pl.LazyFrame, runs: pl.LazyFrame) -> Volume:
         takes_requested=r["takes_requested"] or 0, takes_deduped=r["takes_deduped"] or 0,
         dedup_hit_rate=_ratio(r["takes_deduped"], r["takes_requested"]),
         takes_rendered=m["rendered"] or 0, takes_cached=m["cached"] or 0, images=m["images"] or 0,
-        batches_failed=failed, attempts_failed=m["failed_attempts"], retries=m["retries"],
+        batches_failed=m["batches"] - m["done"], attempts_failed=m["failed_attempts"],
+        retries=m["retries"],
         oom_splits=m["ooms"], model_swaps=m["swaps"],
     )
 
@@ -252,7 +261,7 @@ def compute_figures(window: Window, metrics: pl.LazyFrame, runs: pl.LazyFrame) -
         runs: rows in RUNS_SCHEMA.
     """
     m = with_seconds(metrics.filter(
-        pl.col("finished_at").is_between(window.start, window.end, closed="left"))).cache()
+        pl.col("finished_at").is_between(window.start, window.end, closed="left")))
     r = runs.filter(pl.col("started_at").is_between(window.start, window.end, closed="left"))
     return Figures(
         window=window, volume=volume(m, r), presets=timings(m, "preset"),
