@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tower.graph import (
@@ -130,6 +130,7 @@ def test_checker_reports_each_kind_of_mistake(edit, expected: str) -> None:
     assert any(expected in p for p in problems), problems
 
 
+@settings(deadline=None)
 @given(st.integers(1, 64).flatmap(
     lambda n: st.tuples(st.just(n), st.lists(st.integers(1, 64), min_size=1, max_size=n))))
 def test_take_k_gets_noise_index_k_and_the_same_seed_in_any_split(case) -> None:

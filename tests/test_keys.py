@@ -9,7 +9,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tower.keys import KEY_FIELDS, render_key
@@ -123,6 +123,7 @@ takes = st.builds(
 )
 
 
+@settings(deadline=None)
 @given(takes, st.sampled_from([n for n in KEY_FIELDS if n != "vae_tile_size"]))
 def test_keys_are_hex_deterministic_and_separate_takes(take: ResolvedTake, field: str) -> None:
     key = render_key(take)

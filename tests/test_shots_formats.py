@@ -21,6 +21,8 @@ from tower.takes import full_prompt, resolve_takes
 
 ROOT = Path(__file__).resolve().parents[1]
 SHOT_LISTS = ROOT / "shot_lists"
+# tmp_path is shared by a test's examples; each example overwrites its own files.
+FIXTURE = [HealthCheck.function_scoped_fixture]
 COLUMNS = ("episode", "title", "id", "prompt", "negative", "preset", "takes", "seed",
            "checkpoint", "width", "height", "notes", "tags")
 
@@ -151,7 +153,7 @@ shot_lists = st.builds(
 )
 
 
-@settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, suppress_health_check=FIXTURE)
 @given(shot_list=shot_lists, newline=st.sampled_from(["\n", "\r\n"]), bom=st.booleans())
 def test_any_list_round_trips_through_yaml_json_and_csv(tmp_path: Path, shot_list: ShotList,
                                                         newline: str, bom: bool) -> None:
@@ -194,7 +196,7 @@ def test_field_order_does_not_matter(tmp_path: Path) -> None:
 
 # ---- arbitrary input -------------------------------------------------------------------
 
-@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, suppress_health_check=FIXTURE)
 @given(content=st.one_of(st.text(max_size=300), st.binary(max_size=300)),
        suffix=st.sampled_from([".yaml", ".json", ".csv"]))
 def test_arbitrary_bytes_load_or_raise_input_error(tmp_path: Path, content: str | bytes,
@@ -219,7 +221,7 @@ near_shots = st.lists(st.dictionaries(
     json_values, max_size=5), max_size=4)
 
 
-@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, suppress_health_check=FIXTURE)
 @given(data=st.one_of(json_values, st.fixed_dictionaries(
     {"episode": json_values, "shots": near_shots}, optional={"defaults": json_values})))
 def test_arbitrary_structures_load_or_raise_input_error(tmp_path: Path, data: Any) -> None:
