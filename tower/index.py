@@ -300,6 +300,8 @@ class OutputIndex:
         """
         if target_rows < 1:
             raise ValueError("target_rows must be at least 1")
+        if self.filesystem.get_file_info(self.root).type == pafs.FileType.NotFound:
+            return CompactResult(0, 0, 0, (), 0)
         with self._lock():
             live, superseded = self._live_and_superseded()
             removed = self._delete(superseded)

@@ -1,0 +1,127 @@
+"""``tower plan`` and ``tower index compact|stats``: the planner and the output index by hand."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from tower.errors import InputError
+from tower.index import OutputIndex
+from tower.metrics import RunLog
+from tower.parquet_io import StoreError
+from tower.planner import PlanningError, ServerSpec, apply_decode_policy, plan_batches
+from tower.presets import load_presets
+from tower.shots import read_shot_list
+from tower.storage import DEFAULT_DATA_ROOT, DataRoot
+from tower.takes import resolve_takes
+from tower.vram import GPU_PROFILES
+
+DEFAULT_SERVERS = "local=12gb"
+
+DataRootOption = Annotated[Path, typer.Option("--data-root", help="data root folder")]
+index_app = typer.Typer(help="Maintain the output index.", no_args_is_help=True)
+
+
+def parse_servers(text: str) -> list[ServerSpec]:
+    """``name=budget_mb`` or ``name=<profile>`` (8gb, 12gb, ...), comma separated.
+
+    Raises:
+        typer.BadParameter: naming the entry that is wrong.
+    """
+    servers = []
+    for entry in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = entry.partition("=")
+        if not sep or not name.strip():
+            raise typer.BadParameter(f"{entry!r}: expected name=budget_mb or name=<profile>")
+        value = value.strip().lower()
+        if value in GPU_PROFILES:
+            budget = float(GPU_PROFILES[value].budget_mb)
+        else:
+            try:
+                budget = float(value)
+            except ValueError:
+                raise typer.BadParameter(
+                    f"{entry!r}: budget must be MB or one of {', '.join(GPU_PROFILES)}") from None
+        servers.append(ServerSpec(name.strip(), budget))
+    if not servers:
+        raise typer.BadParameter("at least one server is needed")
+    return servers
+
+
+def _fail(message: str) -> None:
+    typer.echo(message, err=True)
+    raise typer.Exit(1)
+
+
+def plan_command(
+    shot_list: Annotated[str, typer.Argument(help="shot list (.yaml/.csv/.json)")],
+    servers: Annotated[str, typer.Option(
+        "--servers", help="name=budget_mb or name=<profile>, comma separated")] = DEFAULT_SERVERS,
+    data_root: DataRootOption = DEFAULT_DATA_ROOT,
+    presets: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        "--presets", help="YAML presets file")] = None,
+    preset: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        "--preset", help="render every shot at this preset")] = None,
+) -> None:
+    """Print the render plan of a shot list, skipping takes the output index already has."""
+    specs = parse_servers(servers)
+    try:
+        known = load_presets(presets)
+        loaded = read_shot_list(shot_list, known)
+        takes = resolve_takes(loaded.shot_list, known, preset_override=preset)
+    except InputError as err:
+        _fail("\n".join(str(p) for p in err.problems))
+        return
+    except KeyError as err:
+        _fail(str(err.args[0]))
+        return
+    root = DataRoot(data_root)
+    try:
+        takes = apply_decode_policy(takes, specs, known)
+        if root.index.is_dir():
+            result = OutputIndex(root.index).dedup(takes, render_root=root.renders)
+            typer.echo(f"{len(result.rendered)} of {len(takes)} takes already rendered"
+                       f" ({len(result.missing_files)} indexed but missing on disk)")
+            takes = result.to_render
+        plan = plan_batches(takes, specs, known)
+    except (PlanningError, StoreError) as err:
+        _fail(str(err))
+        return
+    typer.echo(plan.table())
+
+
+@index_app.command("compact")
+def compact_command(
+    data_root: DataRootOption = DEFAULT_DATA_ROOT,
+    target_rows: Annotated[int, typer.Option(help="rows per merged file", min=1)] = 1_000_000,
+) -> None:
+    """Merge the index's small part files; every row is kept."""
+    try:
+        result = OutputIndex(DataRoot(data_root).index).compact(target_rows)
+    except StoreError as err:
+        _fail(str(err))
+        return
+    typer.echo(f"{result.rows} rows: {result.parts_before} parts -> {result.parts_after}"
+               f" ({len(result.merged)} merged files written, {result.removed} parts removed)")
+
+
+@index_app.command("stats")
+def stats_command(data_root: DataRootOption = DEFAULT_DATA_ROOT) -> None:
+    """Rows, bytes and takes per episode and preset in the output index."""
+    root = DataRoot(data_root)
+    try:
+        stats = OutputIndex(root.index).stats(run_log=RunLog(root.runs))
+    except StoreError as err:
+        _fail(str(err))
+        return
+    typer.echo(f"{stats.rows} rows in {stats.parts} parts, {stats.unique_keys} unique images,"
+               f" {stats.total_bytes / 1e6:.1f} MB")
+    typer.echo(f"re-rendered: {stats.rerendered}, served from the index: "
+               f"{stats.duplicates_avoided if stats.duplicates_avoided is not None else 0}")
+    for episode, rows in stats.by_episode.items():
+        typer.echo(f"  episode {episode}: {rows} takes,"
+                   f" {stats.bytes_by_episode[episode] / 1e6:.1f} MB")
+    for name, rows in stats.by_preset.items():
+        typer.echo(f"  preset {name}: {rows} takes")
