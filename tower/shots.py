@@ -127,6 +127,7 @@ CSV_COLUMNS = {"episode", "title", *Shot.model_fields}
 
 def _problems_from(err: ValidationError, doc: Document, base: tuple[Any, ...],
                    where: str | None, known: Any) -> list[Problem]:
+    """Problems for a model error at ``base`` in ``doc``, with hints for typos and numbers."""
     problems = []
     for error in err.errors(include_url=False):
         loc = tuple(error["loc"])
@@ -148,10 +149,11 @@ def _shot_where(raw: Any, index: int) -> str:
 
 def _preset_problem(doc: Document, name: Any, path: tuple[Any, ...], where: str | None,
                     presets: Mapping[str, Preset]) -> list[Problem]:
+    """An unknown preset named at ``path`` (a shot's, or the defaults' when no ``where``)."""
     if not isinstance(name, str) or name in presets:
         return []  # absent, or a type error pydantic reports
-    return [Problem(doc.source, doc.line_of(*path), where, ".".join(map(str, path[-2:]))
-                    if where is None else "preset",
+    field = "preset" if where else "defaults.preset"
+    return [Problem(doc.source, doc.line_of(*path), where, field,
                     f"unknown preset {name!r}{suggest(name, presets)}; "
                     f"known: {', '.join(sorted(presets))}")]
 
