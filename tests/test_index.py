@@ -298,3 +298,22 @@ def test_stats_counts_per_episode_preset_and_rerenders(tmp_path: Path) -> None:
     assert stats.bytes_by_episode == {"ep01": 400, "ep02": 50}
     assert stats.duplicates_avoided == 4
     assert OutputIndex(tmp_path / "none").stats().rows == 0
+
+
+def test_index_commands_report_and_compact(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from tower.cli import app
+
+    index = OutputIndex(tmp_path / "index")
+    for k in range(4):
+        index.append([row_for(make_take(take=k), size=1_000_000)])
+    runner = CliRunner()
+    stats = runner.invoke(app, ["index", "stats", "--data-root", str(tmp_path)])
+    assert stats.exit_code == 0, stats.output
+    assert "4 rows in 4 parts" in stats.output and "episode ep01: 4 takes, 4.0 MB" in stats.output
+    compact = runner.invoke(app, ["index", "compact", "--data-root", str(tmp_path)])
+    assert compact.exit_code == 0 and "4 rows: 4 parts -> 1" in compact.output
+    assert len(index.files()) == 1
+    empty = runner.invoke(app, ["index", "compact", "--data-root", str(tmp_path / "none")])
+    assert empty.exit_code == 0 and not (tmp_path / "none").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,7 @@ PRESETS = {**BUILTIN_PRESETS,
            "xl": Preset(name="xl", steps=25, width=1024, height=1024, sampler="euler",
                         scheduler="normal", cfg=7.0, checkpoint=XL, max_batch=4)}
 BUDGET = {name: p.budget_mb for name, p in GPU_PROFILES.items()}
+T_RENDERED = datetime(2026, 11, 27, tzinfo=UTC)
 
 
 def take(shot: str = "sh010", k: int = 0, preset: str = "standard", **changes: object
@@ -275,3 +277,33 @@ def test_planner_properties(shots: list[tuple[str, int, str]],
     for name in plan.model_swaps:
         served = {b.checkpoint for b in plan.for_server(name)}
         assert plan.model_swaps[name] <= len(served)
+
+
+def test_plan_command_prints_the_plan_minus_what_the_index_has(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from tower.cli import app
+    from tower.index import IndexRow, OutputIndex
+    from tower.storage import DataRoot
+
+    root = DataRoot(tmp_path / "data")
+    servers = [ServerSpec("a", BUDGET["12gb"]), ServerSpec("b", 6500)]
+    takes = apply_decode_policy(resolve_takes(load_shot_list(DEMO)), servers, PRESETS)
+    done = takes[:5]
+    rows = [IndexRow.from_take(t, output_path=f"{t.shot_id}/{t.take}.png", sha256="0" * 64,
+                               size_bytes=3, rendered_at=T_RENDERED, server="a",
+                               prompt_id="p", run_id="r") for t in done]
+    for row in rows:
+        (root.renders / row.output_path).parent.mkdir(parents=True, exist_ok=True)
+        (root.renders / row.output_path).write_bytes(b"png")
+    OutputIndex(root.index).append(rows)
+    result = CliRunner().invoke(app, ["plan", str(DEMO), "--servers", "a=12gb,b=6500",
+                                      "--data-root", str(root.root)])
+    assert result.exit_code == 0, result.output
+    # the demo reuses one image in two shots: its twin is served from the index too
+    served = sum(t.key in {d.key for d in done} for t in takes)
+    assert served > len(done)
+    assert f"{served} of {len(takes)} takes already rendered" in result.output
+    assert result.output.splitlines()[-1].endswith(f" {len(takes) - served} takes")
+    bad = CliRunner().invoke(app, ["plan", str(DEMO), "--servers", "a=lots"])
+    assert bad.exit_code != 0 and "budget must be MB" in bad.output
