@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -99,3 +100,18 @@ def test_installed_command_exits_1_without_a_traceback(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert "document expands to" in done.stderr
+
+
+def test_readme_examples_are_valid(tmp_path: Path) -> None:
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```(yaml|csv)\n(.*?)```", readme, re.S)
+    assert [kind for kind, _ in blocks] == ["yaml", "csv", "yaml"]
+    (_, shots_yaml), (_, shots_csv), (_, presets) = blocks
+    for name, body in (("ep.yaml", shots_yaml), ("ep.csv", shots_csv)):
+        (tmp_path / name).write_text(body)
+        result = runner.invoke(app, ["validate", str(tmp_path / name)])
+        assert (result.exit_code, result.stderr) == (0, ""), name
+    presets_file = tmp_path / "presets.yaml"
+    presets_file.write_text(presets)
+    result = runner.invoke(app, ["validate", str(DEMO), "--presets", str(presets_file)])
+    assert (result.exit_code, result.stderr) == (0, "")
