@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 from test_report_rows import NOW, T0, metric_row, run_row, sequential, write_metrics, write_runs
+from typer.testing import CliRunner
 
 from tower.charts import CHART_SIZE, PALETTE, bar_chart, line_chart, stacked_bar_chart
+from tower.cli import app
 from tower.report import build_report, write_report
 from tower.report_data import ReportDataError
 from tower.report_model import COMPONENTS, Window, report_window
@@ -199,3 +201,25 @@ def test_charts_decode_at_their_size_and_draw_to_scale() -> None:
     lines = line_chart("s", ["2026-11-01", "2026-11-02"], {"draft": {"2026-11-01": 1.0}})
     assert Image.open(io.BytesIO(lines)).format == "PNG"
     assert _pixels(lines, PALETTE[0]) > 0
+
+
+def test_report_command_prints_and_writes(tmp_path: Path) -> None:
+    write_metrics(tmp_path, sequential(5, gap_s=5.0))
+    write_runs(tmp_path, [run_row()])
+    result = CliRunner().invoke(app, ["report", "--date", "2026-11-26", "--data-root",
+                                      str(tmp_path), "--write"])
+    assert result.exit_code == 0, result.output
+    assert "Tower performance report 2026-11-26" in result.output
+    assert "raise queue depth on gpu-a (ComfyUIServer max_queue_depth)" in result.output
+    assert (tmp_path / "reports" / "2026-11-26.md").is_file()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--date", "2026-11-26", "--since", "2026-11-20"], "either a date or a start date"),
+    (["--since", "2999-01-01"], "is not before now"),
+    (["--date", "yesterday"], "is not a date"),
+])
+def test_report_command_refuses_bad_dates(tmp_path: Path, args: list[str], message: str) -> None:
+    result = CliRunner().invoke(app, ["report", *args, "--data-root", str(tmp_path)])
+    assert result.exit_code != 0
+    assert message in result.output
