@@ -81,26 +81,6 @@ BUILTIN_PRESETS: dict[str, Preset] = {
 }
 
 
-class PresetOverride(BaseModel):
-    """One entry of a presets file: any preset field, plus ``extends`` for new presets."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    extends: str | None = None
-    steps: Whole | None = None
-    width: Whole | None = None
-    height: Whole | None = None
-    sampler: str | None = None
-    scheduler: str | None = None
-    cfg: Number | None = None
-    checkpoint: str | None = None
-    denoise: Number | None = None
-    vae_tiled: bool | None = None
-    vae_tile_size: Whole | None = None
-    max_batch: Whole | None = None
-    description: str | None = None
-
-
 def apply_overrides(
     overrides: Mapping[str, Mapping[str, Any]],
     base: Mapping[str, Preset] = BUILTIN_PRESETS,
@@ -126,7 +106,8 @@ def apply_overrides(
     return presets
 
 
-_OVERRIDABLE = frozenset(PresetOverride.model_fields)
+# An entry of a presets file: any preset field but the name (its key), plus ``extends``.
+_OVERRIDABLE = frozenset({"extends", *Preset.model_fields} - {"name"})
 _REQUIRED = tuple(name for name, info in Preset.model_fields.items()
                   if info.is_required() and name != "name")
 
