@@ -79,6 +79,7 @@ class Session:
             got = self.queue.get(POLL_S)
             if got is None:
                 continue
+            self._apply_free()  # a /free sent while the worker waited comes first
             task, item = got
             self.broadcast_status()
             try:
