@@ -133,6 +133,7 @@ def _vram_exprs() -> list[pl.Expr]:
     peak, est = pl.col("vram_peak_mb"), pl.col("vram_estimated_mb")
     return [peak.max().alias("peak"), pl.col("vram_budget_mb").max().alias("budget"),
             ((est - peak).abs() / peak).mean().alias("est_error"),
+            ((est - peak) / peak).mean().alias("est_bias"),
             (pl.col("status") == "oom").sum().alias("ooms")]
 
 
@@ -188,6 +189,7 @@ def preset_vram(metrics: pl.LazyFrame) -> tuple[PresetVram, ...]:
     return tuple(PresetVram(
         preset=r["preset"], batches=r["batches"], peak_mb=r["peak"], budget_mb=r["budget"],
         peak_share=_ratio(r["peak"], r["budget"]), estimate_error=r["est_error"], ooms=r["ooms"],
+        estimate_bias=r["est_bias"],
         max_batch_used=r["max_batch"] or 0, vae_tiled=bool(r["tiled"]),
     ) for r in frame.iter_rows(named=True))
 

@@ -161,7 +161,8 @@ class PresetVram:
     peak_mb: float | None
     budget_mb: float | None
     peak_share: float | None
-    estimate_error: float | None
+    estimate_error: float | None         # mean |estimate - peak| / peak
+    estimate_bias: float | None          # mean (estimate - peak) / peak: > 0 over-estimates
     ooms: int
     max_batch_used: int
     vae_tiled: bool                      # every batch of the preset used tiled VAE

@@ -157,10 +157,11 @@ def _vram_recommendation(v: PresetVram, preset: Preset | None) -> Recommendation
 def _estimate_recommendation(v: PresetVram) -> Recommendation | None:
     if v.estimate_error is None or v.estimate_error < VRAM_ESTIMATE_ERROR:
         return None
+    side = "above" if (v.estimate_bias or 0.0) > 0 else "below"
     return Recommendation("VRAM model",
                           f"recalibrate the VRAM model for {v.preset} (VRAM estimate "
                           f"coefficients) because estimates miss the measured peak by "
-                          f"{_pct(v.estimate_error)} on average")
+                          f"{_pct(v.estimate_error)} on average (mostly {side} it)")
 
 
 def _server_recommendations(s: ServerLoad) -> list[Recommendation]:
