@@ -1,1 +1,8 @@
-"""blocks."""
+"""Prefect blocks of the Tower flows; register with ``prefect block register -m blocks``."""
+
+from __future__ import annotations
+
+from blocks.comfyui_server import ComfyUIServer, name_from_url
+from blocks.render_store import RenderPresets, RenderStore
+
+__all__ = ["ComfyUIServer", "RenderPresets", "RenderStore", "name_from_url"]

@@ -12,13 +12,15 @@ Pure: the history arrives as a mapping computed by :func:`seconds_per_image`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import polars as pl
 
+from tower.index import IndexRow
 from tower.presets import Preset
+from tower.takes import ResolvedTake
 
 Preference = Literal["speed", "balanced", "quality"]
 PREFERENCES: tuple[Preference, ...] = ("speed", "balanced", "quality")
@@ -106,3 +108,26 @@ def choose_preset(presets: Mapping[str, Preset], images: int, history: Mapping[s
     best = max(fitting, key=lambda name: (work(presets[name]), -known[name]))
     return PresetChoice(best, known[best],
                         f"best preset expected within {allowed:.0f}s ({preference})")
+
+
+def reuse_similar(takes: Sequence[ResolvedTake],
+                  similar: Mapping[tuple[str, str], Sequence[IndexRow]],
+                  ) -> tuple[list[ResolvedTake], list[tuple[ResolvedTake, IndexRow]]]:
+    """Stand in existing look-alike images for takes: ``(still to render, reused)``.
+
+    A shot's takes take its look-alike images in order, one image each (never the same
+    image twice); takes left over are rendered.
+    """
+    to_render: list[ResolvedTake] = []
+    reused: list[tuple[ResolvedTake, IndexRow]] = []
+    used: dict[tuple[str, str], int] = {}
+    for take in takes:
+        shot = (take.episode, take.shot_id)
+        rows = similar.get(shot, ())
+        index = used.get(shot, 0)
+        if index < len(rows):
+            reused.append((take, rows[index]))
+            used[shot] = index + 1
+        else:
+            to_render.append(take)
+    return to_render, reused

@@ -1,0 +1,100 @@
+"""The ComfyUI server block: where a render server is and how to talk to it."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit
+
+from prefect.blocks.core import Block
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from tower.comfyui import ComfyUIClient
+from tower.dispatch import DEFAULT_QUEUE_DEPTH
+from tower.names import check_name
+from tower.vram import GPU_PROFILES
+
+DEFAULT_VRAM_PROFILE = "12gb"
+
+
+def name_from_url(url: str) -> str:
+    """A server name from a URL (``http://10.0.0.5:8188`` -> ``10.0.0.5-8188``)."""
+    parts = urlsplit(url)
+    host = parts.hostname or "comfyui"
+    return re.sub(r"[^A-Za-z0-9.-]", "-", f"{host}-{parts.port}" if parts.port else host)
+
+
+class ComfyUIServer(Block):
+    """One ComfyUI server: URL, credentials, TLS, timeouts, VRAM budget and queue depth.
+
+    ``max_queue_depth`` is how many batches may sit on the server at once (one running,
+    the rest waiting), across every flow run: the render flows hold one slot of the
+    Prefect global concurrency limit ``comfyui-<name>`` per batch.
+    """
+
+    _block_type_name = "ComfyUI Server"
+    _block_type_slug = "comfyui-server"
+    _description = "A ComfyUI render server used by the Tower flows."
+
+    name: str = Field(description="Short server name used in logs, metrics and limits.")
+    base_url: str = Field(description="http(s)://host:port of the ComfyUI server.")
+    auth_header: str = Field(default="Authorization",
+                             description="Header that carries the token.")
+    token: SecretStr | None = Field(default=None, description="API token, if any.")
+    verify_tls: bool = Field(default=True, description="Check TLS certificates.")
+    timeout_s: float = Field(default=30.0, gt=0, description="Seconds per HTTP request.")
+    connect_timeout_s: float = Field(default=5.0, gt=0, description="Seconds to connect.")
+    render_timeout_s: float | None = Field(default=None, gt=0,
+                                           description="Give up on one batch after this.")
+    gpu_profile: str | None = Field(default=None,
+                                    description=f"One of {', '.join(GPU_PROFILES)}.")
+    vram_budget_mb: float | None = Field(default=None, gt=0,
+                                         description="VRAM the planner may fill (MB).")
+    max_queue_depth: int = Field(default=DEFAULT_QUEUE_DEPTH, ge=1, le=16)
+    speed: float = Field(default=1.0, gt=0, description="Relative speed for the planner.")
+
+    _name = field_validator("name")(check_name)
+
+    @field_validator("base_url")
+    @classmethod
+    def _url_is_http(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"must be an http(s)://host:port URL (got {value!r})")
+        return value.rstrip("/")
+
+    @field_validator("gpu_profile")
+    @classmethod
+    def _known_profile(cls, value: str | None) -> str | None:
+        if value is not None and value not in GPU_PROFILES:
+            raise ValueError(f"unknown GPU profile {value!r}; known: {', '.join(GPU_PROFILES)}")
+        return value
+
+    @model_validator(mode="after")
+    def _budget_or_profile(self) -> ComfyUIServer:
+        if self.vram_budget_mb is None and self.gpu_profile is None:
+            self.gpu_profile = DEFAULT_VRAM_PROFILE
+        return self
+
+    @classmethod
+    def from_url(cls, url: str, name: str | None = None, **fields: object) -> ComfyUIServer:
+        """An unsaved block for a bare URL (first runs need no saved blocks)."""
+        return cls(name=name or name_from_url(url), base_url=url, **fields)
+
+    @property
+    def budget_mb(self) -> float:
+        """The VRAM budget: explicit, else the GPU profile's."""
+        if self.vram_budget_mb is not None:
+            return self.vram_budget_mb
+        return float(GPU_PROFILES[self.gpu_profile or DEFAULT_VRAM_PROFILE].budget_mb)
+
+    @property
+    def limit_name(self) -> str:
+        """The Prefect global concurrency limit that caps batches on this server."""
+        return f"comfyui-{self.name.lower().replace('.', '-').replace('_', '-')}"
+
+    def get_client(self) -> ComfyUIClient:
+        """A client for this server (close it, or use it as a context manager)."""
+        token = self.token.get_secret_value() if self.token is not None else None
+        return ComfyUIClient(self.base_url, token=token, auth_header=self.auth_header,
+                             verify=self.verify_tls, timeout=self.timeout_s,
+                             connect_timeout=self.connect_timeout_s, name=self.name)

@@ -1,0 +1,161 @@
+"""The nightly render: an episode's shot list becomes images on the ComfyUI servers.
+
+Reads top to bottom like the night it runs: load and validate the shot list, resolve
+its takes, skip those the output index already holds, plan batches across servers,
+check every server has what the plan needs (failing before anything is queued), keep
+each server's queue full until every batch is done, then publish a summary with a
+contact sheet and write the run log. A re-run renders only what is still missing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run as current_flow_run
+from prefect.states import Cancelled, Completed, Failed, State
+
+from tasks.dispatch import cancel_prompts, prompts_of_flow_run, retries_of, run_batches
+from tasks.planning import dedup_task, load_shot_list_task, plan_task, resolve_takes_task
+from tasks.render import preflight_graphs, preflight_task, with_retry_policy
+from tasks.reporting import publish_summary, reuse_similar_task
+from tasks.setup import (
+    ensure_concurrency_limits,
+    resolve_data_root,
+    resolve_presets,
+    resolve_servers,
+    server_specs,
+    split_env_list,
+)
+from tower.dispatch import DEFAULT_MAX_FAILURES, ServerPool
+from tower.index import OutputIndex
+from tower.metrics import MetricsStore
+from tower.render import RenderContext
+from tower.run_summary import RunTally, run_status
+from tower.shots import load_shot_list
+
+Reuse = Literal["exact", "similar", "none"]
+
+
+def artifact_key(*parts: str) -> str:
+    """A Prefect artifact key: lowercase letters, digits and dashes only."""
+    return re.sub(r"[^a-z0-9]+", "-", "-".join(parts).lower()).strip("-")
+
+
+def _episode_of(path: str) -> str:
+    try:
+        return load_shot_list(path).episode
+    except (OSError, ValueError):
+        return Path(path).stem
+
+
+def nightly_run_name() -> str:
+    """``ep01-nightly-2026-11-27``, or ``ep01-high-2026-11-27`` with a preset override."""
+    params = current_flow_run.parameters
+    episode = _episode_of(str(params.get("shot_list", "")))
+    return f"{episode}-{params.get('preset') or 'nightly'}-{datetime.now(UTC):%Y-%m-%d}"
+
+
+def cancel_hook(flow: object, flow_run: object, state: State) -> None:
+    """on_cancellation: remove this run's prompts from the ComfyUI queues.
+
+    Runs in the worker/runner process too, so it needs nothing but the flow run: its
+    servers come from its parameters, its prompt ids from its unfinished render tasks.
+    """
+    params = dict(getattr(flow_run, "parameters", {}) or {})
+    servers = resolve_servers(params.get("servers") or split_env_list(
+        os.environ.get("TOWER_SERVERS")))
+    prompts = prompts_of_flow_run(flow_run.id)  # type: ignore[attr-defined]
+    report = cancel_prompts({s.name: s for s in servers}, prompts)
+    get_run_logger().info("cancelled prompts: %s", report or "none in flight")
+
+
+@flow(name="render-episode", flow_run_name=nightly_run_name, on_cancellation=[cancel_hook],
+      log_prints=True)
+def render_episode(shot_list: str, shots: list[str] | None = None, preset: str | None = None,
+                   servers: list[str] | None = None, dry_run: bool = False,
+                   force: bool = False, reuse: Reuse = "exact",
+                   data_root: str | None = None, render_store: str | None = None,
+                   presets_file: str | None = None, presets_block: str | None = None,
+                   retries: int = 3, retry_backoff_s: float = 10.0,
+                   max_server_failures: int = DEFAULT_MAX_FAILURES) -> dict | State:
+    """Render every missing take of ``shot_list`` across ``servers``.
+
+    Args:
+        shot_list: YAML/CSV/JSON shot list path.
+        shots: only these shot ids.
+        preset: render every shot at this preset instead of its own.
+        servers: ComfyUIServer block names or URLs (``name=URL`` names one);
+            default ``TOWER_SERVERS`` (comma-separated), else http://127.0.0.1:8188.
+        dry_run: plan and preflight only; nothing is queued.
+        force: render every take again even if the index holds it.
+        reuse: ``exact`` skips takes whose image exists; ``similar`` also takes any
+            existing image of a shot with the same look; ``none`` renders everything.
+        data_root / render_store: a folder, or a saved RenderStore block; default
+            ``TOWER_DATA_ROOT``, else ``data``.
+        retries, retry_backoff_s: Prefect retries of a batch after a transient failure.
+        max_server_failures: consecutive failed batches that take a server out.
+
+    Returns:
+        The run summary; a Failed state carrying it when any batch finally failed.
+    """
+    started = datetime.now(UTC)
+    pool_servers = resolve_servers(servers or split_env_list(os.environ.get("TOWER_SERVERS")))
+    root = resolve_data_root(data_root, render_store, os.environ.get("TOWER_DATA_ROOT"))
+    presets = resolve_presets(presets_file, presets_block)
+    specs = server_specs(pool_servers)
+
+    episode_list = load_shot_list_task(shot_list, presets)
+    episode = episode_list.episode
+    takes = resolve_takes_task(episode_list, presets, preset, shots, specs)
+    dedup = dedup_task(takes, root, force=force or reuse == "none")
+    tally = RunTally(takes_requested=len(takes), takes_deduped=len(dedup.rendered))
+    to_render, reused = dedup.to_render, []
+    if reuse == "similar" and not force:
+        to_render, reused = reuse_similar_task(to_render, root)
+        tally.takes_deduped += len(reused)
+    plan = plan_task(to_render, specs, presets, artifact_key("plan", episode))
+    if dry_run:
+        return {"episode": episode, "dry_run": True, "batches": len(plan.batches),
+                "takes_to_render": plan.takes, "takes_deduped": tally.takes_deduped,
+                "plan": plan.rows(), "status": "completed"}
+
+    flow_run_id = current_flow_run.id
+    run_id = f"{episode}-{started:%Y%m%dT%H%M%S}-{(flow_run_id or 'local')[:8]}"
+    by_name = {s.name: s for s in pool_servers}
+    pool = ServerPool(plan.batches, {s.name: s.max_queue_depth for s in pool_servers},
+                      vram_budgets={s.name: s.budget_mb for s in pool_servers},
+                      max_failures=max_server_failures)
+    cancelled = False
+    if plan.batches:
+        preflight_task(pool_servers, preflight_graphs(to_render))
+        ensure_concurrency_limits(pool_servers)
+        ctx = RenderContext(data_root=root, index=OutputIndex(root.index),
+                            metrics=MetricsStore(root.metrics), run_id=run_id,
+                            flow_run_id=flow_run_id)
+        result = run_batches(pool, by_name, ctx, with_retry_policy(retries, retry_backoff_s),
+                             tally, flow_run_id=flow_run_id,
+                             progress_key=artifact_key("progress", episode),
+                             on_cancel=lambda prompts: cancel_prompts(by_name, prompts))
+        tally.retries = retries_of(result.task_run_ids)
+        cancelled = result.cancelled
+
+    status = run_status(tally, cancelled=cancelled)
+    summary = publish_summary(
+        tally, root=root, run_id=run_id, flow_run_id=flow_run_id, flow="render_episode",
+        episode=episode, preset=preset, servers=[s.name for s in pool_servers],
+        started=started, batches=len(plan.batches), model_swaps=plan.model_swaps,
+        out_of_rotation=pool.out_of_rotation, status=status,
+        key=artifact_key("render", episode), title=f"{episode} render")
+    if cancelled:
+        return Cancelled(message=f"{episode}: cancelled", data=summary)
+    if status == "failed":
+        return Failed(message=f"{episode}: {tally.batches_failed} batches failed "
+                              f"({tally.takes_failed} takes): "
+                              + "; ".join(tally.failures[:3]), data=summary)
+    return Completed(message=f"{episode}: {tally.takes_rendered} rendered, "
+                             f"{tally.takes_deduped} skipped", data=summary)

@@ -1,0 +1,81 @@
+"""Tasks that turn a shot list into the batches still to render."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from tower.index import DedupResult, OutputIndex
+from tower.planner import Plan, ServerSpec, apply_decode_policy, plan_batches
+from tower.presets import Preset
+from tower.shots import ShotList, read_shot_list
+from tower.storage import DataRoot
+from tower.takes import ResolvedTake, resolve_takes
+
+
+@task(name="load-shot-list", task_run_name="load {path}", cache_policy=NO_CACHE)
+def load_shot_list_task(path: str, presets: Mapping[str, Preset]) -> ShotList:
+    """Validate the shot list; an InputError lists every problem with file, line and field."""
+    loaded = read_shot_list(path, presets)
+    logger = get_run_logger()
+    for warning in loaded.warnings:
+        logger.warning("%s", warning)
+    logger.info("%s: episode %s, %d shots", loaded.source, loaded.shot_list.episode,
+                len(loaded.shot_list.shots))
+    return loaded.shot_list
+
+
+@task(name="resolve-takes", cache_policy=NO_CACHE)
+def resolve_takes_task(shot_list: ShotList, presets: Mapping[str, Preset],
+                       preset_override: str | None, shots: Sequence[str] | None,
+                       servers: Sequence[ServerSpec]) -> list[ResolvedTake]:
+    """Every take to render, with tiled decode where no server can decode it whole.
+
+    Raises:
+        ValueError: an unknown preset override or shot id (named in the message).
+    """
+    try:
+        takes = resolve_takes(shot_list, presets, preset_override,
+                              set(shots) if shots else None)
+    except KeyError as err:
+        raise ValueError(err.args[0]) from None
+    return apply_decode_policy(takes, servers, presets)
+
+
+@task(name="dedup-takes", cache_policy=NO_CACHE)
+def dedup_task(takes: Sequence[ResolvedTake], data_root: DataRoot,
+               force: bool = False) -> DedupResult:
+    """Split takes into already rendered (skipped) and to render; ``force`` renders all."""
+    if force:
+        return DedupResult([], list(takes), [])
+    result = OutputIndex(data_root.index).dedup(takes, data_root.renders)
+    get_run_logger().info("%d takes: %d already rendered, %d to render (%d files missing)",
+                          len(takes), len(result.rendered), len(result.to_render),
+                          len(result.missing_files))
+    return result
+
+
+@task(name="plan-batches", cache_policy=NO_CACHE)
+def plan_task(takes: Sequence[ResolvedTake], servers: Sequence[ServerSpec],
+              presets: Mapping[str, Preset], artifact_key: str | None = None) -> Plan:
+    """Plan the batches and publish the plan as a table artifact."""
+    plan = plan_batches(takes, servers, presets)
+    get_run_logger().info("plan:\n%s", plan.table())
+    if plan.batches:
+        create_table_artifact(plan.rows(), key=artifact_key,
+                              description=f"{len(plan.batches)} batches, {plan.takes} takes")
+    return plan
+
+
+def presets_from(path: str | None, block_presets: Mapping[str, Preset] | None = None,
+                 ) -> dict[str, Preset]:
+    """Presets for a run: a presets file when given, else a saved block's, else built-ins."""
+    from tower.presets import load_presets
+
+    if path:
+        return load_presets(Path(path))
+    return dict(block_presets) if block_presets else load_presets(None)

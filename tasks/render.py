@@ -1,0 +1,116 @@
+"""Tasks that talk to ComfyUI: the preflight check and rendering one batch.
+
+``render_batch`` holds one slot of the server's global concurrency limit while its
+batch is on the server, so every flow run together keeps at most ``max_queue_depth``
+batches there. Prefect retries it, with exponential backoff and jitter, only for
+transient failures (unreachable server, timeouts); the client itself only retries a
+refused connection briefly, so the two layers do not multiply. Out-of-memory splits
+the batch inside the runtime, and everything else (validation, execution errors)
+fails at once with ComfyUI's own message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+from uuid import UUID
+
+from prefect import Task, get_client, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import TaskRun
+from prefect.concurrency.sync import concurrency
+from prefect.runtime import task_run as current_task_run
+from prefect.states import State
+from prefect.tasks import exponential_backoff
+
+from blocks.comfyui_server import ComfyUIServer
+from tower.comfyui import ComfyUIError, ComfyUIPreflightError, is_transient
+from tower.graph import Graph, build_graph
+from tower.planner import RenderBatch
+from tower.render import BatchOutcome, RenderContext, execute_with_oom_split
+from tower.takes import ResolvedTake
+
+RENDER_RETRIES = 3
+RETRY_BACKOFF_S = 10.0
+RETRY_JITTER = 0.5
+
+
+def retry_if_transient(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
+    """Retry only what may work later (unreachable servers, timeouts), and never once
+    the flow run is being cancelled: its prompts were deleted on purpose."""
+    try:
+        state.result()
+    except Exception as exc:
+        return is_transient(exc) and not flow_run_stopping(task_run.flow_run_id)
+    return False
+
+
+def flow_run_stopping(flow_run_id: UUID | None) -> bool:
+    if flow_run_id is None:
+        return False
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(flow_run_id).state
+    return state is not None and (state.is_cancelling() or state.is_cancelled())
+
+
+@task(name="preflight", cache_policy=NO_CACHE)
+def preflight_task(servers: Sequence[ComfyUIServer], graphs: Sequence[Graph]) -> None:
+    """Check every server has every node, checkpoint, sampler and scheduler the run needs.
+
+    Raises:
+        ComfyUIPreflightError: one message naming every unreachable server and everything
+            missing on each of the others; nothing has been queued anywhere.
+    """
+    problems: list[str] = []
+    for server in servers:
+        try:
+            with server.get_client() as client:
+                client.preflight(graphs)
+        except ComfyUIPreflightError as err:
+            problems.append(str(err))
+        except ComfyUIError as err:
+            problems.append(f"{server.name} ({server.base_url}) is not usable: {err}")
+    if problems:
+        raise ComfyUIPreflightError("preflight failed, nothing was queued:\n"
+                                    + "\n".join(f"- {p}" for p in problems))
+    get_run_logger().info("preflight ok: %d servers, %d distinct graphs", len(servers),
+                          len(graphs))
+
+
+def preflight_graphs(takes: Sequence[ResolvedTake]) -> list[Graph]:
+    """One single-take graph per distinct set of node classes and model/sampler choices."""
+    seen: dict[tuple[object, ...], Graph] = {}
+    for take in takes:
+        key = (take.checkpoint, take.sampler, take.scheduler, take.vae_tiled)
+        if key not in seen:
+            seen[key] = build_graph([take], f"{take.episode}/{take.shot_id}/preflight")
+    return list(seen.values())
+
+
+@task(name="render-batch", task_run_name="{batch.label} @{server.name}",
+      retries=RENDER_RETRIES, retry_delay_seconds=exponential_backoff(RETRY_BACKOFF_S),
+      retry_jitter_factor=RETRY_JITTER, retry_condition_fn=retry_if_transient,
+      cache_policy=NO_CACHE)
+def render_batch(server: ComfyUIServer, batch: RenderBatch,
+                 ctx: RenderContext) -> list[BatchOutcome]:
+    """Render ``batch`` on ``server`` (halving it on out-of-memory); index and metrics included.
+
+    Raises:
+        ComfyUIError: the batch failed; its metrics row is already written.
+    """
+    ctx = replace(ctx, vram_budget_mb=server.budget_mb,
+                  timeout_s=ctx.timeout_s or server.render_timeout_s)
+    attempt = current_task_run.run_count or 1
+    with concurrency(server.limit_name, occupy=1, strict=True), server.get_client() as client:
+        outcomes = execute_with_oom_split(client, batch, ctx, attempt=attempt)
+    get_run_logger().info("%s @%s: %s", batch.label, server.name,
+                          ", ".join(f"{o.batch.take_range} {o.status}" for o in outcomes))
+    return outcomes
+
+
+def with_retry_policy(retries: int, backoff_s: float) -> Task[..., list[BatchOutcome]]:
+    """``render_batch`` with another retry count and base backoff (tests use tiny ones)."""
+    return render_batch.with_options(retries=retries,
+                                     retry_delay_seconds=exponential_backoff(backoff_s)
+                                     if retries else 0)

@@ -1,0 +1,92 @@
+"""Turning flow parameters into servers, a data root and presets; creating the limits.
+
+Saved blocks are optional: a server entry is either a saved ``ComfyUIServer`` block
+name or a URL (``http://host:port``, or ``name=http://host:port`` to name it), so a
+first run needs nothing saved. Environment defaults are read by the flows, not here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from prefect import get_client
+from prefect.exceptions import ObjectAlreadyExists
+
+from blocks.comfyui_server import ComfyUIServer
+from blocks.render_store import RenderPresets, RenderStore
+from tower.planner import ServerSpec
+from tower.presets import Preset, load_presets
+from tower.storage import DEFAULT_DATA_ROOT, DataRoot
+
+DEFAULT_SERVER_URL = "http://127.0.0.1:8188"
+
+
+def resolve_server(entry: str) -> ComfyUIServer:
+    """A server from a URL, ``name=URL`` or the name of a saved ComfyUIServer block."""
+    entry = entry.strip()
+    name, sep, url = entry.partition("=")
+    if sep and "://" in url and "://" not in name:
+        return ComfyUIServer.from_url(url.strip(), name=name.strip())
+    if "://" in entry:
+        return ComfyUIServer.from_url(entry)
+    try:
+        return ComfyUIServer.load(entry)
+    except ValueError as err:
+        raise ValueError(f"server {entry!r} is neither a URL nor a saved ComfyUIServer block "
+                         f"({err})") from None
+
+
+def resolve_servers(entries: Sequence[str] | None) -> list[ComfyUIServer]:
+    """Every server of a run, with unique names (``DEFAULT_SERVER_URL`` when none given).
+
+    Raises:
+        ValueError: an entry that is not a URL or a saved block, or a name used twice.
+    """
+    servers = [resolve_server(e) for e in (entries or [DEFAULT_SERVER_URL]) if e.strip()]
+    names = [s.name for s in servers]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"servers named more than once: {', '.join(twice)}")
+    return servers
+
+
+def split_env_list(value: str | None) -> list[str] | None:
+    """``TOWER_SERVERS``-style comma-separated values, or None when unset/empty."""
+    items = [item.strip() for item in (value or "").split(",") if item.strip()]
+    return items or None
+
+
+def resolve_data_root(path: str | None, store_block: str | None,
+                      env_default: str | None) -> DataRoot:
+    """The data root: a path, else a saved RenderStore block, else the env default, else data/."""
+    if path:
+        return DataRoot(Path(path))
+    if store_block:
+        return RenderStore.load(store_block).get_data_root()
+    return DataRoot(Path(env_default) if env_default else DEFAULT_DATA_ROOT)
+
+
+def resolve_presets(presets_file: str | None, presets_block: str | None) -> dict[str, Preset]:
+    """Built-in presets, overridden by a presets file or a saved RenderPresets block."""
+    if presets_file:
+        return load_presets(Path(presets_file))
+    if presets_block:
+        return RenderPresets.load(presets_block).get_presets()
+    return load_presets(None)
+
+
+def server_specs(servers: Iterable[ComfyUIServer]) -> list[ServerSpec]:
+    """What the planner needs to know about each server."""
+    return [ServerSpec(name=s.name, vram_budget_mb=s.budget_mb, speed=s.speed) for s in servers]
+
+
+def ensure_concurrency_limits(servers: Iterable[ComfyUIServer]) -> None:
+    """Create (or resize) each server's global concurrency limit; safe to run concurrently."""
+    with get_client(sync_client=True) as client:
+        for server in servers:
+            # Another run may create it between the upsert's read and its create.
+            with contextlib.suppress(ObjectAlreadyExists):
+                client.upsert_global_concurrency_limit_by_name(server.limit_name,
+                                                               server.max_queue_depth)
