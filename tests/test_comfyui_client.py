@@ -309,6 +309,28 @@ def test_restart_mid_wait_raises_instead_of_hanging(slow_sim: SimulatorServer) -
     assert "lost it" in str(out["error"]) and is_transient(out["error"])
 
 
+def test_server_gone_mid_wait_raises_after_a_short_grace(tmp_path: Path) -> None:
+    server = start_simulator(SimulatorConfig(time_scale=0.2, output_dir=tmp_path / "o"))
+    with ComfyUIClient(server.url, connect_timeout=0.5) as client:
+        thread, out = in_thread(client.render, graph_for(), prompt_id="orphan",
+                                timeout=30, stall_timeout=1.0)
+        wait_until(lambda: client.find("orphan") == "running")
+        server.stop()
+        thread.join(15)
+    assert isinstance(out.get("error"), ComfyUIUnavailable), out
+    assert "unreachable" in str(out["error"])
+
+
+def test_partially_valid_graph_is_refused(client: ComfyUIClient) -> None:
+    graph = graph_for(takes=1)
+    graph["decode2"] = {"class_type": "VAEDecode",
+                        "inputs": {"samples": ["sampler", 0], "vae": ["positive", 0]}}
+    graph["save2"] = {"class_type": "SaveImage",
+                      "inputs": {"images": ["decode2", 0], "filename_prefix": "x"}}
+    with pytest.raises(ComfyUIValidationError, match=r"node decode2 \(VAEDecode\) input vae"):
+        client.submit(graph, prompt_id="half")
+
+
 def test_unreachable_server_is_transient() -> None:
     with start_simulator(SimulatorConfig(time_scale=FAST)) as gone:
         url = gone.url

@@ -10,15 +10,24 @@ import json
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from websockets.exceptions import ConnectionClosedError
 
 from tower.comfyui import (
+    ComfyUIError,
     ComfyUIExecutionError,
     ComfyUIInterrupted,
     ComfyUIOutOfMemory,
     ComfyUIPreflightError,
     ComfyUIProtocolError,
+    ComfyUITimeout,
+    ComfyUIUnavailable,
+    ComfyUIValidationError,
     ImageRef,
+    is_transient,
+    retry_delay,
+    should_retry_status,
 )
 from tower.comfyui._parse import (
     failure,
@@ -191,6 +200,7 @@ def test_queue_pending_sorted_by_number_then_id() -> None:
     assert [numbers[p] for p in state.pending] == [-1000.0, -44, -43, 0.5, 42, 45]
     assert state.running == ("d3cffb87-3fc4-4933-a709-cb1402f2b56a",)
     assert state.position(state.pending[0]) == 1 and state.position("nope") is None
+    assert state.client_ids[state.running[0]] == "queue-test-client"
 
 
 @pytest.mark.parametrize("name", ["history_unknown_id.json", "history_while_running.json",
@@ -296,3 +306,47 @@ def test_preflight_lists_everything_missing_at_once() -> None:
 def test_preflight_passes_for_available_values() -> None:
     info = recorded("object_info_full.json")
     check_graphs(info, [graph("anime-final-sd15.safetensors", "dpmpp_2m", "karras")], "s")
+
+
+@pytest.mark.parametrize(("exc", "transient"), [
+    (ComfyUIUnavailable("down"), True),
+    (ComfyUIUnavailable("500", status_code=500), True),
+    (ComfyUITimeout("stalled"), True),
+    (httpx.ConnectError("refused"), True),
+    (httpx.ReadTimeout("slow"), True),
+    (ConnectionClosedError(None, None), True),
+    (ConnectionRefusedError(), True),
+    (ComfyUIValidationError("bad graph"), False),
+    (ComfyUIExecutionError("node raised", prompt_id="p"), False),
+    (ComfyUIOutOfMemory("oom", prompt_id="p"), False),
+    (ComfyUIInterrupted("stop", prompt_id="p"), False),
+    (ComfyUIPreflightError("missing"), False),
+    (ComfyUIProtocolError("unsafe"), False),
+    (ComfyUIError("other"), False),
+    (ValueError("bug"), False),
+    (KeyError("bug"), False),
+])
+def test_is_transient(exc: BaseException, transient: bool) -> None:
+    assert is_transient(exc) is transient
+
+
+@pytest.mark.parametrize(("attempt", "delay"), [
+    (0, 0.25), (1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (5, 5.0), (60, 5.0),
+])
+def test_retry_delay_doubles_and_caps(attempt: int, delay: float) -> None:
+    assert retry_delay(attempt) == delay
+
+
+def test_retry_delay_custom_bounds_and_bad_attempt() -> None:
+    assert [retry_delay(n, initial=0.05, maximum=0.3) for n in range(5)] == \
+        [0.05, 0.1, 0.2, 0.3, 0.3]
+    with pytest.raises(ValueError, match="attempt"):
+        retry_delay(-1)
+
+
+@pytest.mark.parametrize(("status", "retry"), [
+    (500, True), (502, True), (503, True), (504, True), (429, True),
+    (400, False), (401, False), (403, False), (404, False), (200, False),
+])
+def test_should_retry_status(status: int, retry: bool) -> None:
+    assert should_retry_status(status) is retry

@@ -217,6 +217,7 @@ class ComfyUIClient:
         return parse_history(self._get(f"/history/{prompt_id}"), prompt_id)
 
     def _lookup(self, prompt_id: str) -> tuple[PromptState, HistoryEntry | None]:
+        """(state, history entry when done)."""
         # /queue before /history: a prompt leaves the queue only after its entry is written.
         queue = self.queue()
         if prompt_id in queue.running:
@@ -224,7 +225,7 @@ class ComfyUIClient:
         if prompt_id in queue.pending:
             return "queued", None
         entry = self._history_entry(prompt_id)
-        return ("done", entry) if entry is not None else ("unknown", None)
+        return ("done" if entry is not None else "unknown"), entry
 
     def find(self, prompt_id: str) -> PromptState:
         """Where a prompt is: ``done`` (in history), ``queued``, ``running`` or ``unknown``."""

@@ -147,10 +147,15 @@ class SystemStats:
 
 @dataclass(frozen=True)
 class QueueState:
-    """The server queue; ``pending`` in run order (sorted by ``(number, prompt_id)``)."""
+    """The server queue; ``pending`` in run order (sorted by ``(number, prompt_id)``).
+
+    ``client_ids`` maps each queued prompt to the client id it was submitted with: the
+    socket that hears its events.
+    """
 
     running: tuple[str, ...]
     pending: tuple[str, ...]
+    client_ids: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def __contains__(self, prompt_id: object) -> bool:
         return prompt_id in self.running or prompt_id in self.pending

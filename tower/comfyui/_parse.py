@@ -55,15 +55,19 @@ def parse_system_stats(body: object) -> SystemStats:
         ram_total=system.get("ram_total"), ram_free=system.get("ram_free"))
 
 
-def _queue_items(items: object, what: str) -> list[tuple[float, str]]:
+def _queue_items(items: object, what: str) -> list[tuple[float, str, str | None]]:
+    """(number, prompt_id, client_id) of each ``[number, id, prompt, extra_data, ...]``."""
     if not isinstance(items, list):
         raise ComfyUIProtocolError(f"/queue {what}: expected a list")
     found = []
     for item in items:
         if not isinstance(item, list) or len(item) < 2:
             raise ComfyUIProtocolError(f"/queue {what}: malformed item {item!r:.80}")
+        extra = item[3] if len(item) > 3 and isinstance(item[3], Mapping) else {}
+        client_id = extra.get("client_id")
         try:
-            found.append((float(item[0]), str(item[1])))
+            found.append((float(item[0]), str(item[1]),
+                          str(client_id) if client_id is not None else None))
         except (TypeError, ValueError) as err:
             raise ComfyUIProtocolError(f"/queue {what}: bad number {item[0]!r}") from err
     return found
@@ -77,9 +81,11 @@ def parse_queue(body: object) -> QueueState:
     """
     body = _mapping(body, "/queue")
     running = _queue_items(body.get("queue_running", []), "queue_running")
-    pending = sorted(_queue_items(body.get("queue_pending", []), "queue_pending"))
-    return QueueState(running=tuple(pid for _, pid in running),
-                      pending=tuple(pid for _, pid in pending))
+    pending = sorted(_queue_items(body.get("queue_pending", []), "queue_pending"),
+                     key=lambda item: item[:2])
+    return QueueState(running=tuple(item[1] for item in running),
+                      pending=tuple(item[1] for item in pending),
+                      client_ids={pid: cid for _, pid, cid in running + pending if cid})
 
 
 def _images(outputs: Mapping[str, Any], order: list[str]) -> tuple[ImageRef, ...]:

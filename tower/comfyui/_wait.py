@@ -67,8 +67,10 @@ class Waiter:
         self.began = self.last_progress = time.monotonic()
         self.queue_seen: int | None = None
         self.misses = 0
-        self.polls = 0
+        self.polls = self.final_polls = 0
+        self.next_poll = self.began + WS_SILENCE_S
         self.unreachable_since: float | None = None
+        self.last_error: ComfyUIUnavailable | None = None
 
     def run(self) -> RenderResult:
         try:
@@ -108,25 +110,30 @@ class Waiter:
             self._handle(frame)
 
     def _listen(self) -> bool:
-        """Read one frame; False when it is time to poll (silence, end, lost socket)."""
+        """Read frames until the next poll is due; False when it is (or the socket died).
+
+        Polls are due a second after the last frame about this prompt, so a socket busy
+        with other traffic (broadcast status, other clients' progress) cannot hide that
+        the prompt ended somewhere the socket does not hear about.
+        """
         assert self.socket is not None
-        patience = WS_SILENCE_S if not self.tracker.ended else \
-            retry_delay(self.polls, initial=0.05, maximum=WS_SILENCE_S)
+        wait = min(self.next_poll - time.monotonic(), self._time_left())
         try:
-            frame = self.socket.recv(min(patience, self._time_left()))
+            frame = self.socket.recv(max(0.0, wait))
         except ComfyUIUnavailable as err:
-            logger.warning("%s: %s; polling for prompt %s", self.server.name, err,
-                           self.spec.prompt_id)
+            logger.warning("%s; polling for prompt %s", err, self.spec.prompt_id)
             self._drop_socket()
             return False
         if frame is None:
             return False
         self._handle(frame)
-        return not self.tracker.ended
+        return time.monotonic() < self.next_poll
 
     def _handle(self, frame: Frame) -> None:
         self.last_progress = frame.t
         event = self.tracker.feed(frame.kind, frame.data, frame.t)
+        if isinstance(frame.data, dict) and frame.data.get("prompt_id") == self.spec.prompt_id:
+            self.next_poll = frame.t if self.tracker.ended else frame.t + WS_SILENCE_S
         if event is not None and self.spec.on_progress is not None:
             try:
                 self.spec.on_progress(event)
@@ -137,6 +144,13 @@ class Waiter:
         """Look at /queue then /history (that order: an entry leaves the queue only once
         its history is written). Raises when the server lost the prompt or stays down."""
         self.polls += 1
+        if self.tracker.ended:
+            # The history entry can lag the end frames (contract fact 7): look again soon.
+            self.final_polls += 1
+            self.next_poll = time.monotonic() + retry_delay(
+                self.final_polls, initial=0.05, maximum=WS_SILENCE_S)
+        else:
+            self.next_poll = time.monotonic() + WS_SILENCE_S
         try:
             queue = self.server.queue()
             entry = self.server._history_entry(self.spec.prompt_id)
@@ -170,11 +184,14 @@ class Waiter:
     def _unreachable(self, err: ComfyUIUnavailable) -> None:
         now = time.monotonic()
         self.unreachable_since = self.unreachable_since or now
-        grace = min(UNREACHABLE_GRACE_S, self.spec.stall_timeout)
-        if now - self.unreachable_since >= grace:
-            raise ComfyUIUnavailable(
-                f"{self.server.name}: unreachable for {now - self.unreachable_since:.1f} s "
-                f"while waiting for prompt {self.spec.prompt_id}: {err}") from err
+        self.last_error = err
+        if now - self.unreachable_since >= min(UNREACHABLE_GRACE_S, self.spec.stall_timeout):
+            raise self._gone() from err
+
+    def _gone(self) -> ComfyUIUnavailable:
+        down = time.monotonic() - (self.unreachable_since or time.monotonic())
+        return ComfyUIUnavailable(f"{self.server.name}: unreachable for {down:.1f} s while "
+                                  f"waiting for prompt {self.spec.prompt_id}: {self.last_error}")
 
     def _pause(self) -> None:
         time.sleep(min(retry_delay(self.polls), self._time_left()))
@@ -201,5 +218,7 @@ class Waiter:
             raise ComfyUITimeout(f"{name}: prompt {pid} not finished after "
                                  f"{self.spec.timeout:g} s", prompt_id=pid)
         if now - self.last_progress >= self.spec.stall_timeout:
+            if self.unreachable_since is not None:  # no progress because it is down
+                raise self._gone() from self.last_error
             raise ComfyUITimeout(f"{name}: no progress on prompt {pid} for "
                                  f"{self.spec.stall_timeout:g} s", prompt_id=pid)
