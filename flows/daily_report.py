@@ -40,10 +40,15 @@ def write_report_task(report: Report, data_root: Path) -> ReportFiles:
 
 
 @task(name="publish-report", cache_policy=NO_CACHE)
-def publish_report_task(report: Report, files: ReportFiles) -> str:
-    """Publish the markdown as an artifact; chart links point at the files written."""
+def publish_report_task(report: Report, files: ReportFiles, status: str | None = None) -> str:
+    """Publish the markdown (and the farm status, if any) as an artifact.
+
+    Chart links point at the files written under the data root.
+    """
     charts = {kind: str(files.charts[kind]) for kind in chart_names(report.figures.window)}
     markdown = render_markdown(report, charts)
+    if status:
+        markdown += f"\n## Farm status\n\n```\n{status}\n```\n"
     create_markdown_artifact(markdown=markdown, key=ARTIFACT_KEY,
                              description=f"Tower performance report {report.figures.window.label}")
     return markdown
@@ -73,9 +78,8 @@ def daily_report(data_root: Path = DEFAULT_DATA_ROOT, day: date | None = None,
     now = now or datetime.now(UTC)
     report = build_report_task(data_root, day, since, now)
     files = write_report_task(report, data_root)
-    publish_report_task(report, files)
-    if servers:
-        log_status_task(servers, data_root, now)
+    status = log_status_task(servers, data_root, now) if servers else None
+    publish_report_task(report, files, status)
     get_run_logger().info("Report %s written to %s: %d recommendation(s)",
                           report.figures.window.label, files.markdown,
                           len(report.recommendations))

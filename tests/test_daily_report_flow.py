@@ -14,6 +14,7 @@ from prefect.testing.utilities import prefect_test_harness
 from test_report_rows import NOW, T0, run_row, sequential, write_metrics, write_runs
 
 from flows.daily_report import ARTIFACT_KEY, daily_report
+from tower.simulator import SimulatorServer
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -45,6 +46,10 @@ def test_flow_writes_files_and_publishes_the_markdown(tmp_path: Path) -> None:
     assert str(tmp_path / "reports" / "2026-11-26-gpu-busy.png") in artifact
 
 
-def test_flow_reports_an_empty_day_without_failing(tmp_path: Path) -> None:
-    paths = daily_report(data_root=tmp_path, now=NOW)
+def test_flow_reports_an_empty_day_and_the_farm_status(tmp_path: Path,
+                                                       simulator: SimulatorServer) -> None:
+    paths = daily_report(data_root=tmp_path, now=NOW, servers=[simulator.url])
     assert "No runs in this window" in Path(paths["markdown"]).read_text()
+    artifact = asyncio.run(_artifact_markdown())
+    assert "## Farm status" in artifact
+    assert f"({simulator.url}): up" in artifact

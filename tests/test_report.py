@@ -142,6 +142,16 @@ def test_report_window(day: date | None, since: date | None, start: datetime,
     assert report_window(NOW, day, since) == Window(start, end)
 
 
+@pytest.mark.parametrize(("window", "label"), [
+    (report_window(NOW), "2026-11-26"),
+    (report_window(NOW + timedelta(hours=6)), "2026-11-27"),
+    (report_window(NOW, date(2026, 11, 20)), "2026-11-20"),
+    (report_window(NOW, since=date(2026, 11, 1)), "2026-11-01_2026-11-26"),
+])
+def test_window_labels_never_collide_with_daily_reports(window: Window, label: str) -> None:
+    assert window.label == label
+
+
 @pytest.mark.parametrize(("day", "since"), [(date(2026, 11, 1), date(2026, 11, 2)),
                                             (None, date(2026, 11, 27))])
 def test_report_window_refuses_contradictions(day: date | None, since: date | None) -> None:

@@ -37,8 +37,16 @@ class Window:
 
     @property
     def label(self) -> str:
-        """The day the report is filed under: the (UTC) day the window ends in."""
-        return (self.end.astimezone(UTC) - timedelta(microseconds=1)).date().isoformat()
+        """The name the report is filed under.
+
+        A window of up to a day is filed under the (UTC) day it ends in, so the daily
+        report of the 27th is ``2026-11-27``; a longer one under its first and last day
+        (``2026-11-01_2026-11-27``), so it never replaces a daily report.
+        """
+        last = (self.end.astimezone(UTC) - timedelta(microseconds=1)).date().isoformat()
+        if self.length <= timedelta(days=1):
+            return last
+        return f"{self.start.astimezone(UTC).date().isoformat()}_{last}"
 
     @property
     def length(self) -> timedelta:
