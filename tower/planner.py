@@ -9,14 +9,16 @@ How work is placed:
 1. Takes are cut into *chunks*: consecutive takes sharing every setting, at most
    ``max_batch`` long. A chunk goes to one server, which renders it in one or more
    batches sized for its own budget.
-2. Chunks are grouped by checkpoint, the heaviest group first; within a group, chunks
-   of the same prompt sit next to each other (ComfyUI reuses the text encoding).
+2. Chunks are grouped by checkpoint, the most constrained group (the fewest servers
+   that can hold its chunks) first, then the heaviest; within a group, chunks of the
+   same prompt sit next to each other (ComfyUI reuses the text encoding).
 3. A whole group goes to one server when one can take it and stay within a fair share
    of the total work (total estimated seconds over total speed, plus one chunk); the
    server that already has the checkpoint loaded is preferred. A group too big for
-   any share is spread chunk by chunk, each to the server that would finish it first,
-   counting a model load when the server's current checkpoint differs, so it stays on
-   one server until the imbalance is worth a model swap.
+   any share fills one server up to its share, then the next, so a checkpoint spans
+   as few servers as the balance allows; the little left over (model loads push
+   servers past their share) goes chunk by chunk to whichever server finishes it
+   first, a model load counted when its checkpoint differs.
 4. Each server renders its batches grouped by checkpoint (its loaded one first), so
    its model swaps equal the distinct checkpoints it serves, less one if it starts
    with the right one.
@@ -308,17 +310,22 @@ def _slices(takes: Sequence[ResolvedTake], size: int) -> list[tuple[ResolvedTake
 
 
 def _chunk_order(chunks: list[_Chunk]) -> list[_Chunk]:
-    """Heaviest checkpoint first; same prompt together; then shot and take order."""
-    def work(c: _Chunk) -> float:
-        return min(c.cost.values())
+    """Checkpoint groups, the most constrained (fewest servers that fit) then heaviest first.
 
+    Within a group: chunks that fit fewer servers first, then by prompt (same prompt
+    together), shot and take. Placing what has few options first leaves the flexible
+    work to even out the servers.
+    """
     totals: dict[str, float] = {}
+    options: dict[str, int] = {}
     for c in chunks:
-        totals[c.first.checkpoint] = totals.get(c.first.checkpoint, 0.0) + work(c)
+        ckpt = c.first.checkpoint
+        totals[ckpt] = totals.get(ckpt, 0.0) + min(c.cost.values())
+        options[ckpt] = min(options.get(ckpt, len(c.fit)), len(c.fit))
     return sorted(chunks, key=lambda c: (
-        -round(totals[c.first.checkpoint], 6), c.first.checkpoint, c.first.prompt,
-        c.first.negative, c.first.episode, c.first.shot_id, c.first.preset, c.first.take,
-        c.first.key))
+        options[c.first.checkpoint], -round(totals[c.first.checkpoint], 6), c.first.checkpoint,
+        len(c.fit), c.first.prompt, c.first.negative, c.first.episode, c.first.shot_id,
+        c.first.preset, c.first.take, c.first.key))
 
 
 class _Placer:
@@ -329,6 +336,7 @@ class _Placer:
         self.servers = list(servers)
         self.models = models
         self.target, self.slack = target, slack
+        self.limit = target + slack
         self.finish = {s.name: 0.0 for s in servers}
         self.current = {s.name: s.loaded_checkpoint for s in servers}
         self.placed: dict[str, list[_Chunk]] = {s.name: [] for s in servers}
@@ -354,7 +362,7 @@ class _Placer:
                 continue
             done = (self.finish[server.name] + self._load(server, ckpt)
                     + sum(c.cost[server.name] for c in group))
-            if done <= self.target + self.slack:
+            if done <= self.limit:
                 options.append((self.current[server.name] != ckpt, done, rank, server))
         if not options:
             return False
@@ -362,12 +370,32 @@ class _Placer:
         return True
 
     def split(self, group: Sequence[_Chunk]) -> None:
-        """Chunk by chunk to the server that finishes it first, model loads counted."""
-        for chunk in group:
-            ckpt = chunk.first.checkpoint
+        """Fill one server at a time up to the fair share, then spread what is left.
+
+        Filling (rather than dealing chunks round-robin) keeps a checkpoint on as few
+        servers as the balance allows; the server already on the checkpoint fills first.
+        """
+        ckpt = group[0].first.checkpoint
+        pending = list(group)
+        while pending:
+            room = [(self.current[s.name] != ckpt, self.finish[s.name], rank, s)
+                    for rank, s in enumerate(self.servers)
+                    if self.finish[s.name] + self._load(s, ckpt) < self.limit
+                    and any(s.name in c.fit for c in pending)]
+            if not room:
+                break
+            server = min(room)[3]
+            keep = []
+            for chunk in pending:
+                if server.name in chunk.fit and self.finish[server.name] < self.limit:
+                    self._assign(server, [chunk])
+                else:
+                    keep.append(chunk)
+            pending = keep
+        for chunk in pending:
             best = min((s for s in self.servers if s.name in chunk.fit),
-                       key=lambda s, c=chunk, k=ckpt: (
-                           self.finish[s.name] + self._load(s, k) + c.cost[s.name]))
+                       key=lambda s, c=chunk: (
+                           self.finish[s.name] + self._load(s, ckpt) + c.cost[s.name]))
             self._assign(best, [chunk])
 
 
