@@ -232,9 +232,10 @@ def test_interrupt(slow_sim: SimulatorServer) -> None:
     assert out["error"].result.status == "interrupted"
 
 
-def test_stall_and_overall_timeouts(slow_sim: SimulatorServer) -> None:
-    slow_sim.config.time_scale = 1.0  # a 3 s checkpoint load with no frames at all
-    with ComfyUIClient(slow_sim.url) as client:
+def test_stall_and_overall_timeouts(tmp_path: Path) -> None:
+    config = SimulatorConfig(time_scale=1.0, output_dir=tmp_path / "out")
+    # A 3 s checkpoint load sends no frames at all.
+    with start_simulator(config) as sim, ComfyUIClient(sim.url) as client:
         began = time.monotonic()
         with pytest.raises(ComfyUITimeout, match="no progress"):
             client.render(graph_for(), prompt_id="stuck", stall_timeout=0.4)
@@ -390,10 +391,17 @@ def test_secrets_stay_out_of_repr_and_logs(sim: SimulatorServer,
     assert "s3cr3t" not in caplog.text and "hunter2" not in caplog.text
 
 
-def test_injected_http_client_is_used_and_left_open(sim: SimulatorServer) -> None:
-    seen: list[str] = []
-    http = httpx.Client(event_hooks={"request": [lambda r: seen.append(r.url.path)]})
-    with ComfyUIClient(sim.url, http_client=http) as client:
+@pytest.mark.parametrize(("header", "token", "sent"), [
+    ("Authorization", "abc123", "Bearer abc123"),
+    ("Authorization", "Basic dXNlcjpwdw==", "Basic dXNlcjpwdw=="),
+    ("X-Api-Key", "abc123", "abc123"),
+])
+def test_injected_http_client_carries_the_token(sim: SimulatorServer, header: str,
+                                                token: str, sent: str) -> None:
+    seen: list[httpx.Request] = []
+    http = httpx.Client(event_hooks={"request": [seen.append]})
+    with ComfyUIClient(sim.url, http_client=http, token=token, auth_header=header) as client:
         client.render(graph_for(takes=1), prompt_id="hooked")
-    assert "/prompt" in seen and not http.is_closed
+    assert "/prompt" in {r.url.path for r in seen} and not http.is_closed
+    assert {r.headers.get(header) for r in seen} == {sent}
     http.close()

@@ -27,7 +27,6 @@ from tower.comfyui import _constants as C
 from tower.comfyui._exceptions import (
     ComfyUIProtocolError,
     ComfyUIUnavailable,
-    ComfyUIValidationError,
 )
 from tower.comfyui._models import (
     DownloadedFile,
@@ -261,10 +260,10 @@ class ComfyUIClient:
         response = self._send("POST", "/prompt", json=body)
         if response.status_code == 400:
             try:
-                raise validation_error(response.json())
+                body = response.json()
             except ValueError:
-                raise ComfyUIValidationError(
-                    f"ComfyUI rejected the prompt: {response.text[:200]}") from None
+                body = {"error": {"type": "invalid_prompt", "message": response.text[:200]}}
+            raise validation_error(body)
         if response.status_code != 200:
             raise self._status_error(response, "POST /prompt")
         answer = self._json(response, "POST /prompt")
@@ -296,12 +295,14 @@ class ComfyUIClient:
             self._submitted[queued] = (client_id, queued_at)
         return queued
 
-    def _open_socket(self, client_id: str) -> EventSocket | None:
+    def _open_socket(self, client_id: str, *, quiet: bool = False) -> EventSocket | None:
+        """A socket for ``client_id``, or None (logged; waits then poll instead)."""
         try:
             return EventSocket(ws_url(self.base_url, client_id), headers=self._ws_headers,
                                verify=self._verify, name=self.name)
         except ComfyUIUnavailable as err:
-            logger.warning("%s; falling back to polling", err)
+            logger.log(logging.DEBUG if quiet else logging.WARNING,
+                       "%s; falling back to polling", err)
             return None
 
     def wait(self, prompt_id: str, *, timeout: float | None = None,

@@ -184,15 +184,17 @@ def failure(prompt_id: str, kind: str, data: Mapping[str, Any],
             result: RenderResult | None = None) -> ComfyUIError:
     """The exception for an ``execution_error`` / ``execution_interrupted`` message."""
     node_id, node_type = data.get("node_id"), data.get("node_type")
+    where = f"node {node_id} ({node_type})" if node_id is not None else "a node"
     if kind == "execution_interrupted":
-        return ComfyUIInterrupted(
-            f"prompt {prompt_id} was interrupted at node {node_id} ({node_type})",
-            prompt_id=prompt_id, node_id=node_id, node_type=node_type, result=result)
-    exc_type = data.get("exception_type")
+        return ComfyUIInterrupted(f"prompt {prompt_id} was interrupted at {where}",
+                                  prompt_id=prompt_id, node_id=node_id, node_type=node_type,
+                                  result=result)
+    exc_type = data.get("exception_type") or "an error"
     exc_message = str(data.get("exception_message") or "").strip()
     cls = ComfyUIOutOfMemory if is_out_of_memory(exc_type, exc_message) else \
         ComfyUIExecutionError
-    return cls(f"prompt {prompt_id}: node {node_id} ({node_type}) raised {exc_type}: "
-               f"{exc_message[:_MAX_MESSAGE_CHARS]}",
+    return cls(f"prompt {prompt_id}: {where} raised {exc_type}: "
+               f"{exc_message[:_MAX_MESSAGE_CHARS] or '(no message)'}",
                prompt_id=prompt_id, node_id=node_id, node_type=node_type,
-               exception_type=exc_type, exception_message=exc_message, result=result)
+               exception_type=data.get("exception_type"), exception_message=exc_message,
+               result=result)

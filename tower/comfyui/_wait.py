@@ -40,7 +40,7 @@ class _Server(Protocol):
 
     def queue(self) -> QueueState: ...
     def _history_entry(self, prompt_id: str) -> HistoryEntry | None: ...
-    def _open_socket(self, client_id: str) -> EventSocket | None: ...
+    def _open_socket(self, client_id: str, *, quiet: bool = False) -> EventSocket | None: ...
 
 
 @dataclass
@@ -197,7 +197,7 @@ class Waiter:
         time.sleep(min(retry_delay(self.polls), self._time_left()))
 
     def _reconnect(self) -> None:
-        self.socket = self.server._open_socket(self.spec.client_id)
+        self.socket = self.server._open_socket(self.spec.client_id, quiet=True)
 
     def _drop_socket(self) -> None:
         if self.socket is not None:
