@@ -160,6 +160,8 @@ def test_problems_without_a_file_have_no_line() -> None:
     ("# only a comment\n", "must map preset names to their fields"),
     ("presets: [draft]\n", "must map preset names to their fields"),
     ("draft:\n  steps: 8\ndraft:\n  steps: 9\n", "draft: duplicate key"),
+    ("presets:\n  draft: {}\n  1: {extends: draft}\n",
+     "presets.yaml:3 preset 1: preset names must be text; put it in quotes"),
 ])
 def test_malformed_presets_files(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(InputError, match=message):

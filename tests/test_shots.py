@@ -112,6 +112,13 @@ def test_every_problem_is_reported_at_once_with_line_shot_and_field(tmp_path: Pa
     ("episode: ep01\nepisode: ep02\nshots: [{id: a, prompt: b}]\n",
      "ep01.yaml:2: episode: duplicate key"),
     ("episode: ep01\nshots:\n  - id: a\n    prompt: [b\n", "ep01.yaml:5: not valid YAML: "),
+    ("episode: ep01\n? [a, b]\n: c\n", "ep01.yaml:2: not valid YAML: found unhashable key"),
+    ("episode: ep01\n1: x\nshots: [{id: a, prompt: b}]\n",
+     "ep01.yaml:2: 1: field names must be text (got 1)"),
+    ("episode: ep01\nshots:\n  - id: a\n    prompt: b\n    null: c\n",
+     "ep01.yaml:5 shot a: None: field names must be text (got None)"),
+    ("episode: ep01\nshots:\n  - {id: a, prompt: b, 0x10: c, 16: d}\n",
+     "ep01.yaml:3: 16: duplicate key"),
 ])
 def test_yaml_structure_errors(tmp_path: Path, text: str, expected: str) -> None:
     assert problems(tmp_path, "ep01.yaml", text)[0].startswith(expected)

@@ -102,15 +102,20 @@ def format_of(path: str | Path) -> str:
                            "use .yaml, .yml, .csv or .json")
 
 
+def _yaml_error(source: str, err: yaml.YAMLError) -> InputError:
+    """PyYAML's complaint, with its line, without its ``<unicode string>`` marks."""
+    if isinstance(err, yaml.MarkedYAMLError) and err.problem:
+        mark = err.problem_mark or err.context_mark
+        return _fail(source, f"not valid YAML: {err.problem}", mark.line + 1 if mark else None)
+    return _fail(source, f"not valid YAML: {err}")
+
+
 def _compose(source: str, text: str) -> yaml.Node | None:
     loader = _Composer(text)
     try:
         return loader.get_single_node()
-    except yaml.MarkedYAMLError as err:
-        line = err.problem_mark.line + 1 if err.problem_mark else None
-        raise _fail(source, f"not valid YAML: {err.problem or err}", line) from None
     except yaml.YAMLError as err:
-        raise _fail(source, f"not valid YAML: {err}") from None
+        raise _yaml_error(source, err) from None
     except RecursionError:
         raise _fail(source, "nesting too deep") from None
     finally:
@@ -135,24 +140,36 @@ def _expanded_size(node: yaml.Node, memo: dict[int, int], source: str) -> int:
     return size
 
 
-def _record_lines(node: yaml.Node, path: Path_, doc: Document, seen: set[int]) -> None:
+def _key(node: yaml.Node, loader: yaml.SafeLoader) -> Any:
+    """A mapping key as the data will hold it (``1`` for ``1``, None for ``null``)."""
+    if not isinstance(node, yaml.ScalarNode):
+        return None
+    try:
+        return loader.construct_object(node)
+    except yaml.YAMLError:
+        return node.value  # reported when the document is constructed
+
+
+def _record_lines(node: yaml.Node, path: Path_, doc: Document, seen: set[int],
+                  loader: yaml.SafeLoader) -> None:
     if id(node) in seen:
         return
     seen.add(id(node))
     doc.lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.SequenceNode):
         for index, child in enumerate(node.value):
-            _record_lines(child, (*path, index), doc, seen)
+            _record_lines(child, (*path, index), doc, seen, loader)
     elif isinstance(node, yaml.MappingNode):
-        keys_seen: set[str] = set()
+        keys_seen: set[Any] = set()
         for key_node, value_node in node.value:
-            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            key = _key(key_node, loader)
             if key in keys_seen:
                 doc.warnings.append(Problem(doc.source, key_node.start_mark.line + 1, None,
                                             str(key), "duplicate key"))
-            keys_seen.add(key)
+            if key is not None:
+                keys_seen.add(key)
             doc.lines[(*path, key)] = key_node.start_mark.line + 1
-            _record_lines(value_node, (*path, key), doc, seen)
+            _record_lines(value_node, (*path, key), doc, seen, loader)
 
 
 def _line_map(source: str, node: yaml.Node | None, doc: Document) -> None:
@@ -165,7 +182,11 @@ def _line_map(source: str, node: yaml.Node | None, doc: Document) -> None:
     if size > MAX_NODES:
         raise _fail(source, f"document expands to {size:,} values (limit {MAX_NODES:,}); "
                             "YAML aliases may be nested too deeply")
-    _record_lines(node, (), doc, set())
+    loader = yaml.SafeLoader("")
+    try:
+        _record_lines(node, (), doc, set(), loader)
+    finally:
+        loader.dispose()
 
 
 def _parse_yaml(source: str, text: str) -> Document:
@@ -179,7 +200,7 @@ def _parse_yaml(source: str, text: str) -> Document:
     try:
         doc.data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as err:
-        raise _fail(source, f"not valid YAML: {err}") from None
+        raise _yaml_error(source, err) from None
     finally:
         loader.dispose()
     return doc

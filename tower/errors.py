@@ -88,6 +88,8 @@ def describe_error(error: dict[str, Any]) -> str:
         return "is required"
     if kind == "extra_forbidden":
         return "unknown field"
+    if kind == "invalid_key":
+        return f"field names must be text (got {value!r})"
     if kind == "value_error":
         return str(ctx.get("error", error["msg"]))
     if kind in _RANGE_TYPES:

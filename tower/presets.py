@@ -96,7 +96,12 @@ def apply_overrides(
     presets = dict(base)
     problems: list[Problem] = []
     for name, raw in overrides.items():
-        found = _override_one(str(name), raw, presets, source)
+        if not isinstance(name, str):  # YAML reads `1:` or `null:` as a number or None
+            problems += _located([Problem(source, None, f"preset {name}", None,
+                                          "preset names must be text; put it in quotes")],
+                                 doc, name)
+            continue
+        found = _override_one(name, raw, presets, source)
         if isinstance(found, Preset):
             presets[found.name] = found
         else:

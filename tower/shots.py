@@ -131,6 +131,8 @@ def _problems_from(err: ValidationError, doc: Document, base: tuple[Any, ...],
     problems = []
     for error in err.errors(include_url=False):
         loc = tuple(error["loc"])
+        if error["type"] == "invalid_key":  # pydantic writes a None key as 'None'
+            loc = (*loc[:-1], error.get("input"))
         message = describe_error(error)
         if error["type"] == "extra_forbidden":
             in_defaults = len(loc) > 1 and loc[0] == "defaults"
