@@ -317,3 +317,26 @@ def test_index_commands_report_and_compact(tmp_path: Path) -> None:
     assert len(index.files()) == 1
     empty = runner.invoke(app, ["index", "compact", "--data-root", str(tmp_path / "none")])
     assert empty.exit_code == 0 and not (tmp_path / "none").exists()
+
+
+def test_the_index_works_on_any_pyarrow_filesystem() -> None:
+    import fsspec
+    import pyarrow.fs as pafs
+
+    memory = fsspec.filesystem("memory")
+    if memory.exists("/studio"):
+        memory.rm("/studio", recursive=True)
+    fs = pafs.PyFileSystem(pafs.FSSpecHandler(memory))
+    index = OutputIndex("/studio/index", filesystem=fs)
+    takes = [make_take(take=k) for k in range(3)]
+    rows = [row_for(t) for t in takes]
+    index.append(rows[:2])
+    index.append(rows[2:])
+    with fs.open_output_stream(f"/studio/renders/{rows[0].output_path}") as out:
+        out.write(b"x" * rows[0].size_bytes)
+    result = index.dedup(takes)
+    assert result.rendered == [(takes[0], rows[0])]
+    assert result.missing_files == takes[1:]
+    index.compact()
+    assert len(index.files()) == 1
+    assert_frame_equal(index.scan().collect(), rows_frame(rows))

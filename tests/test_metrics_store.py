@@ -130,3 +130,18 @@ def test_run_log_round_trip(tmp_path: Path) -> None:
     assert_frame_equal(log.scan(since=date(2026, 11, 26)).collect(), expected)
     with pytest.raises(StoreError, match="status must be one of"):
         log.append([replace(record, status="ok")])
+
+
+def test_the_store_works_on_any_pyarrow_filesystem() -> None:
+    import fsspec
+    import pyarrow.fs as pafs
+
+    memory = fsspec.filesystem("memory")
+    if memory.exists("/metrics-test"):
+        memory.rm("/metrics-test", recursive=True)
+    store = MetricsStore("/metrics-test", filesystem=pafs.PyFileSystem(pafs.FSSpecHandler(memory)))
+    rows = [batch(n, T0 + timedelta(days=n)) for n in range(3)]
+    store.append(rows)
+    assert store.days() == ["2026-11-26", "2026-11-27", "2026-11-28"]
+    assert_frame_equal(store.scan(since=date(2026, 11, 27)).collect().sort("batch_id"),
+                       frame_of(rows[1:]))

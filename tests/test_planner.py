@@ -307,3 +307,20 @@ def test_plan_command_prints_the_plan_minus_what_the_index_has(tmp_path: Path) -
     assert result.output.splitlines()[-1].endswith(f" {len(takes) - served} takes")
     bad = CliRunner().invoke(app, ["plan", str(DEMO), "--servers", "a=lots"])
     assert bad.exit_code != 0 and "budget must be MB" in bad.output
+
+
+def test_a_two_checkpoint_season_needs_few_swaps_and_stays_balanced() -> None:
+    rng = random.Random(5)
+    takes = []
+    for n in range(400):
+        preset = rng.choice(["draft", "draft", "standard", "high"])
+        takes += shot_takes(f"sh{n:04d}", rng.randint(1, 4), preset)
+    servers = [ServerSpec(name, BUDGET[profile])
+               for name, profile in (("a", "12gb"), ("b", "12gb"), ("c", "10gb"), ("d", "8gb"))]
+    plan = plan_batches(takes, servers, PRESETS)
+    check_invariants(plan, takes, servers)
+    # every server loads once; one checkpoint spans a boundary: at most one more swap
+    assert sum(plan.model_swaps.values()) <= len(servers) + 1
+    ideal = ServerSpec("ideal", BUDGET["12gb"], speed=len(servers))
+    bound = plan_batches(takes, [ideal], PRESETS).est_seconds["ideal"]
+    assert max(plan.est_seconds.values()) <= 1.05 * bound
