@@ -49,12 +49,6 @@ def graph_for(takes: int = 2, prefix: str = "ep01/sh010/t", seed: int = 7,
 
 
 @pytest.fixture
-def sim(tmp_path: Path) -> Iterator[SimulatorServer]:
-    with start_simulator(SimulatorConfig(time_scale=FAST, output_dir=tmp_path / "out")) as s:
-        yield s
-
-
-@pytest.fixture
 def slow_sim(tmp_path: Path) -> Iterator[SimulatorServer]:
     """Loading a checkpoint takes ~0.6 s and each sampler step ~0.03 s."""
     with start_simulator(SimulatorConfig(time_scale=0.2, output_dir=tmp_path / "out")) as s:
@@ -62,13 +56,13 @@ def slow_sim(tmp_path: Path) -> Iterator[SimulatorServer]:
 
 
 @pytest.fixture
-def client(sim: SimulatorServer) -> Iterator[ComfyUIClient]:
-    with ComfyUIClient(sim.url, timeout=5, connect_timeout=1) as c:
+def client(simulator: SimulatorServer) -> Iterator[ComfyUIClient]:
+    with ComfyUIClient(simulator.url, timeout=5, connect_timeout=1) as c:
         yield c
 
 
-def pngs(sim: SimulatorServer) -> list[Path]:
-    return sorted(sim.output_dir.rglob("*.png"))
+def pngs(simulator: SimulatorServer) -> list[Path]:
+    return sorted(simulator.output_dir.rglob("*.png"))
 
 
 def in_thread(fn: Any, *args: Any, **kwargs: Any) -> tuple[threading.Thread, dict[str, Any]]:
@@ -96,12 +90,12 @@ def wait_until(check: Any, timeout: float = 5.0) -> None:
 # -- server facts ------------------------------------------------------------------
 
 
-def test_system_stats_and_object_info(client: ComfyUIClient, sim: SimulatorServer) -> None:
+def test_system_stats_and_object_info(client: ComfyUIClient, simulator: SimulatorServer) -> None:
     stats = client.system_stats()
     assert stats.comfyui_version
     (device,) = stats.devices
     assert device.type == "cuda" and device.vram_total == 12288 * 1024 * 1024
-    assert client.checkpoints() == list(sim.config.checkpoints)
+    assert client.checkpoints() == list(simulator.config.checkpoints)
     assert "dpm_fast" in client.samplers() and "karras" in client.schedulers()
     assert client.object_info() is client.object_info()  # fetched once
 
@@ -125,7 +119,7 @@ def test_preflight_names_everything_missing(client: ComfyUIClient) -> None:
 
 
 def test_render_confirms_images_timings_and_progress(client: ComfyUIClient,
-                                                     sim: SimulatorServer,
+                                                     simulator: SimulatorServer,
                                                      tmp_path: Path) -> None:
     events: list[ProgressEvent] = []
     graph = graph_for(takes=3)
@@ -143,7 +137,7 @@ def test_render_confirms_images_timings_and_progress(client: ComfyUIClient,
     for n, image in enumerate(result.images):
         got = client.download(image, tmp_path / "renders" / f"take{n}.png")
         data = got.path.read_bytes()
-        assert data == (sim.output_dir / image.relative_path).read_bytes()
+        assert data == (simulator.output_dir / image.relative_path).read_bytes()
         assert got.sha256 == hashlib.sha256(data).hexdigest() and got.size == len(data)
     assert sorted(p.name for p in (tmp_path / "renders").iterdir()) == \
         ["take0.png", "take1.png", "take2.png"]
@@ -157,13 +151,13 @@ def test_submit_then_wait(client: ComfyUIClient) -> None:
     assert client.find(prompt_id) == "done" and client.find("never-seen") == "unknown"
 
 
-def test_same_graph_twice_is_cached(client: ComfyUIClient, sim: SimulatorServer) -> None:
+def test_same_graph_twice_is_cached(client: ComfyUIClient, simulator: SimulatorServer) -> None:
     graph = graph_for()
     first = client.render(graph, prompt_id="first")
-    files = pngs(sim)
+    files = pngs(simulator)
     again = client.render(graph, prompt_id="second")
     assert again.cached and set(again.cached_nodes) == set(graph)
-    assert again.images == first.images and pngs(sim) == files  # old files, none new
+    assert again.images == first.images and pngs(simulator) == files  # old files, none new
     assert (again.model_load_s, again.sampling_s, again.vae_decode_s) == (0.0, 0.0, 0.0)
 
 
@@ -196,8 +190,8 @@ def test_validation_error_names_node_class_input_and_reason(client: ComfyUIClien
     assert not is_transient(caught.value)
 
 
-def test_execution_error(client: ComfyUIClient, sim: SimulatorServer) -> None:
-    sim.faults.execution_error_rate = 1.0
+def test_execution_error(client: ComfyUIClient, simulator: SimulatorServer) -> None:
+    simulator.faults.execution_error_rate = 1.0
     with pytest.raises(ComfyUIExecutionError) as caught:
         client.render(graph_for(), prompt_id="boom", timeout=10)
     err = caught.value
@@ -205,13 +199,13 @@ def test_execution_error(client: ComfyUIClient, sim: SimulatorServer) -> None:
     assert err.node_id and err.node_type and err.node_type in str(err)
     assert err.result is not None and err.result.status == "error" and not err.result.images
     assert not is_transient(err)
-    sim.faults.execution_error_rate = 0.0
+    simulator.faults.execution_error_rate = 0.0
     retry = client.render(graph_for(), prompt_id="boom", timeout=10)  # failed id: resubmitted
     assert retry.status == "success" and not retry.adopted and len(retry.images) == 2
 
 
-def test_out_of_memory_is_its_own_class(client: ComfyUIClient, sim: SimulatorServer) -> None:
-    sim.faults.oom_above_batch = 1
+def test_out_of_memory_is_its_own_class(client: ComfyUIClient, simulator: SimulatorServer) -> None:
+    simulator.faults.oom_above_batch = 1
     with pytest.raises(ComfyUIOutOfMemory) as caught:
         client.render(graph_for(takes=2), prompt_id="big")
     assert "OutOfMemoryError" in (caught.value.exception_type or "")
@@ -235,7 +229,7 @@ def test_interrupt(slow_sim: SimulatorServer) -> None:
 def test_stall_and_overall_timeouts(tmp_path: Path) -> None:
     config = SimulatorConfig(time_scale=1.0, output_dir=tmp_path / "out")
     # A 3 s checkpoint load sends no frames at all.
-    with start_simulator(config) as sim, ComfyUIClient(sim.url) as client:
+    with start_simulator(config) as server, ComfyUIClient(server.url) as client:
         began = time.monotonic()
         with pytest.raises(ComfyUITimeout, match="no progress"):
             client.render(graph_for(), prompt_id="stuck", stall_timeout=0.4)
@@ -250,8 +244,8 @@ def test_stall_and_overall_timeouts(tmp_path: Path) -> None:
 
 
 def test_history_written_after_success_frame(client: ComfyUIClient,
-                                             sim: SimulatorServer) -> None:
-    sim.faults.history_delay_s = 0.3
+                                             simulator: SimulatorServer) -> None:
+    simulator.faults.history_delay_s = 0.3
     began = time.monotonic()
     result = client.render(graph_for(takes=1), prompt_id="late-history", timeout=10)
     assert time.monotonic() - began >= 0.3
@@ -259,9 +253,9 @@ def test_history_written_after_success_frame(client: ComfyUIClient,
 
 
 def test_dropped_websocket_falls_back_to_polling(client: ComfyUIClient,
-                                                 sim: SimulatorServer,
+                                                 simulator: SimulatorServer,
                                                  caplog: pytest.LogCaptureFixture) -> None:
-    sim.faults.drop_ws_after = 3
+    simulator.faults.drop_ws_after = 3
     caplog.set_level(logging.WARNING, logger="tower.comfyui")
     result = client.render(graph_for(takes=2), prompt_id="dropped", timeout=20)
     assert result.status == "success" and len(result.images) == 2
@@ -269,32 +263,32 @@ def test_dropped_websocket_falls_back_to_polling(client: ComfyUIClient,
 
 
 def test_render_adopts_a_prompt_whose_answer_was_lost(client: ComfyUIClient,
-                                                      sim: SimulatorServer) -> None:
+                                                      simulator: SimulatorServer) -> None:
     graph = graph_for(takes=2)
     client.submit(graph, prompt_id="batch-7")  # queued; pretend the answer never came
     result = client.render(graph, prompt_id="batch-7", timeout=10)
     assert result.adopted and len(result.images) == 2
     done = client.render(graph, prompt_id="batch-7")  # finished: adopted, not re-run
     assert done.adopted and done.images == result.images
-    assert len(pngs(sim)) == 2 and len(sim.busy_intervals()) == 1
+    assert len(pngs(simulator)) == 2 and len(simulator.busy_intervals()) == 1
 
 
 def test_500_on_post_then_render_submits_once(client: ComfyUIClient,
-                                              sim: SimulatorServer) -> None:
-    sim.faults.http_500_next = 1
+                                              simulator: SimulatorServer) -> None:
+    simulator.faults.http_500_next = 1
     with pytest.raises(ComfyUIUnavailable) as caught:
         client.submit(graph_for(), prompt_id="p500")
     assert caught.value.status_code == 500 and is_transient(caught.value)
     assert client.find("p500") == "unknown"
     result = client.render(graph_for(), prompt_id="p500", timeout=10)
-    assert not result.adopted and len(pngs(sim)) == 2
+    assert not result.adopted and len(pngs(simulator)) == 2
 
 
 def test_idempotent_gets_ride_out_a_few_500s(client: ComfyUIClient,
-                                             sim: SimulatorServer) -> None:
-    sim.faults.http_500_next = 2
+                                             simulator: SimulatorServer) -> None:
+    simulator.faults.http_500_next = 2
     assert client.queue().running == ()
-    sim.faults.http_500_next = 10
+    simulator.faults.http_500_next = 10
     with pytest.raises(ComfyUIUnavailable, match="500"):
         client.queue()
 
@@ -374,16 +368,16 @@ def test_download_of_a_missing_image_leaves_nothing(client: ComfyUIClient,
     assert list(dest.parent.iterdir()) == []
 
 
-def test_secrets_stay_out_of_repr_and_logs(sim: SimulatorServer,
+def test_secrets_stay_out_of_repr_and_logs(simulator: SimulatorServer,
                                            caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    url = sim.url.replace("http://", "http://render:hunter2@")
+    url = simulator.url.replace("http://", "http://render:hunter2@")
     with ComfyUIClient(url, token="tok-s3cr3t-value") as client:
         text = repr(client)
         assert "token=***" in text and "hunter2" not in text and "s3cr3t" not in text
-        assert client.name == f"127.0.0.1:{sim.port}"
+        assert client.name == f"127.0.0.1:{simulator.port}"
         client.render(graph_for(takes=1), prompt_id="secret-run")
-        sim.faults.http_500_next = 1
+        simulator.faults.http_500_next = 1
         with pytest.raises(ComfyUIUnavailable) as caught:
             client.submit(graph_for(takes=1))
     assert "s3cr3t" not in str(caught.value) and "hunter2" not in str(caught.value)
@@ -396,11 +390,11 @@ def test_secrets_stay_out_of_repr_and_logs(sim: SimulatorServer,
     ("Authorization", "Basic dXNlcjpwdw==", "Basic dXNlcjpwdw=="),
     ("X-Api-Key", "abc123", "abc123"),
 ])
-def test_injected_http_client_carries_the_token(sim: SimulatorServer, header: str,
+def test_injected_http_client_carries_the_token(simulator: SimulatorServer, header: str,
                                                 token: str, sent: str) -> None:
     seen: list[httpx.Request] = []
     http = httpx.Client(event_hooks={"request": [seen.append]})
-    with ComfyUIClient(sim.url, http_client=http, token=token, auth_header=header) as client:
+    with ComfyUIClient(simulator.url, http_client=http, token=token, auth_header=header) as client:
         client.render(graph_for(takes=1), prompt_id="hooked")
     assert "/prompt" in {r.url.path for r in seen} and not http.is_closed
     assert {r.headers.get(header) for r in seen} == {sent}
