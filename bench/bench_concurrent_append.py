@@ -16,6 +16,7 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
@@ -42,11 +43,10 @@ def batch_rows(writer: int, batch: int, takes: int) -> list[IndexRow]:
     return rows
 
 
-def writer(root: str, number: int, batches: int, takes: int, start_at: float) -> None:
+def writer(root: str, number: int, batches: int, takes: int, ready: Any) -> None:
     index = OutputIndex(root)
     payload = [batch_rows(number, b, takes) for b in range(batches)]
-    while time.time() < start_at:      # all writers start together
-        time.sleep(0.001)
+    ready.wait()                       # all writers start together, rows already built
     for rows in payload:
         index.append(rows)
 
@@ -60,12 +60,14 @@ def main() -> None:
     per_writer = args.batches // args.writers
     with tempfile.TemporaryDirectory() as tmp:
         root = str(Path(tmp) / "index")
-        start_at = time.time() + 3.0
         ctx = mp.get_context("spawn")
-        procs = [ctx.Process(target=writer, args=(root, w, per_writer, args.takes, start_at))
+        ready = ctx.Barrier(args.writers + 1)
+        procs = [ctx.Process(target=writer, args=(root, w, per_writer, args.takes, ready))
                  for w in range(args.writers)]
         for proc in procs:
             proc.start()
+        ready.wait()
+        start_at = time.time()
         for proc in procs:
             proc.join()
             assert proc.exitcode == 0, f"writer exited with {proc.exitcode}"
