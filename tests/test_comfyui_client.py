@@ -31,6 +31,7 @@ from tower.comfyui import (
     ProgressEvent,
     is_transient,
 )
+from tower.comfyui._wait import WaitSpec
 from tower.graph import build_graph
 from tower.shots import Shot, ShotList
 from tower.simulator import SimulatorConfig, SimulatorServer, start_simulator
@@ -271,6 +272,36 @@ def test_render_adopts_a_prompt_whose_answer_was_lost(client: ComfyUIClient,
     done = client.render(graph, prompt_id="batch-7")  # finished: adopted, not re-run
     assert done.adopted and done.images == result.images
     assert len(pngs(simulator)) == 2 and len(simulator.busy_intervals()) == 1
+
+
+def test_lost_post_answer_is_checked_before_resubmitting(slow_sim: SimulatorServer,
+                                                        caplog: pytest.LogCaptureFixture
+                                                        ) -> None:
+    """The first POST queued the prompt; the retry's 500 must not lead to a second one."""
+    caplog.set_level(logging.INFO, logger="tower.comfyui")
+    graph = graph_for(takes=1)
+    with ComfyUIClient(slow_sim.url) as client:
+        client.submit(graph, prompt_id="once")
+        slow_sim.faults.http_500_next = 1
+        spec = WaitSpec("once", client.client_id, 10, 10)
+        _, adopted = client._submit_once(graph, spec, front=False)
+        assert adopted and "queued despite the error" in caplog.text
+        assert client.wait("once", timeout=10).status == "success"
+    assert len(slow_sim.busy_intervals()) == 1 and len(pngs(slow_sim)) == 1
+
+
+def test_resubmitted_failure_ignores_its_old_history(tmp_path: Path) -> None:
+    """A failed id is rendered again; until the new run ends, /history still holds the
+    old error under the same id and must not be taken for the new outcome."""
+    config = SimulatorConfig(time_scale=1.0, model_load_s=0.1, output_dir=tmp_path / "out")
+    with start_simulator(config) as server, ComfyUIClient(server.url) as client:
+        server.faults.execution_error_rate = 1.0
+        with pytest.raises(ComfyUIExecutionError):
+            client.render(graph_for(), prompt_id="again", timeout=10)
+        server.faults.execution_error_rate = 0.0
+        server.faults.drop_ws_after = 1  # polling only: the stale entry is seen first
+        result = client.render(graph_for(), prompt_id="again", timeout=10)
+    assert result.status == "success" and len(result.images) == 2
 
 
 def test_500_on_post_then_render_submits_once(client: ComfyUIClient,
