@@ -4,23 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import flow_helpers
+import polars as pl
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.testing.utilities import prefect_test_harness
 from test_report_rows import NOW, T0, run_row, sequential, write_metrics, write_runs
 
 from flows.daily_report import ARTIFACT_KEY, daily_report
+from flows.render_episode import render_episode
+from tower.metrics import MetricsStore, RunLog
 from tower.simulator import SimulatorServer
 
-
-@pytest.fixture(scope="session", autouse=True)
-def prefect_harness() -> Iterator[None]:
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+# One Prefect backend for the session, shared with the render flow's tests.
+prefect_backend = flow_helpers.prefect_backend
+pytestmark = pytest.mark.usefixtures("prefect_backend")
 
 
 async def _artifact_markdown() -> str:
@@ -53,3 +53,43 @@ def test_flow_reports_an_empty_day_and_the_farm_status(tmp_path: Path,
     artifact = asyncio.run(_artifact_markdown())
     assert "## Farm status" in artifact
     assert f"({simulator.url}): up" in artifact
+
+
+DEMO = Path(__file__).resolve().parents[1] / "shot_lists" / "ep01_demo.yaml"
+
+
+def test_report_of_the_demo_episode_rendered_by_the_render_flow(
+        tmp_path: Path, simulator: SimulatorServer) -> None:
+    data = tmp_path / "data"
+    for _ in range(2):  # the second night finds every take in the index
+        state = render_episode(shot_list=str(DEMO), servers=[f"gpu-a={simulator.url}"],
+                               data_root=str(data), retry_backoff_s=0.01, return_state=True)
+        assert state.is_completed(), state.message
+    runs = RunLog(data / "runs").scan().collect()
+    metrics = MetricsStore(data / "metrics").scan().collect()
+
+    paths = daily_report(data_root=data, now=datetime.now(UTC) + timedelta(seconds=1))
+    report = json.loads(Path(paths["json"]).read_text())
+    volume = report["figures"]["volume"]
+    assert volume["runs"] == 2
+    assert volume["takes_requested"] == runs["takes_requested"].sum()
+    assert volume["takes_deduped"] == runs["takes_deduped"].sum() == volume["takes_requested"] / 2
+    assert volume["dedup_hit_rate"] == 0.5
+    assert volume["attempts"] == metrics.height
+    assert volume["takes_rendered"] == metrics.filter(pl.col("status") == "ok")["takes"].sum()
+    assert volume["takes_rendered"] + volume["takes_cached"] == runs["takes_rendered"].sum()
+    presets = report["figures"]["presets"]
+    assert {p["name"] for p in presets} == {"draft", "standard", "high"}
+    for p in presets:
+        take = p["per_take"]
+        assert 0 < take["p50"] <= take["p95"] <= take["max"]
+        assert p["breakdown"]["sampling"] > 0 and p["target_met"] is True
+    [load] = report["figures"]["loads"]
+    assert load["server"] == "gpu-a" and 0 < load["busy_share"] <= 1
+    assert 0 < load["vram_peak_mb"] <= simulator.config.vram_mb
+    [verdict] = report["verdicts"]
+    assert verdict["server"] == "gpu-a" and verdict["evidence"]
+    assert [r["run_id"] for r in report["figures"]["runs"]] == \
+        runs.sort("started_at")["run_id"].to_list()
+    markdown = Path(paths["markdown"]).read_text()
+    assert "| gpu-a |" in markdown
