@@ -100,6 +100,14 @@ def _find_contact_sheet(result: Any, data_root: DataRoot) -> Path | None:
     return max(sheets, key=lambda p: p.stat().st_mtime) if sheets else None
 
 
+def _counts(result: Any) -> str:
+    """``45 takes rendered, 0 from the index; `` from the flow's summary, if it gave one."""
+    if not isinstance(result, Mapping) or "takes_rendered" not in result:
+        return ""
+    rendered = result["takes_rendered"] + result.get("takes_cached", 0)
+    return f"{rendered} takes rendered, {result.get('takes_deduped', 0)} from the index; "
+
+
 def _run_flow(shot_list: Path, simulator_url: str, data_root: DataRoot, api_url: str,
               ui_url: str) -> DemoRun:
     try:
@@ -146,7 +154,8 @@ def run_demo(project_dir: Path, echo: Echo, *, shot_list: Path = DEMO_SHOT_LIST,
         report.runs.append(run)
         if run.state != "COMPLETED":
             raise DemoError(f"run {number} ended {run.state}; see {run.ui_url}")
-        echo(f"Run {number} completed: {run.task_runs} task runs recorded, {run.ui_url}")
+        echo(f"Run {number} completed: {_counts(run.result)}{run.task_runs} task runs "
+             f"recorded, {run.ui_url}")
     report.contact_sheet = _find_contact_sheet(report.runs[0].result, data_root)
     return report
 
@@ -154,9 +163,12 @@ def run_demo(project_dir: Path, echo: Echo, *, shot_list: Path = DEMO_SHOT_LIST,
 def describe(report: DemoReport) -> list[str]:
     """The closing lines: where the images, sheet, index, metrics and runs are."""
     root = report.data_root
+    first = report.runs[0].result if report.runs else None
+    episode = first.get("episode") if isinstance(first, Mapping) else None
+    images = root.renders / episode if episode else root.renders
     lines = [
         "",
-        f"Images:        {root.renders}/",
+        f"Images:        {images}/",
         f"Contact sheet: {report.contact_sheet or '(none written)'}",
         f"Output index:  {root.index}/",
         f"Metrics:       {root.metrics}/",

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from tower.demo import DemoError, describe, run_demo
+from tower.demo import DEMO_SHOT_LIST, DemoError, describe, run_demo
 from tower.local_server import (
     PREFECT_PORT,
     SIMULATOR_PORT,
@@ -74,10 +74,13 @@ def status(state_dir: StateOption = STATE_DIR, prefect_port: PrefectPort = PREFE
         typer.echo(f"{entry.name}: {entry.url} {state}{owner}")
 
 
-def demo(prefect_port: PrefectPort = PREFECT_PORT, sim_port: SimPort = SIMULATOR_PORT) -> None:
+def demo(prefect_port: PrefectPort = PREFECT_PORT, sim_port: SimPort = SIMULATOR_PORT,
+         shot_list: Annotated[Path, typer.Option("--shot-list", help="shot list to render")]
+         = DEMO_SHOT_LIST) -> None:
     """Render the demo episode twice on the simulator and show where everything went."""
     try:
-        report = run_demo(Path("."), typer.echo, prefect_port=prefect_port, sim_port=sim_port)
+        report = run_demo(Path("."), typer.echo, shot_list=shot_list, prefect_port=prefect_port,
+                          sim_port=sim_port)
     except (DemoError, LocalServerError) as err:
         _exit_with(err)
         return
