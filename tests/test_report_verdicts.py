@@ -60,7 +60,7 @@ CASES: list[tuple[str, list[dict[str, Any]], str, str, str]] = [
      "ComfyUIServer max_queue_depth",
      "raise queue depth on gpu-a (ComfyUIServer max_queue_depth) because the GPU idled 30%"
      " between batches"),
-    ("slow downloads", sequential(10, download_s=6.0), IO_BOUND, "ComfyUIServer gpu-a url",
+    ("slow downloads", sequential(10, download_s=6.0), IO_BOUND, "ComfyUIServer gpu-a base_url",
      "because downloads take 38% of batch time"),
     ("busy sampling", sequential(10), COMPUTE_BOUND, "ComfyUIServer servers",
      "add a ComfyUI server (another ComfyUIServer block) or use fewer steps because gpu-a"
@@ -71,7 +71,8 @@ CASES: list[tuple[str, list[dict[str, Any]], str, str, str]] = [
      "raise the draft batch cap (preset draft max_batch, now 8, try 16) because peak VRAM"
      " is 40% of budget"),
     ("VRAM model off", sequential(10, vram_estimated_mb=3000.0), COMPUTE_BOUND, "VRAM model",
-     "recalibrate the VRAM model for draft (VRAM estimate coefficients) because estimates"
+     "recalibrate the VRAM model for draft (VramModel.calibrated on these metrics) because"
+     " estimates"
      " miss the measured peak by 40% on average (mostly below it)"),
     ("seed target missed", sequential(4, preset="high", takes=2, batch_size=2,
                                       execution_s=300.0, sampling_s=280.0, vae_decode_s=20.0),

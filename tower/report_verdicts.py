@@ -159,8 +159,8 @@ def _estimate_recommendation(v: PresetVram) -> Recommendation | None:
         return None
     side = "above" if (v.estimate_bias or 0.0) > 0 else "below"
     return Recommendation("VRAM model",
-                          f"recalibrate the VRAM model for {v.preset} (VRAM estimate "
-                          f"coefficients) because estimates miss the measured peak by "
+                          f"recalibrate the VRAM model for {v.preset} (VramModel.calibrated "
+                          f"on these metrics) because estimates miss the measured peak by "
                           f"{_pct(v.estimate_error)} on average (mostly {side} it)")
 
 
@@ -185,8 +185,9 @@ def _server_recommendations(s: ServerLoad) -> list[Recommendation]:
             f"idled {_pct(s.idle_share)} between batches"))
     if s.download_share is not None and s.download_share >= DOWNLOAD_SHARE:
         out.append(Recommendation(
-            f"ComfyUIServer {s.server} url",
-            f"run the flow closer to {s.server} or on a faster link (ComfyUIServer url) "
+            f"ComfyUIServer {s.server} base_url",
+            f"run the flow closer to {s.server} or reach it over a faster link (ComfyUIServer "
+            f"base_url) "
             f"because downloads take {_pct(s.download_share)} of batch time"))
     if _compute_bound(s) and not _vram_bound(s):
         out.append(Recommendation(
