@@ -114,11 +114,17 @@ def _run_flow(shot_list: Path, simulator_url: str, data_root: DataRoot, api_url:
         from flows.render_episode import render_episode
     except ImportError as err:
         raise DemoError(f"the render_episode flow is not available: {err}") from err
-    state = render_episode(shot_list=str(shot_list), servers=[simulator_url],
-                           data_root=str(data_root.root), return_state=True)
+    try:
+        state = render_episode(shot_list=str(shot_list), servers=[simulator_url],
+                               data_root=str(data_root.root), return_state=True)
+    except Exception as err:  # a new user gets one sentence, not a traceback
+        raise DemoError(f"the render flow could not run: {type(err).__name__}: {err}") from err
     flow_run_id = str(state.state_details.flow_run_id)
     result = state.result(raise_on_failure=False)
-    runs = recorded_task_runs(api_url, flow_run_id)
+    try:
+        runs = recorded_task_runs(api_url, flow_run_id)
+    except httpx.HTTPError as err:
+        raise DemoError(f"the Prefect server at {api_url} stopped answering: {err}") from err
     return DemoRun(flow_run_id, str(state.type.value), len(runs),
                    f"{ui_url}/runs/flow-run/{flow_run_id}", result)
 
