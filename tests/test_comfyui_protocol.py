@@ -29,6 +29,7 @@ from tower.comfyui import (
     retry_delay,
     should_retry_status,
 )
+from tower.comfyui._client import ComfyUIClient
 from tower.comfyui._parse import (
     failure,
     is_out_of_memory,
@@ -40,6 +41,7 @@ from tower.comfyui._parse import (
 from tower.comfyui._preflight import check_graphs, combo_options, find_missing
 from tower.comfyui._results import build_result, phase_of
 from tower.comfyui._tracker import PromptTracker
+from tower.comfyui._ws import ws_url
 
 CONTRACT = Path(__file__).resolve().parents[2] / "shared" / "comfyui-contract"
 
@@ -350,3 +352,32 @@ def test_retry_delay_custom_bounds_and_bad_attempt() -> None:
 ])
 def test_should_retry_status(status: int, retry: bool) -> None:
     assert should_retry_status(status) is retry
+
+
+@pytest.mark.parametrize(("base", "client_id", "expected"), [
+    ("http://127.0.0.1:8188", "c-1", "ws://127.0.0.1:8188/ws?clientId=c-1"),
+    ("https://render.example/comfy", "a b/c", "wss://render.example/comfy/ws?clientId=a%20b%2Fc"),
+    ("http://gpu-2:8188/", "x", "ws://gpu-2:8188/ws?clientId=x"),
+])
+def test_ws_url(base: str, client_id: str, expected: str) -> None:
+    assert ws_url(base.rstrip("/"), client_id) == expected
+
+
+@pytest.mark.parametrize(("url", "base", "name"), [
+    ("http://127.0.0.1:8188", "http://127.0.0.1:8188", "127.0.0.1:8188"),
+    ("http://gpu-1:8188/", "http://gpu-1:8188", "gpu-1:8188"),
+    ("https://user:pw@render.example/comfy/", "https://render.example/comfy",
+     "render.example:443"),
+    ("http://render.example?x=1", "http://render.example", "render.example:80"),
+])
+def test_client_url_name_and_repr(url: str, base: str, name: str) -> None:
+    with ComfyUIClient(url, token="t0ken") as client:
+        assert (client.base_url, client.name) == (base, name)
+        assert repr(client) == f"ComfyUIClient({base!r}, name={name!r}, token=***)"
+        assert "pw" not in repr(client) and "t0ken" not in repr(client)
+
+
+@pytest.mark.parametrize("url", ["ftp://host", "127.0.0.1:8188", "http://"])
+def test_client_refuses_non_http_urls(url: str) -> None:
+    with pytest.raises(ValueError, match="http"):
+        ComfyUIClient(url)

@@ -293,6 +293,8 @@ class ComfyUIClient:
                                    front=front, extra_data=extra_data)
         with self._lock:
             self._submitted[queued] = (client_id, queued_at)
+            while len(self._submitted) > C.REMEMBERED_SUBMISSIONS:  # never waited for
+                del self._submitted[next(iter(self._submitted))]
         return queued
 
     def _open_socket(self, client_id: str, *, quiet: bool = False) -> EventSocket | None:

@@ -25,6 +25,10 @@ INITIAL_RETRY_DELAY = 0.25
 MAX_RETRY_DELAY = 5.0
 """Bounds of the exponential back-off used for GET retries and history polling."""
 
+REMEMBERED_SUBMISSIONS = 1024
+"""Prompts from :meth:`ComfyUIClient.submit` remembered for :meth:`~ComfyUIClient.wait`
+(their client id and submit time); the oldest are forgotten beyond this."""
+
 SUBMIT_ATTEMPTS = 2
 """POSTs of one prompt in :meth:`ComfyUIClient.render`, each after checking the server."""
 
