@@ -25,6 +25,7 @@ import contextlib
 import hashlib
 import json
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
 COMPACT_MARK = "~compact-"
 REPLACES_KEY = "tower.replaces"
 LOCK_NAME = "_compact.lock"
-SCAN_RETRIES = 3
+SCAN_RETRIES = 10
 _LOOK_DROP = ("seed", "take", "vae")
 
 T = TypeVar("T")
@@ -205,6 +206,7 @@ class OutputIndex:
             except (FileNotFoundError, pl.exceptions.ComputeError, pio.StoreError) as err:
                 if attempt == SCAN_RETRIES - 1 or not _is_vanished(err):
                     raise
+                time.sleep(min(0.2, 0.005 * 2 ** attempt))
         raise AssertionError("unreachable")
 
     # --- dedup -------------------------------------------------------------------
