@@ -409,3 +409,31 @@ def test_prompt_without_client_id_broadcasts_only_status_and_progress(
                     frames[-1]["data"]["status"]["exec_info"]["queue_remaining"] == 0:
                 break
     assert {f["type"] for f in frames} == {f["type"] for f in trace[1:]}
+
+
+@pytest.mark.parametrize(("history_file", "trace_file"), [
+    ("history_batch2.json", "ws_trace_batch2.json"),
+    ("history_vaedecodetiled.json", "ws_trace_vaedecodetiled.json"),
+    ("history_switch_ckpt.json", "ws_trace_switch_ckpt.json"),
+])
+def test_recorded_variants_replay_alike(simulator: SimulatorServer, history_file: str,
+                                        trace_file: str) -> None:
+    """Batch of 2, tiled decode and a checkpoint switch, each after a 64x64 draft
+    render with a different latent (as when they were recorded)."""
+    expected = only_entry(recorded(history_file)["response"]["body"])
+    warmup = recorded_graph()
+    warmup["5"]["inputs"]["width"] = 72
+    with client(simulator) as http, open_ws(simulator, "v") as ws:
+        next_message(ws)
+        collect_until_done(ws, submit(http, warmup, client_id="v")["prompt_id"])
+        body = submit(http, expected["prompt"][2], client_id="v")
+        frames = collect_until_done(ws, body["prompt_id"])
+        entry = wait_history(http, body["prompt_id"])
+    trace = recorded_frames(trace_file)
+    assert types_collapsed(frames) == types_collapsed(trace[1:])
+    _assert_frame_shapes(frames, trace)
+    assert entry["status"]["messages"][1][1]["nodes"] == \
+        expected["status"]["messages"][1][1]["nodes"]
+    assert [len(v["images"]) for v in entry["outputs"].values()] == \
+        [len(v["images"]) for v in expected["outputs"].values()]
+    assert_same_shape(entry, expected)

@@ -97,6 +97,14 @@ def test_step_cost_grows_with_pixels_and_batch(width: int, height: int, batch: i
     assert costs.step_s(width, height, batch, 0.25) == pytest.approx(expected)
 
 
+@pytest.mark.parametrize(("width", "height", "batch", "tile", "tiles"), [
+    (64, 64, 1, 64, 5), (512, 768, 1, 512, 7), (512, 768, 2, 512, 14), (1024, 1024, 1, 512, 12),
+])
+def test_tiled_decode_progress_steps(width: int, height: int, batch: int, tile: int,
+                                     tiles: int) -> None:
+    assert costs.decode_tiles(width, height, batch, tile) == tiles
+
+
 def test_tiled_decode_is_slower() -> None:
     assert costs.decode_s(512, 512, 2, 0.4, tiled=True) == \
         pytest.approx(costs.TILED_SLOWDOWN * costs.decode_s(512, 512, 2, 0.4, tiled=False))

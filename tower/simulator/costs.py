@@ -4,7 +4,8 @@ Time, in simulated seconds:
     * loading a checkpoint: ``model_load_s`` (only when another checkpoint is loaded);
     * CLIP text encode: ``CLIP_ENCODE_S`` per prompt;
     * sampling: ``steps x max(STEP_FLOOR_S, step_s_per_mpx x megapixels x batch)``;
-    * VAE decode: ``vae_s_per_mpx x megapixels x batch``, x ``TILED_SLOWDOWN`` when tiled;
+    * VAE decode: ``vae_s_per_mpx x megapixels x batch``, x ``TILED_SLOWDOWN`` when tiled
+      (a tiled decode reports progress per tile, see :func:`decode_tiles`);
     * saving: ``SAVE_S_PER_IMAGE`` per image.
 
 VRAM, in MB (SD1.5-class, fp16):
@@ -19,6 +20,8 @@ full decode, 1024x1536 only 6, and tiling raises the latter to 41 (then sampling
 """
 
 from __future__ import annotations
+
+import math
 
 CHECKPOINT_MB = 2600.0
 SAMPLE_MB_PER_KPX = 0.12
@@ -41,6 +44,14 @@ def step_s(width: int, height: int, batch: int, step_s_per_mpx: float) -> float:
 def decode_s(width: int, height: int, batch: int, vae_s_per_mpx: float, tiled: bool) -> float:
     cost = vae_s_per_mpx * megapixels(width, height) * batch
     return cost * TILED_SLOWDOWN if tiled else cost
+
+
+def decode_tiles(width: int, height: int, batch: int, tile_size: int) -> int:
+    """Progress steps of a tiled decode: like ComfyUI, three passes over the image with
+    tiles of (t, t), (t/2, 2t) and (2t, t/2) pixels, per image (overlap ignored)."""
+    half, double = max(1, tile_size // 2), tile_size * 2
+    passes = ((tile_size, tile_size), (half, double), (double, half))
+    return batch * sum(math.ceil(width / tx) * math.ceil(height / ty) for tx, ty in passes)
 
 
 def sampling_mb(width: int, height: int, batch: int) -> float:

@@ -92,7 +92,7 @@ class Executor:
             self._sleep(self.config.model_load_s)
             self.machine.loaded = checkpoint
 
-    def sample_steps(self, node_id: str, steps: int, step_s: float, vram_mb: float) -> None:
+    def progress_steps(self, node_id: str, steps: int, step_s: float, vram_mb: float) -> None:
         self.machine.activations_mb = vram_mb
         try:
             for step in range(1, steps + 1):

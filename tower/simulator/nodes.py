@@ -61,7 +61,7 @@ class Context(Protocol):
 
     def work(self, seconds: float, vram_mb: float = 0.0) -> None: ...
     def ensure_loaded(self, checkpoint: str) -> None: ...
-    def sample_steps(self, node_id: str, steps: int, step_s: float, vram_mb: float) -> None: ...
+    def progress_steps(self, node_id: str, steps: int, step_s: float, vram_mb: float) -> None: ...
     def check_vram(self, needed_mb: float) -> None: ...
     def maybe_fail(self, batch: int) -> None: ...
     @property
@@ -114,7 +114,7 @@ def ksampler(ctx: Context, node_id: str, inputs: dict[str, Any]) -> Result:
     act = costs.sampling_mb(latent.width, latent.height, batch)
     ctx.check_vram(act)
     step = costs.step_s(latent.width, latent.height, batch, ctx.config.step_s_per_mpx)
-    ctx.sample_steps(node_id, steps, step, act)
+    ctx.progress_steps(node_id, steps, step, act)
     text = positive.text if isinstance(positive, Conditioning) else ""
     return (Latent(latent.width, latent.height, latent.indices, model.checkpoint, text,
                    seed),), None
@@ -128,8 +128,13 @@ def vae_decode(ctx: Context, node_id: str, inputs: dict[str, Any]) -> Result:
     ctx.ensure_loaded(vae.checkpoint)
     act = costs.decode_mb(latent.width, latent.height, batch, tile)
     ctx.check_vram(act)
-    ctx.work(costs.decode_s(latent.width, latent.height, batch, ctx.config.vae_s_per_mpx,
-                            tiled=tile is not None), act)
+    seconds = costs.decode_s(latent.width, latent.height, batch, ctx.config.vae_s_per_mpx,
+                             tiled=tile is not None)
+    if tile is None:
+        ctx.work(seconds, act)
+    else:
+        tiles = costs.decode_tiles(latent.width, latent.height, batch, tile)
+        ctx.progress_steps(node_id, tiles, seconds / tiles, act)
     return (_images(latent, vae.checkpoint),), None
 
 
