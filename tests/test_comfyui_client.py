@@ -416,16 +416,20 @@ def test_secrets_stay_out_of_repr_and_logs(simulator: SimulatorServer,
     assert "s3cr3t" not in caplog.text and "hunter2" not in caplog.text
 
 
-@pytest.mark.parametrize(("header", "token", "sent"), [
-    ("Authorization", "abc123", "Bearer abc123"),
-    ("Authorization", "Basic dXNlcjpwdw==", "Basic dXNlcjpwdw=="),
-    ("X-Api-Key", "abc123", "abc123"),
+@pytest.mark.parametrize(("userinfo", "header", "token", "sent"), [
+    ("", "Authorization", "abc123", "Bearer abc123"),
+    ("", "Authorization", "Basic dXNlcjpwdw==", "Basic dXNlcjpwdw=="),
+    ("", "X-Api-Key", "abc123", "abc123"),
+    ("user:pw@", "Authorization", None, "Basic dXNlcjpwdw=="),
+    ("user:pw@", "Authorization", "abc123", "Bearer abc123"),
 ])
-def test_injected_http_client_carries_the_token(simulator: SimulatorServer, header: str,
-                                                token: str, sent: str) -> None:
+def test_injected_http_client_carries_the_credentials(simulator: SimulatorServer,
+                                                      userinfo: str, header: str,
+                                                      token: str | None, sent: str) -> None:
     seen: list[httpx.Request] = []
     http = httpx.Client(event_hooks={"request": [seen.append]})
-    with ComfyUIClient(simulator.url, http_client=http, token=token, auth_header=header) as client:
+    url = simulator.url.replace("http://", f"http://{userinfo}")
+    with ComfyUIClient(url, http_client=http, token=token, auth_header=header) as client:
         client.render(graph_for(takes=1), prompt_id="hooked")
     assert "/prompt" in {r.url.path for r in seen} and not http.is_closed
     assert {r.headers.get(header) for r in seen} == {sent}

@@ -103,16 +103,14 @@ class ComfyUIClient:
         self.name = name or default_name
         self.client_id = client_id or uuid.uuid4().hex
         self._has_token = bool(token)
-        self._headers = _auth_headers(token, auth_header)
-        self._ws_headers = dict(self._headers)
-        if auth is not None:
-            self._ws_headers["Authorization"] = _basic(*auth)
+        # Sent with every request and WebSocket handshake; the token beats URL credentials.
+        self._headers = {"Authorization": _basic(*auth)} if auth is not None else {}
+        self._headers |= _auth_headers(token, auth_header)
         self._verify = verify
         self._timeout = httpx.Timeout(timeout, connect=connect_timeout)
         self._owns_http = http_client is None
         self._http = http_client or httpx.Client(
             timeout=self._timeout, verify=verify,
-            auth=httpx.BasicAuth(*auth) if auth is not None else None,
             limits=httpx.Limits(max_connections=C.DEFAULT_MAX_CONNECTIONS))
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
@@ -300,7 +298,7 @@ class ComfyUIClient:
     def _open_socket(self, client_id: str, *, quiet: bool = False) -> EventSocket | None:
         """A socket for ``client_id``, or None (logged; waits then poll instead)."""
         try:
-            return EventSocket(ws_url(self.base_url, client_id), headers=self._ws_headers,
+            return EventSocket(ws_url(self.base_url, client_id), headers=self._headers,
                                verify=self._verify, name=self.name)
         except ComfyUIUnavailable as err:
             logger.log(logging.DEBUG if quiet else logging.WARNING,

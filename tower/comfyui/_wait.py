@@ -100,9 +100,11 @@ class Waiter:
     def _drain(self) -> None:
         """Read the frames already sent: when polling found the entry first, they still
         carry the node timings (and ComfyUI sends ``executing{null}`` after the entry)."""
+        deadline = time.monotonic() + DRAIN_WAIT_S
         while self.socket is not None:
+            left = 0.0 if self.tracker.ended else deadline - time.monotonic()
             try:
-                frame = self.socket.recv(0.0 if self.tracker.ended else DRAIN_WAIT_S)
+                frame = self.socket.recv(max(0.0, left))
             except ComfyUIUnavailable:
                 return
             if frame is None:
