@@ -236,17 +236,16 @@ class OutputIndex:
 
         hits, unknown = self._query(build)
         ok = self._files_ok(hits, render_root) if check_files else [True] * hits.height
-        rendered, missing = [], []
+        rendered, gone = [], set()
         for row, good in zip(hits.iter_rows(named=True), ok, strict=True):
-            take = takes[row.pop("_i")]
+            position = row.pop("_i")
             if good:
-                rendered.append((take, IndexRow(**row)))
+                rendered.append((takes[position], IndexRow(**row)))
             else:
-                missing.append(take)
-        missing_ids = {id(t) for t in missing}
-        fresh = set(unknown["_i"].to_list())
-        to_render = [t for i, t in enumerate(takes) if i in fresh or id(t) in missing_ids]
-        return DedupResult(rendered, to_render, missing)
+                gone.add(position)
+        redo = gone | set(unknown["_i"].to_list())
+        return DedupResult(rendered, [t for i, t in enumerate(takes) if i in redo],
+                           [t for i, t in enumerate(takes) if i in gone])
 
     def default_render_root(self) -> str:
         """``renders`` beside the index folder, as laid out by :class:`tower.storage.DataRoot`."""
