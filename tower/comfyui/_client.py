@@ -25,6 +25,7 @@ import httpx
 
 from tower.comfyui import _constants as C
 from tower.comfyui._exceptions import (
+    ComfyUIError,
     ComfyUIProtocolError,
     ComfyUIUnavailable,
 )
@@ -258,10 +259,10 @@ class ComfyUIClient:
         response = self._send("POST", "/prompt", json=body)
         if response.status_code == 400:
             try:
-                body = response.json()
+                refusal = response.json()
             except ValueError:
-                body = {"error": {"type": "invalid_prompt", "message": response.text[:200]}}
-            raise validation_error(body)
+                refusal = {"error": {"type": "invalid_prompt", "message": response.text[:200]}}
+            raise validation_error(refusal)
         if response.status_code != 200:
             raise self._status_error(response, "POST /prompt")
         answer = self._json(response, "POST /prompt")
@@ -270,7 +271,10 @@ class ComfyUIClient:
         queued = str(answer["prompt_id"])
         if answer.get("node_errors"):
             # Some outputs were dropped but the rest is queued: stop it, it is not our graph.
-            self.cancel([queued])
+            try:
+                self.cancel([queued])
+            except ComfyUIError as err:
+                logger.warning("%s; prompt %s may still run", err, queued)
             raise validation_error({"error": {"type": "partial_validation",
                                               "message": "some outputs failed validation"},
                                     "node_errors": answer["node_errors"]})
