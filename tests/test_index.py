@@ -345,3 +345,15 @@ def test_the_index_works_on_any_pyarrow_filesystem() -> None:
     index.compact()
     assert len(index.files()) == 1
     assert_frame_equal(index.scan().collect(), rows_frame(rows))
+
+
+def test_two_shots_sharing_an_image_are_both_served_by_one_row(tmp_path: Path) -> None:
+    index = OutputIndex(tmp_path / "index")
+    plate = make_take(shot="sh010", prompt="recurring plate")
+    twin = replace(plate, shot_id="sh200", episode="ep02")
+    assert twin.key == plate.key
+    row = row_for(plate)
+    index.append([row])
+    result = index.dedup([plate, make_take(shot="sh020"), twin], check_files=False)
+    assert result.rendered == [(plate, row), (twin, row)]
+    assert [t.shot_id for t in result.to_render] == ["sh020"]
