@@ -437,3 +437,11 @@ def test_recorded_variants_replay_alike(simulator: SimulatorServer, history_file
     assert [len(v["images"]) for v in entry["outputs"].values()] == \
         [len(v["images"]) for v in expected["outputs"].values()]
     assert_same_shape(entry, expected)
+
+
+def test_malformed_extra_data_is_text_plain_500(simulator: SimulatorServer) -> None:
+    with client(simulator) as http:
+        response = http.post("/prompt", json={"prompt": recorded_graph(), "extra_data": 5})
+        queue = http.get("/queue").json()
+    assert response.status_code == 500 and response.text == TROUBLE
+    assert queue == {"queue_running": [], "queue_pending": []}

@@ -22,7 +22,7 @@ from starlette.websockets import WebSocket
 
 from tower.simulator.engine import Engine
 from tower.simulator.faults import FaultMiddleware
-from tower.simulator.responses import ComfyJSON, empty, json_body, trouble
+from tower.simulator.responses import JSON_TYPE, ComfyJSON, empty, json_body, trouble
 from tower.simulator.system import MODEL_FOLDERS, system_stats
 from tower.simulator.validation import validate_prompt
 from tower.simulator.views import view
@@ -158,7 +158,7 @@ async def get_system_stats(request: Request) -> Response:
 
 
 async def get_object_info(request: Request) -> Response:
-    return ComfyJSON(request.app.state.engine.catalog.nodes)
+    return Response(request.app.state.engine.catalog.body, media_type=JSON_TYPE)
 
 
 async def get_object_info_node(request: Request) -> Response:

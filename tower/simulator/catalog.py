@@ -30,6 +30,7 @@ class Catalog:
         ckpt = info["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"]
         ckpt[0] = list(checkpoints)
         self.nodes: dict[str, NodeInfo] = info
+        self.body = json.dumps(info).encode("utf-8")  # GET /object_info, serialised once
 
     def get(self, class_type: str) -> NodeInfo | None:
         node = self.nodes.get(class_type)

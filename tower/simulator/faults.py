@@ -1,7 +1,8 @@
 """ASGI middleware for HTTP faults and ComfyUI's origin check.
 
 Injected 500s and delays hit every ComfyUI route (not ``/_tower/*``, so tests can
-always reach the control routes). The origin check mirrors ComfyUI's
+always reach the control routes). A handler that raises answers ComfyUI's text/plain
+500, as aiohttp does. The origin check mirrors ComfyUI's
 ``create_origin_only_middleware``: a request whose ``Origin`` host differs from ``Host``
 gets an empty 403.
 """
@@ -13,7 +14,7 @@ import random
 from typing import Any
 from urllib.parse import urlsplit
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tower.simulator.responses import empty, trouble
 
@@ -53,7 +54,25 @@ class FaultMiddleware:
         if self._fail_now():
             await trouble()(scope, receive, send)
             return
-        await self.app(scope, receive, send)
+        await _answer_trouble_on_crash(self.app, scope, receive, send)
+
+
+async def _answer_trouble_on_crash(app: ASGIApp, scope: Scope, receive: Receive,
+                                   send: Send) -> None:
+    """Like aiohttp under ComfyUI: a handler that raises yields the text/plain 500."""
+    started = False
+
+    async def tracking_send(message: Message) -> None:
+        nonlocal started
+        started = started or message["type"] == "http.response.start"
+        await send(message)
+
+    try:
+        await app(scope, receive, tracking_send)
+    except Exception:
+        if started:
+            raise
+        await trouble()(scope, receive, send)
 
 
 def _origin_mismatch(scope: Scope) -> bool:
