@@ -102,14 +102,17 @@ def _append_forever(root: str, rows: int) -> None:
 def test_a_writer_killed_mid_write_leaves_only_whole_parts(tmp_path: Path) -> None:
     root = tmp_path / "index"
     rows = 200_000
-    child = mp.get_context("spawn").Process(target=_append_forever, args=(str(root), rows))
-    child.start()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not list(root.glob(".tmp-*")):
-        time.sleep(0.01)
-    os.kill(child.pid, signal.SIGKILL)  # type: ignore[arg-type]
-    child.join()
-    assert list(root.glob(".tmp-*")), "the writer was not killed mid-write"
+    for _ in range(5):                  # until the kill lands while a part is being written
+        child = mp.get_context("spawn").Process(target=_append_forever, args=(str(root), rows))
+        child.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not list(root.glob(".tmp-*")):
+            time.sleep(0.005)
+        os.kill(child.pid, signal.SIGKILL)  # type: ignore[arg-type]
+        child.join()
+        if list(root.glob(".tmp-*")):
+            break
+    assert list(root.glob(".tmp-*")), "the writer was never killed mid-write"
     total = OutputIndex(root).scan().select(pl.len()).collect().item()
     assert total % rows == 0
     assert OutputIndex(root).compact(target_rows=10 * rows).rows == total
