@@ -391,6 +391,15 @@ def test_queue_order_cancel_and_interrupt(slow_sim: SimulatorServer) -> None:
 # -- files and secrets -------------------------------------------------------------
 
 
+def test_download_rides_out_a_500(client: ComfyUIClient, simulator: SimulatorServer,
+                                  tmp_path: Path) -> None:
+    (image,) = client.render(graph_for(takes=1), prompt_id="one").images
+    simulator.faults.http_500_next = 1
+    got = client.download(image, tmp_path / "take.png")
+    assert got.path.read_bytes() == (simulator.output_dir / image.relative_path).read_bytes()
+    assert [p.name for p in tmp_path.glob("*.png")] == ["take.png"]
+
+
 def test_download_of_a_missing_image_leaves_nothing(client: ComfyUIClient,
                                                     tmp_path: Path) -> None:
     dest = tmp_path / "renders" / "x.png"

@@ -375,6 +375,7 @@ def test_client_url_name_and_repr(url: str, base: str, name: str) -> None:
         assert (client.base_url, client.name) == (base, name)
         assert repr(client) == f"ComfyUIClient({base!r}, name={name!r}, token=***)"
         assert "pw" not in repr(client) and "t0ken" not in repr(client)
+    assert client._http.is_closed  # its own pool is closed on exit
 
 
 @pytest.mark.parametrize("url", ["ftp://host", "127.0.0.1:8188", "http://"])

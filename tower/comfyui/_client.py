@@ -415,12 +415,13 @@ class ComfyUIClient:
                             out.write(chunk)
                             digest.update(chunk)
                             size += len(chunk)
+                    received = resp.num_bytes_downloaded  # on the wire, before decoding
             except httpx.TransportError as err:
                 raise ComfyUIUnavailable(f"{self.name}: download of {image.relative_path} "
                                          f"failed: {type(err).__name__}: {err}") from err
-            if expected is not None and expected.isdigit() and int(expected) != size:
+            if expected is not None and expected.isdigit() and int(expected) != received:
                 raise ComfyUIUnavailable(f"{self.name}: download of {image.relative_path} "
-                                         f"truncated ({size} of {expected} bytes)")
+                                         f"truncated ({received} of {expected} bytes)")
         return DownloadedFile(path=dest, sha256=digest.hexdigest(), size=size)
 
     # -- lifetime --------------------------------------------------------------------
