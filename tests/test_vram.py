@@ -129,6 +129,8 @@ def test_calibration_fits_measured_peaks_with_a_margin(tmp_path: Path) -> None:
 
 
 def test_too_few_points_or_no_spread_keep_the_defaults(tmp_path: Path) -> None:
+    empty = MetricsStore(tmp_path / "none").scan()
+    assert VramModel.calibrated(empty).families == VramModel().families
     few = pl.DataFrame([r.__dict__ for r in measured(10, 1800.0, 0.7)])
     assert VramModel.calibrated(few, min_points=20).families == VramModel().families
     flat = [metrics_row(n, SD, 768, 2, 5000.0 + n % 3) for n in range(40)]
@@ -150,9 +152,10 @@ def test_an_oom_batch_pushes_its_estimate_above_the_budget(tmp_path: Path) -> No
 def test_time_model_calibrates_step_cost_from_sampling_times(tmp_path: Path) -> None:
     rows = measured(30, 1800.0, 0.7)              # sampling_s = 0.3 s per step-megapixel
     frame = pl.DataFrame([r.__dict__ for r in rows])
-    model = TimeModel().calibrated(frame, {"standard": 15}, {SD: SD15})
+    model = TimeModel().calibrated(frame, {"standard": 15})
     assert model.step_s_per_mp[SD15] == pytest.approx(0.3)
     assert model.step_s_per_mp[SDXL] == TimeModel().step_s_per_mp[SDXL]
     assert model.estimate_seconds(SD15, 1000, 1000, 2, 10) > \
         model.estimate_seconds(SD15, 1000, 1000, 1, 10)
-    assert TimeModel().calibrated(frame.head(5), {"standard": 15}, {SD: SD15}) == TimeModel()
+    assert TimeModel().calibrated(frame.head(5), {"standard": 15}) == TimeModel()
+    assert TimeModel().calibrated(frame, {"draft": 8}) == TimeModel()   # no such rows

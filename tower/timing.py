@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from tower.vram import SD15, SDXL
+from tower.vram import SD15, SDXL, VramModel
 
 MEGAPIXEL = 1_000_000
 
@@ -47,13 +47,15 @@ class TimeModel:
         return self.load_s.get(family, self.default_load_s)
 
     def calibrated(self, metrics: pl.LazyFrame | pl.DataFrame, steps_by_preset: Mapping[str, int],
-                   family_of: Mapping[str, str], min_points: int = 20) -> TimeModel:
-        """Step costs rescaled per family to the measured ``sampling_s`` of ``ok`` batches.
+                   vram: VramModel | None = None, min_points: int = 20) -> TimeModel:
+        """Step costs refitted per family to the measured ``sampling_s`` of ``ok`` batches.
 
-        The metrics carry no step count, so ``steps_by_preset`` supplies it; rows of
-        other presets are ignored. A family with fewer than ``min_points`` rows keeps
-        its cost.
+        The metrics carry no step count, so ``steps_by_preset`` (preset name -> steps)
+        supplies it; rows of other presets are ignored. Checkpoint families come from
+        ``vram`` (its checkpoint table). A family with fewer than ``min_points`` rows
+        keeps its cost.
         """
+        family = (vram or VramModel()).family
         frame = metrics.lazy().filter(
             (pl.col("status") == "ok") & pl.col("sampling_s").is_not_null()
             & pl.col("preset").is_in(list(steps_by_preset))
@@ -61,10 +63,10 @@ class TimeModel:
         work: dict[str, list[tuple[float, float]]] = {}
         for ck, preset, w, h, b, seconds in frame.iter_rows():
             units = steps_by_preset[preset] * w * h / MEGAPIXEL * b
-            work.setdefault(family_of.get(ck, ""), []).append((units, seconds))
+            work.setdefault(family(ck), []).append((units, seconds))
         costs = dict(self.step_s_per_mp)
-        for family, points in work.items():
-            if family and len(points) >= min_points:
-                costs[family] = sum(s for _, s in points) / sum(u for u, _ in points)
+        for name, points in work.items():
+            if len(points) >= min_points:
+                costs[name] = sum(s for _, s in points) / sum(u for u, _ in points)
         return TimeModel(costs, self.load_s, self.decode_s_per_mp, self.tiled_decode_factor,
                          self.batch_overhead_s, self.default_step_s_per_mp, self.default_load_s)
