@@ -56,14 +56,14 @@ def test_prefect_server_is_started_reused_and_stopped(tmp_path):
 
 
 def test_a_server_that_cannot_start_names_its_log(tmp_path):
-    with socket.socket() as busy:  # something else holds the port
+    with socket.socket() as busy:  # something else holds the port (bound, not answering)
         busy.bind(("127.0.0.1", 0))
-        busy.listen()
         port = busy.getsockname()[1]
-        with pytest.raises(LocalServerError, match=r"prefect-server\.log") as caught:
-            ensure_prefect_server(tmp_path, port=port, api_url="", timeout=60)
-    assert "exited" in str(caught.value)
-    assert not PREFECT.pid_file(tmp_path).exists()
+        with pytest.raises(LocalServerError, match=r"simulator\.log") as caught:
+            ensure_simulator(tmp_path, port=port)
+    assert "exited with code 1" in str(caught.value)
+    assert f"cannot listen on 127.0.0.1:{port}" in str(caught.value)  # the log's last lines
+    assert not SIMULATOR.pid_file(tmp_path).exists()
 
 
 def test_stop_never_touches_a_process_it_did_not_start(tmp_path):
