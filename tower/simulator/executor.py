@@ -97,7 +97,7 @@ class Executor:
         try:
             for step in range(1, steps + 1):
                 self._sleep(step_s)
-                self._check_interrupt()
+                self.check_interrupt()
                 self._progress(node_id, step, steps)
         finally:
             self.machine.activations_mb = 0.0
@@ -124,18 +124,19 @@ class Executor:
         if self.stop.wait(max(0.0, seconds * self.config.time_scale)):
             raise Stopped
 
-    def _check_interrupt(self) -> None:
+    def check_interrupt(self) -> None:
         if self.stop.is_set():
             raise Stopped
         if self.interrupt.is_set():
             raise Interrupted
 
-    def _send(self, event: str, data: dict[str, Any], *, broadcast: bool = False) -> None:
+    def send_to_client(self, event: str, data: dict[str, Any], *, broadcast: bool = False) -> None:
         """ComfyUI's ``add_message``: to the client, or to everyone if ``broadcast``."""
         if self._client is not None or broadcast:
             self.hub.send(event, data, self._client)
 
-    def _progress_state(self, node_id: str, value: float, maximum: float, state: str) -> None:
+    def report_state(self, node_id: str, value: float, maximum: float, state: str) -> None:
+        """``progress_state``: like ComfyUI, the whole map of non-pending nodes each time."""
         self._states[node_id] = {
             "value": value, "max": maximum, "state": state, "node_id": node_id,
             "prompt_id": self.running_id, "display_node_id": node_id,
@@ -145,7 +146,7 @@ class Executor:
                       self._client)
 
     def _progress(self, node_id: str, value: int, maximum: int) -> None:
-        self._progress_state(node_id, float(value), float(maximum), "running")
+        self.report_state(node_id, float(value), float(maximum), "running")
         self.hub.send("progress", {"value": value, "max": maximum,
                                    "prompt_id": self.running_id, "node": node_id},
                       self._client)
@@ -162,7 +163,7 @@ class Executor:
 
         def message(event: str, data: dict[str, Any], broadcast: bool = False) -> None:
             messages.append([event, data])
-            self._send(event, data, broadcast=broadcast)
+            self.send_to_client(event, data, broadcast=broadcast)
 
         signatures = {nid: _signature(prompt, nid) for nid in prompt}
         order = _execution_order(prompt, outputs_to_execute)
@@ -230,9 +231,9 @@ class _Run:
                 self.values[node_id], ui = hit
                 if ui is not None:
                     self._executed(node_id, ui)
-                    ex._progress_state(node_id, 1, 1, "finished")
+                    ex.report_state(node_id, 1, 1, "finished")
                 continue
-            ex._check_interrupt()
+            ex.check_interrupt()
             self._run_node(node_id)
 
     def _run_node(self, node_id: str) -> None:
@@ -242,8 +243,8 @@ class _Run:
         self.inputs = self._resolve(node["inputs"])
         if self.started is None:
             self.started = time.time()
-        ex._progress_state(node_id, 0.0, 1.0, "running")
-        ex._send("executing", {"node": node_id, "display_node": node_id,
+        ex.report_state(node_id, 0.0, 1.0, "running")
+        ex.send_to_client("executing", {"node": node_id, "display_node": node_id,
                                "prompt_id": ex.running_id})
         handler = HANDLERS.get(class_type)
         if handler is not None:
@@ -253,13 +254,13 @@ class _Run:
         self.values[node_id] = outputs
         ex.cache[self.signatures[node_id]] = (outputs, ui)
         self.executed.append(node_id)
-        ex._progress_state(node_id, 1.0, 1.0, "finished")
+        ex.report_state(node_id, 1.0, 1.0, "finished")
         if ui is not None:
             self._executed(node_id, ui)
 
     def _executed(self, node_id: str, ui: dict[str, Any]) -> None:
         self.ui[node_id] = ui
-        self.ex._send("executed", {"node": node_id, "display_node": node_id, "output": ui,
+        self.ex.send_to_client("executed", {"node": node_id, "display_node": node_id, "output": ui,
                                    "prompt_id": self.ex.running_id})
 
     def _resolve(self, inputs: dict[str, Any]) -> dict[str, Any]:
