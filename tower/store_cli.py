@@ -9,14 +9,14 @@ import typer
 
 from tower.errors import InputError
 from tower.index import OutputIndex
-from tower.metrics import RunLog
+from tower.metrics import MetricsStore, RunLog
 from tower.parquet_io import StoreError
 from tower.planner import PlanningError, ServerSpec, apply_decode_policy, plan_batches
 from tower.presets import load_presets
 from tower.shots import read_shot_list
 from tower.storage import DEFAULT_DATA_ROOT, DataRoot
 from tower.takes import resolve_takes
-from tower.vram import GPU_PROFILES
+from tower.vram import GPU_PROFILES, VramModel
 
 DEFAULT_SERVERS = "local=12gb"
 
@@ -65,7 +65,11 @@ def plan_command(
     preset: Annotated[Optional[str], typer.Option(  # noqa: UP045
         "--preset", help="render every shot at this preset")] = None,
 ) -> None:
-    """Print the render plan of a shot list, skipping takes the output index already has."""
+    """Print the render plan of a shot list, skipping takes the output index already has.
+
+    The VRAM model is calibrated from the metrics under the data root when there are
+    enough measured batches.
+    """
     specs = parse_servers(servers)
     try:
         known = load_presets(presets)
@@ -79,13 +83,16 @@ def plan_command(
         return
     root = DataRoot(data_root)
     try:
-        takes = apply_decode_policy(takes, specs, known)
+        vram = VramModel.calibrated(MetricsStore(root.metrics).scan())
+        for family, fit in sorted(vram.fits.items()):
+            typer.echo(f"VRAM model for {family} calibrated from {fit.points} measured batches")
+        takes = apply_decode_policy(takes, specs, known, vram)
         if root.index.is_dir():
             result = OutputIndex(root.index).dedup(takes, render_root=root.renders)
             typer.echo(f"{len(result.rendered)} of {len(takes)} takes already rendered"
                        f" ({len(result.missing_files)} indexed but missing on disk)")
             takes = result.to_render
-        plan = plan_batches(takes, specs, known)
+        plan = plan_batches(takes, specs, known, vram)
     except (PlanningError, StoreError) as err:
         _fail(str(err))
         return
