@@ -324,3 +324,29 @@ def test_a_two_checkpoint_season_needs_few_swaps_and_stays_balanced() -> None:
     ideal = ServerSpec("ideal", BUDGET["12gb"], speed=len(servers))
     bound = plan_batches(takes, [ideal], PRESETS).est_seconds["ideal"]
     assert max(plan.est_seconds.values()) <= 1.05 * bound
+
+
+def test_plan_command_calibrates_vram_from_measured_batches(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from tower.cli import app
+    from tower.metrics import BatchMetrics, MetricsStore
+
+    prior = VramModel()
+    rows = []
+    for n in range(24):              # this card needs half the default activation memory
+        size, batch = (512, 768, 1024)[n % 3], 1 + n % 4
+        peak = 2000 + 0.5 * prior.activation_mb("sd15", size, size, batch)
+        rows.append(BatchMetrics(
+            run_id="r", batch_id=f"b{n}", server="a", episode="ep01", preset="standard",
+            checkpoint=SD, width=size, height=size, takes=batch, batch_size=batch,
+            vae_tiled=False, status="ok", attempt=1, finished_at=T_RENDERED, vram_peak_mb=peak))
+    MetricsStore(tmp_path / "metrics").append(rows)
+    args = ["plan", str(DEMO), "--servers", "small=8gb", "--data-root", str(tmp_path)]
+    calibrated = CliRunner().invoke(app, args)
+    assert calibrated.exit_code == 0, calibrated.output
+    assert "VRAM model for sd15 calibrated from 24 measured batches" in calibrated.output
+    default = CliRunner().invoke(app, [*args[:-1], str(tmp_path / "empty")])
+    assert "calibrated" not in default.output
+    # smaller estimates: the same takes fit in fewer, larger batches on the 8 GB card
+    assert len(calibrated.output.splitlines()) < len(default.output.splitlines())
