@@ -92,6 +92,15 @@ class ComfyUIServer(Block):
         """The Prefect global concurrency limit that caps batches on this server."""
         return f"comfyui-{self.name.lower().replace('.', '-').replace('_', '-')}"
 
+    @property
+    def preview_limit_name(self) -> str:
+        """The limit of previews: one batch per server on top of ``max_queue_depth``.
+
+        Previews go to the front of the queue; a slot of their own means a preview
+        never waits behind a nightly run that holds every regular slot.
+        """
+        return f"{self.limit_name}-preview"
+
     def get_client(self) -> ComfyUIClient:
         """A client for this server (close it, or use it as a context manager)."""
         token = self.token.get_secret_value() if self.token is not None else None

@@ -24,7 +24,13 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks.comfyui_server import ComfyUIServer
 from tasks.render import flow_run_stopping
-from tower.comfyui import ComfyUIError, is_transient
+from tower.comfyui import (
+    ComfyUIError,
+    ComfyUIInterrupted,
+    ComfyUIOutOfMemory,
+    ComfyUIPreflightError,
+    ComfyUIValidationError,
+)
 from tower.dispatch import Assignment, ServerPool, total_depth
 from tower.render import BatchOutcome, RenderContext
 from tower.run_summary import RunTally
@@ -32,6 +38,11 @@ from tower.run_summary import RunTally
 PROMPT_TAG = "prompt:"
 SERVER_TAG = "server:"
 STATE_POLL_S = 0.5
+# Failures another server would repeat, or that were asked for: never sent elsewhere.
+# Anything else (unreachable, timeouts, a node raising on that machine) gets one try
+# on each other server.
+NOT_THE_SERVERS_FAULT = (ComfyUIValidationError, ComfyUIPreflightError, ComfyUIOutOfMemory,
+                         ComfyUIInterrupted)
 
 
 @dataclass
@@ -60,7 +71,7 @@ def run_batches(pool: ServerPool, servers: Mapping[str, ComfyUIServer], ctx: Ren
     workers = total_depth([s.depth for s in pool.servers.values()])
     last_poll = 0.0
     with ThreadPoolTaskRunner(max_workers=workers) as runner:
-        while not pool.finished_all:
+        while in_flight if result.cancelled else not pool.finished_all:
             if not result.cancelled:
                 for assignment in pool.next_assignments():
                     server = servers[assignment.server]
@@ -100,7 +111,7 @@ def _finish(pool: ServerPool, tally: RunTally, assignment: Assignment,
         tally.add(outcome, server)
         return
     error = _error_text(outcome)
-    server_fault = is_transient(outcome) or not isinstance(outcome, ComfyUIError)
+    server_fault = not isinstance(outcome, NOT_THE_SERVERS_FAULT)
     if pool.finished(batch, server, ok=False, server_fault=server_fault, error=error):
         logger.warning("%s failed on %s (%s); sending it to another server", batch.label,
                        server, error)

@@ -102,7 +102,8 @@ def render_batch(server: ComfyUIServer, batch: RenderBatch,
     ctx = replace(ctx, vram_budget_mb=server.budget_mb,
                   timeout_s=ctx.timeout_s or server.render_timeout_s)
     attempt = current_task_run.run_count or 1
-    with concurrency(server.limit_name, occupy=1, strict=True), server.get_client() as client:
+    limit = server.preview_limit_name if ctx.front else server.limit_name
+    with concurrency(limit, occupy=1, strict=True), server.get_client() as client:
         outcomes = execute_with_oom_split(client, batch, ctx, attempt=attempt)
     get_run_logger().info("%s @%s: %s", batch.label, server.name,
                           ", ".join(f"{o.batch.take_range} {o.status}" for o in outcomes))

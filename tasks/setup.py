@@ -82,11 +82,19 @@ def server_specs(servers: Iterable[ComfyUIServer]) -> list[ServerSpec]:
     return [ServerSpec(name=s.name, vram_budget_mb=s.budget_mb, speed=s.speed) for s in servers]
 
 
+PREVIEW_SLOTS = 1
+
+
 def ensure_concurrency_limits(servers: Iterable[ComfyUIServer]) -> None:
-    """Create (or resize) each server's global concurrency limit; safe to run concurrently."""
+    """Create (or resize) each server's global concurrency limits; safe to run concurrently.
+
+    ``render_batch`` acquires them with ``strict=True``: a missing limit is an error
+    rather than, silently, no limit at all.
+    """
     with get_client(sync_client=True) as client:
         for server in servers:
-            # Another run may create it between the upsert's read and its create.
-            with contextlib.suppress(ObjectAlreadyExists):
-                client.upsert_global_concurrency_limit_by_name(server.limit_name,
-                                                               server.max_queue_depth)
+            for name, slots in ((server.limit_name, server.max_queue_depth),
+                                (server.preview_limit_name, PREVIEW_SLOTS)):
+                # Another run may create it between the upsert's read and its create.
+                with contextlib.suppress(ObjectAlreadyExists):
+                    client.upsert_global_concurrency_limit_by_name(name, slots)

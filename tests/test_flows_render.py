@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import flow_helpers
 import polars as pl
 import pytest
-from flow_helpers import png_files, write_shot_list
+from flow_helpers import QueueWatch, png_files, write_shot_list
 
 from flows.render_episode import render_episode
 from tower.index import OutputIndex
-from tower.metrics import RunLog
+from tower.metrics import MetricsStore, RunLog
 
 prefect_backend = flow_helpers.prefect_backend
 sims = flow_helpers.sims
@@ -45,3 +46,101 @@ def test_an_episode_renders_and_a_second_run_renders_nothing(tmp_path, sims):
     assert runs["takes_deduped"].to_list() == [0, 6]
     assert runs["status"].to_list() == ["completed", "completed"]
     assert pl.Series(runs["flow"]).unique().to_list() == ["render_episode"]
+
+
+def index_frame(data: Path) -> pl.DataFrame:
+    return OutputIndex(data / "index").scan().collect()
+
+
+def test_two_servers_share_the_work(tmp_path, sims):
+    a, b = sims("share-a"), sims("share-b")
+    shot_list = write_shot_list(tmp_path, shots=6, takes=2)
+    data = tmp_path / "data"
+    state, _ = run(shot_list, data, [f"share-a={a.url}", f"share-b={b.url}"])
+    assert state.is_completed(), state.message
+    servers = index_frame(data)["server"].value_counts()
+    assert set(servers["server"]) == {"share-a", "share-b"}
+    assert servers["count"].sum() == 12
+    assert a.busy_intervals() and b.busy_intervals()
+
+
+def test_a_failing_server_is_taken_out_and_the_others_finish_its_work(tmp_path, sims):
+    good, bad = sims("out-good"), sims("out-bad")
+    bad.faults.execution_error_rate = 1.0
+    shot_list = write_shot_list(tmp_path, shots=6, takes=2)
+    data = tmp_path / "data"
+    state, summary = run(shot_list, data, [f"out-good={good.url}", f"out-bad={bad.url}"])
+    assert state.is_completed(), state.message
+    assert "out-bad" in summary["out_of_rotation"]
+    assert summary["takes_rendered"] == 12 and summary["takes_failed"] == 0
+    assert set(index_frame(data)["server"]) == {"out-good"}
+    assert "Taken out of rotation" in summary["markdown"]
+
+
+def test_out_of_memory_halves_the_batch(tmp_path, sims):
+    sim = sims("oom")
+    sim.faults.oom_above_batch = 2
+    shot_list = write_shot_list(tmp_path, shots=1, takes=4)
+    data = tmp_path / "data"
+    state, summary = run(shot_list, data, [f"oom={sim.url}"])
+    assert state.is_completed(), state.message
+    assert summary["oom_splits"] == 1 and summary["takes_rendered"] == 4
+    metrics = MetricsStore(data / "metrics").scan().collect()
+    assert sorted(metrics["status"].to_list()) == ["ok", "ok", "oom"]
+    assert sorted(metrics.filter(pl.col("status") == "ok")["takes"].to_list()) == [2, 2]
+    assert len(png_files(data / "renders")) == 4
+
+
+def test_a_missing_checkpoint_fails_fast_with_one_message(tmp_path, sims):
+    a, b = sims("pre-a"), sims("pre-b")
+    shot_list = write_shot_list(tmp_path, shots=2, takes=1, checkpoint="nope-sd15.safetensors")
+    data = tmp_path / "data"
+    state, _ = run(shot_list, data, [f"pre-a={a.url}", f"pre-b={b.url}",
+                                     "pre-c=http://127.0.0.1:9"])
+    assert state.is_failed()
+    message = state.message
+    assert "nothing was queued" in message and "nope-sd15.safetensors" in message
+    assert "pre-a" in message and "pre-b" in message and "pre-c" in message
+    assert a.busy_intervals() == [] and b.busy_intervals() == []
+    assert not (data / "index").exists() or index_frame(data).height == 0
+
+
+def test_a_bad_shot_list_fails_naming_the_file_and_field(tmp_path, sims):
+    sim = sims("bad-list")
+    path = tmp_path / "broken.yaml"
+    path.write_text("episode: ep01\nshots:\n  - id: sh010\n    prompt: x\n    takes: 100\n")
+    state, _ = run(path, tmp_path / "data", [f"bad-list={sim.url}"])
+    assert state.is_failed()
+    assert "broken.yaml" in state.message and "takes" in state.message
+    assert sim.busy_intervals() == []
+
+
+def test_dry_run_plans_without_queueing(tmp_path, sims):
+    sim = sims("dry")
+    shot_list = write_shot_list(tmp_path, shots=2, takes=3)
+    state, summary = run(shot_list, tmp_path / "data", [f"dry={sim.url}"], dry_run=True)
+    assert state.is_completed()
+    assert summary["takes_to_render"] == 6 and summary["batches"] == 2
+    assert sim.busy_intervals() == [] and not (tmp_path / "data" / "runs").exists()
+
+
+def test_two_flows_at_once_keep_the_server_queue_at_its_depth(tmp_path, sims):
+    # Slow enough that a batch outlasts Prefect's own per-task overhead.
+    sim = sims("shared", time_scale=0.2)
+    lists = [write_shot_list(tmp_path, episode=ep, shots=3, takes=1) for ep in ("ep01", "ep02")]
+    data = tmp_path / "data"
+    results: dict[str, object] = {}
+
+    def go(path: Path) -> None:
+        results[path.stem] = run(path, data, [f"shared={sim.url}"])[0]
+
+    with QueueWatch(sim.url) as watch:
+        threads = [threading.Thread(target=go, args=(p,)) for p in lists]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=180)
+    assert all(state.is_completed() for state in results.values()), results
+    assert watch.samples > 20
+    assert watch.max_depth == 2   # reached, and never exceeded
+    assert set(index_frame(data)["episode"]) == {"ep01", "ep02"}

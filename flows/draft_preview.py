@@ -1,0 +1,148 @@
+"""Ad-hoc previews: a few shots, or a free prompt, rendered now at the front of the queue.
+
+The preset is draft unless a time budget is given, in which case the best preset
+expected to finish within it is chosen from the metrics history
+(:func:`tower.preview.choose_preset`). Images the index already holds are reused, and
+with ``reuse="similar"`` so are images of the same look under another seed. Batches go
+to the FRONT of each server's queue and hold a preview slot of their own, so a preview
+never waits behind the nightly run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from datetime import UTC, date, datetime, timedelta
+from typing import Literal
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run as current_flow_run
+from prefect.states import Cancelled, Completed, Failed, State
+
+from flows.render_episode import artifact_key, cancel_hook
+from tasks.dispatch import cancel_prompts, retries_of, run_batches
+from tasks.planning import dedup_task, load_shot_list_task, plan_task, resolve_takes_task
+from tasks.render import preflight_graphs, preflight_task, with_retry_policy
+from tasks.reporting import publish_summary, reuse_similar_task
+from tasks.setup import (
+    ensure_concurrency_limits,
+    resolve_data_root,
+    resolve_presets,
+    resolve_servers,
+    server_specs,
+    split_env_list,
+)
+from tower.dispatch import ServerPool
+from tower.index import OutputIndex
+from tower.metrics import MetricsStore
+from tower.preview import Preference, choose_preset, seconds_per_image
+from tower.render import RenderContext
+from tower.run_summary import RunTally, run_status
+from tower.shots import Shot, ShotList
+from tower.storage import DataRoot
+
+HISTORY_DAYS = 30
+PREVIEW_EPISODE = "preview"
+
+
+def free_prompt_list(prompt: str, takes: int, negative: str = "") -> ShotList:
+    """A one-shot list for a free prompt; the shot id is derived from the prompt."""
+    shot_id = "p" + hashlib.sha256(prompt.encode()).hexdigest()[:10]
+    return ShotList(episode=PREVIEW_EPISODE, defaults={"negative": negative},
+                    shots=(Shot(id=shot_id, prompt=prompt, takes=takes),))
+
+
+def _history(root: DataRoot, today: date) -> dict[str, float]:
+    frame = MetricsStore(root.metrics).scan(since=today - timedelta(days=HISTORY_DAYS)).collect()
+    return seconds_per_image(frame)
+
+
+def preview_run_name() -> str:
+    params = current_flow_run.parameters
+    what = "prompt" if params.get("prompt") else "shots"
+    return f"preview-{what}-{datetime.now(UTC):%Y-%m-%d-%H%M%S}"
+
+
+@flow(name="draft-preview", flow_run_name=preview_run_name, on_cancellation=[cancel_hook])
+def draft_preview(shot_list: str | None = None, shots: list[str] | None = None,
+                  prompt: str | None = None, takes: int = 2,
+                  servers: list[str] | None = None,
+                  time_budget_seconds: float | None = None,
+                  quality_preference: Preference = "balanced",
+                  reuse: Literal["exact", "similar", "none"] = "similar",
+                  data_root: str | None = None, render_store: str | None = None,
+                  presets_file: str | None = None, presets_block: str | None = None,
+                  retries: int = 1, retry_backoff_s: float = 2.0) -> dict | State:
+    """Render ``shots`` of ``shot_list`` (or a free ``prompt``) now; return image paths.
+
+    Args:
+        takes: takes of a free prompt (shots keep their own).
+        time_budget_seconds, quality_preference: pick the best preset expected to
+            finish in time (speed keeps half the budget spare, balanced a fifth).
+        reuse: ``similar`` shows existing look-alike images instead of rendering;
+            ``exact`` only skips identical ones; ``none`` renders everything.
+    """
+    started = datetime.now(UTC)
+    logger = get_run_logger()
+    if not prompt and not shot_list:
+        raise ValueError("draft_preview needs a shot_list (with shots) or a prompt")
+    pool_servers = resolve_servers(servers or split_env_list(os.environ.get("TOWER_SERVERS")))
+    root = resolve_data_root(data_root, render_store, os.environ.get("TOWER_DATA_ROOT"))
+    presets = resolve_presets(presets_file, presets_block)
+    specs = server_specs(pool_servers)
+    source = free_prompt_list(prompt, takes) if prompt else load_shot_list_task(shot_list,
+                                                                               presets)
+    wanted = [s for s in source.shots if not shots or s.id in shots]
+    images = sum(s.takes or source.defaults.takes for s in wanted)
+    choice = choose_preset(presets, images, _history(root, started.date()),
+                           budget_s=time_budget_seconds, preference=quality_preference,
+                           servers=len(pool_servers))
+    logger.info("preset %s (%s; expected %s s)", choice.preset, choice.reason,
+                "?" if choice.expected_s is None else f"{choice.expected_s:.0f}")
+
+    all_takes = resolve_takes_task(source, presets, choice.preset, shots, specs)
+    dedup = dedup_task(all_takes, root, force=reuse == "none")
+    tally = RunTally(takes_requested=len(all_takes), takes_deduped=len(dedup.rendered))
+    shown = [(f"{t.shot_id} t{t.take}", root.renders / row.output_path)
+             for t, row in dedup.rendered]
+    to_render = dedup.to_render
+    if reuse == "similar":
+        to_render, reused = reuse_similar_task(to_render, root)
+        tally.takes_deduped += len(reused)
+        shown += [(f"{t.shot_id} t{t.take}~", root.renders / row.output_path)
+                  for t, row in reused]
+    plan = plan_task(to_render, specs, presets, artifact_key("preview-plan", source.episode))
+
+    flow_run_id = current_flow_run.id
+    run_id = f"preview-{started:%Y%m%dT%H%M%S}-{(flow_run_id or 'local')[:8]}"
+    by_name = {s.name: s for s in pool_servers}
+    pool = ServerPool(plan.batches, {s.name: s.max_queue_depth for s in pool_servers},
+                      vram_budgets={s.name: s.budget_mb for s in pool_servers})
+    cancelled = False
+    if plan.batches:
+        preflight_task(pool_servers, preflight_graphs(to_render))
+        ensure_concurrency_limits(pool_servers)
+        ctx = RenderContext(data_root=root, index=OutputIndex(root.index),
+                            metrics=MetricsStore(root.metrics), run_id=run_id,
+                            flow_run_id=flow_run_id, front=True)
+        result = run_batches(pool, by_name, ctx, with_retry_policy(retries, retry_backoff_s),
+                             tally, flow_run_id=flow_run_id, progress_key=None,
+                             on_cancel=lambda prompts: cancel_prompts(by_name, prompts))
+        tally.retries = retries_of(result.task_run_ids)
+        cancelled = result.cancelled
+    tally.images = shown + tally.images
+    status = run_status(tally, cancelled=cancelled)
+    summary = publish_summary(
+        tally, root=root, run_id=run_id, flow_run_id=flow_run_id, flow="draft_preview",
+        episode=source.episode, preset=choice.preset, servers=list(by_name),
+        started=started, batches=len(plan.batches), model_swaps=plan.model_swaps,
+        out_of_rotation=pool.out_of_rotation, status=status,
+        key=artifact_key("preview", source.episode), title=f"{source.episode} preview")
+    summary |= {"preset": choice.preset, "preset_reason": choice.reason,
+                "expected_s": choice.expected_s}
+    if cancelled:
+        return Cancelled(message="preview cancelled", data=summary)
+    if status == "failed":
+        return Failed(message="preview: " + "; ".join(tally.failures[:3]), data=summary)
+    return Completed(message=f"preview: {len(summary['images'])} images at {choice.preset}",
+                     data=summary)
