@@ -269,7 +269,9 @@ def test_render_adopts_a_prompt_whose_answer_was_lost(client: ComfyUIClient,
     client.submit(graph, prompt_id="batch-7")  # queued; pretend the answer never came
     result = client.render(graph, prompt_id="batch-7", timeout=10)
     assert result.adopted and len(result.images) == 2
+    threads = threading.active_count()
     done = client.render(graph, prompt_id="batch-7")  # finished: adopted, not re-run
+    assert threading.active_count() <= threads  # its socket was closed, not leaked
     assert done.adopted and done.images == result.images
     assert len(pngs(simulator)) == 2 and len(simulator.busy_intervals()) == 1
 

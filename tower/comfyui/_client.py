@@ -341,23 +341,36 @@ class ComfyUIClient:
         client_id = self._next_client_id()
         socket = self._open_socket(client_id)
         try:
-            state, entry = self._lookup(prompt_id)
-            if state == "done" and entry is not None and entry.status_str == "success":
-                logger.info("%s: prompt %s already rendered; adopting it", self.name, prompt_id)
-                return build_result(entry, None, queued_at=None, adopted=True)
-            stale = entry.number if entry is not None else None
-            spec = WaitSpec(prompt_id, client_id, timeout, stall_timeout, on_progress,
-                            adopted=state in ("queued", "running"), stale_number=stale)
-            if not spec.adopted:
-                spec.queued_at, spec.adopted = self._submit_once(graph, spec, front)
-                spec.poll_first = spec.adopted
-            else:
-                logger.info("%s: prompt %s is %s; adopting it", self.name, prompt_id, state)
+            plan = self._plan(graph, WaitSpec(prompt_id, client_id, timeout, stall_timeout,
+                                              on_progress), front)
         except BaseException:
             if socket is not None:
                 socket.close()
             raise
-        return Waiter(self, spec, socket).run()
+        if isinstance(plan, RenderResult):
+            if socket is not None:
+                socket.close()
+            return plan
+        return Waiter(self, plan, socket).run()
+
+    def _plan(self, graph: Mapping[str, Any], spec: WaitSpec,
+              front: bool) -> RenderResult | WaitSpec:
+        """The finished result to adopt, or what to wait for (submitting if needed)."""
+        state, entry = self._lookup(spec.prompt_id)
+        if entry is not None and entry.status_str == "success":
+            logger.info("%s: prompt %s already rendered; adopting it", self.name, spec.prompt_id)
+            return build_result(entry, None, queued_at=None, adopted=True)
+        if state in ("queued", "running"):
+            logger.info("%s: prompt %s is %s; adopting it", self.name, spec.prompt_id, state)
+            spec.adopted = True
+            return spec
+        if entry is not None:
+            logger.info("%s: prompt %s failed before; rendering it again", self.name,
+                        spec.prompt_id)
+            spec.stale_number = entry.number
+        spec.queued_at, spec.adopted = self._submit_once(graph, spec, front)
+        spec.poll_first = spec.adopted
+        return spec
 
     def _submit_once(self, graph: Mapping[str, Any], spec: WaitSpec,
                      front: bool) -> tuple[datetime, bool]:
