@@ -3,6 +3,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import socket
+import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -233,3 +234,23 @@ def test_no_new_work(cached, adopted, finished_at, no_new_work):
 ])
 def test_failure_status(err, status):
     assert failure_status(err) == status
+
+
+def test_interrupted_render_is_recorded_as_interrupted(simulator, client, ctx):
+    simulator.config.time_scale = 0.05  # long enough to interrupt mid-sampling
+    batch = batch_of(takes_of(2))
+    started = threading.Event()
+    ctx.on_progress = lambda event: started.set()
+
+    def interrupt_when_running():
+        if started.wait(10):
+            client.interrupt(batch.prompt_id)
+
+    helper = threading.Thread(target=interrupt_when_running)
+    helper.start()
+    with pytest.raises(ComfyUIInterrupted):
+        execute_batch(client, batch, ctx)
+    helper.join()
+    [row] = metrics_rows(ctx).iter_rows(named=True)
+    assert (row["status"], row["error_type"]) == ("interrupted", "ComfyUIInterrupted")
+    assert index_rows(ctx).height == 0 and rendered_files(ctx) == []
