@@ -98,12 +98,13 @@ def interval_union(frame: pl.LazyFrame, key: str, start: str, end: str) -> pl.La
     """Total length in seconds of the union of ``[start, end]`` intervals, per ``key``.
 
     Intervals are sorted by start; a new block begins where an interval starts after
-    every earlier one has ended.
+    every earlier one of its key has ended. The first interval of each key always
+    begins a block, so one running count numbers the blocks of every key apart.
     """
-    prev_end = pl.col(end).cum_max().shift(1).over(key)
-    return (frame.sort(key, start)
-            .with_columns(block=(prev_end.is_null() | (pl.col(start) > prev_end))
-                          .cum_sum().over(key))
+    new_block = (pl.col(start) > pl.col(end).cum_max().shift(1)).fill_null(True)
+    return (frame.select(key, start, end).sort(pl.col(key).to_physical(), start)
+            .with_columns(block=new_block.over(key))
+            .with_columns(block=pl.col("block").cum_sum())
             .group_by(key, "block").agg(pl.col(start).min(), pl.col(end).max())
             .group_by(key).agg(((pl.col(end) - pl.col(start)).dt.total_microseconds().sum()
                                 / 1e6).alias("seconds")))
@@ -262,8 +263,10 @@ def compute_figures(window: Window, metrics: pl.LazyFrame, runs: pl.LazyFrame) -
         metrics: rows in METRICS_SCHEMA.
         runs: rows in RUNS_SCHEMA.
     """
+    # Computed once: every figure below reads the same rows and derived seconds.
     m = with_seconds(metrics.filter(
-        pl.col("finished_at").is_between(window.start, window.end, closed="left")))
+        pl.col("finished_at").is_between(window.start, window.end, closed="left"))
+    ).collect().lazy()
     r = runs.filter(pl.col("started_at").is_between(window.start, window.end, closed="left"))
     return Figures(
         window=window, volume=volume(m, r), presets=timings(m, "preset"),
