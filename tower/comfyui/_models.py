@@ -83,7 +83,8 @@ class RenderResult:
 
     Times are UTC. ``queued_at`` is when this client posted the prompt (None when it
     adopted a prompt already on the server); ``started_at``/``finished_at`` are the
-    server's own timestamps. Phase seconds are None when they could not be measured
+    server's own timestamps, so ``queue_wait_s`` assumes the two clocks agree (it is
+    never negative). Phase seconds are None when they could not be measured
     (no WebSocket frames for that node) and 0.0 when the nodes were served from cache.
     """
 
