@@ -15,7 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-from prefect import flow, get_run_logger
+from prefect import flow
+from prefect.logging.loggers import flow_run_logger
 from prefect.runtime import flow_run as current_flow_run
 from prefect.states import Cancelled, Completed, Failed, State
 
@@ -71,7 +72,7 @@ def cancel_hook(flow: object, flow_run: object, state: State) -> None:
         os.environ.get("TOWER_SERVERS")))
     prompts = prompts_of_flow_run(flow_run.id)  # type: ignore[attr-defined]
     report = cancel_prompts({s.name: s for s in servers}, prompts)
-    get_run_logger().info("cancelled prompts: %s", report or "none in flight")
+    flow_run_logger(flow_run).info("cancelled prompts: %s", report or "none in flight")  # type: ignore[arg-type]
 
 
 @flow(name="render-episode", flow_run_name=nightly_run_name, on_cancellation=[cancel_hook],
