@@ -372,9 +372,11 @@ def test_unreachable_server_is_transient() -> None:
 # -- queue control -----------------------------------------------------------------
 
 
-def test_queue_order_cancel_and_interrupt(slow_sim: SimulatorServer) -> None:
-    with ComfyUIClient(slow_sim.url) as client:
-        client.submit(graph_for(seed=1), prompt_id="running")
+def test_queue_order_cancel_and_interrupt(tmp_path: Path) -> None:
+    # Eight takes sample for ~4 s in steps of ~0.5 s: time to look, and a quick interrupt.
+    config = SimulatorConfig(time_scale=1.0, model_load_s=0.1, output_dir=tmp_path / "out")
+    with start_simulator(config) as server, ComfyUIClient(server.url) as client:
+        client.submit(graph_for(takes=8, seed=1), prompt_id="running")
         wait_until(lambda: client.find("running") == "running")
         client.submit(graph_for(seed=2), prompt_id="b")
         client.submit(graph_for(seed=3), prompt_id="c")
