@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -411,3 +412,12 @@ def test_interrupt_for_another_prompt_is_ignored(simulator: SimulatorServer) -> 
         collect_until_done(ws, body["prompt_id"])
         entry = wait_history(http, body["prompt_id"])
     assert entry["status"]["status_str"] == "success"
+
+
+def test_busy_port_fails_cleanly(simulator: SimulatorServer) -> None:
+    before = threading.active_count()
+    with pytest.raises(OSError):
+        start_simulator(SimulatorConfig(time_scale=0), port=simulator.port)
+    assert threading.active_count() == before
+    with client(simulator) as http:
+        assert http.get("/queue").status_code == 200

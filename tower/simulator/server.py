@@ -30,18 +30,13 @@ class SimulatorServer:
     def __init__(self, config: SimulatorConfig, faults: Faults, port: int = 0) -> None:
         self.config = config
         self.faults = faults
+        self._socket = _listen(port)  # first: a busy port fails before anything starts
+        self.port: int = self._socket.getsockname()[1]
+        self.url = f"http://{HOST}:{self.port}"
         self._own_dir = config.output_dir is None
         self.output_dir = Path(config.output_dir or tempfile.mkdtemp(prefix="tower-sim-"))
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.engine = Engine(config, faults, self.output_dir)
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        # Inherited by accepted connections; without it each keep-alive response after
-        # the first waits about 40 ms on a delayed ACK.
-        self._socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._socket.bind((HOST, port))
-        self.port: int = self._socket.getsockname()[1]
-        self.url = f"http://{HOST}:{self.port}"
         uv_config = uvicorn.Config(create_app(self.engine), log_level="warning",
                                    lifespan="on", ws="websockets-sansio", access_log=False,
                                    timeout_graceful_shutdown=2)
@@ -90,6 +85,20 @@ class SimulatorServer:
 
     def __repr__(self) -> str:
         return f"SimulatorServer(name={self.config.name!r}, url={self.url!r})"
+
+
+def _listen(port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Inherited by accepted connections; without it each keep-alive response after
+        # the first waits about 40 ms on a delayed ACK.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((HOST, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def start_simulator(config: SimulatorConfig | None = None, port: int = 0,
