@@ -6,6 +6,7 @@ import inspect
 from pathlib import Path
 
 import pytest
+from prefect.exceptions import ParameterTypeError
 from prefect.schedules import Cron
 
 from tasks.deployments import load_entrypoint, read_deployments, runner_deployments
@@ -46,3 +47,11 @@ def test_tower_serve_builds_the_same_deployments():
     assert built["draft-preview"].schedules in (None, [])
     assert built["nightly"].schedules[0].schedule.cron == "0 2 * * *"
     assert built["nightly"].parameters["shot_list"] == "shot_lists/ep01_demo.yaml"
+
+
+@pytest.mark.parametrize(("params", "field"), [({"shot_list": "x.yaml", "reuse": "bogus"}, "reuse"),
+                                               ({"reuse": "exact"}, "shot_list")])
+def test_a_bad_parameter_set_would_be_caught(params, field):
+    flow = load_entrypoint("flows/render_episode.py:render_episode", ROOT)
+    with pytest.raises(ParameterTypeError, match=field):
+        flow.validate_parameters(params)
