@@ -244,29 +244,42 @@ def test_parts_left_by_a_compaction_that_crashed_are_skipped_then_removed(tmp_pa
 
 def test_readers_during_compaction_never_see_rows_twice_or_missing(tmp_path: Path) -> None:
     index = OutputIndex(tmp_path / "index")
-    for p in range(60):
-        index.append([row_for(make_take(shot=f"s{p}", take=k)) for k in range(5)])
-    seen: list[int] = []
+    seen: list[tuple[int, int]] = []
     errors: list[BaseException] = []
     stop = threading.Event()
 
     def read() -> None:
         try:
             while not stop.is_set():
-                seen.append(OutputIndex(tmp_path / "index").stats().rows)
+                stats = OutputIndex(tmp_path / "index").stats()
+                seen.append((stats.rows, stats.unique_keys))
         except BaseException as err:  # reported by the assertion below
             errors.append(err)
 
+    def add(round_: int) -> None:
+        for p in range(10):
+            index.append([row_for(make_take(shot=f"r{round_}s{p}", take=k)) for k in range(5)])
+
+    add(0)
     reader = threading.Thread(target=read)
     reader.start()
     try:
-        for target in (20, 60, 150, 300):
+        for round_, target in enumerate((20, 60, 150, 1000, 30, 5000), start=1):
             index.compact(target_rows=target)
+            add(round_)
+            reads = len(seen)
+            deadline = time.monotonic() + 30
+            while len(seen) == reads and time.monotonic() < deadline and not errors:
+                time.sleep(0.005)
     finally:
         stop.set()
         reader.join()
     assert errors == []
-    assert len(seen) > 3 and set(seen) == {300}
+    assert len(seen) >= 6
+    rows = [r for r, _ in seen]
+    assert all(r == unique for r, unique in seen)          # never a row twice
+    assert rows == sorted(rows)                            # never a row gone
+    assert index.stats().rows == 7 * 50
 
 
 def test_a_held_compaction_lock_is_reported(tmp_path: Path) -> None:
