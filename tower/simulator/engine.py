@@ -7,6 +7,7 @@ swaps in a fresh session on :meth:`Engine.restart`.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from tower.simulator.hub import Hub
 from tower.simulator.jobs import PromptQueue
 
 POLL_S = 0.05
+LOG = logging.getLogger(__name__)
 
 
 class Session:
@@ -87,6 +89,11 @@ class Session:
             except Stopped:
                 self.queue.forget_running(task)
                 return
+            except Exception:  # a simulator bug must not silently stop the queue
+                LOG.exception("simulator %s failed on prompt %s", self.engine.config.name,
+                              item[1])
+                entry = {"outputs": {}, "meta": {}, "status": {
+                    "status_str": "error", "completed": False, "messages": []}}
             finally:
                 self.executor.running_id = None
             delay = self.engine.faults.history_delay_s
