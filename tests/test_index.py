@@ -88,7 +88,13 @@ def test_temporary_files_left_by_a_crash_are_ignored(tmp_path: Path) -> None:
     (tmp_path / "index" / ".tmp-part-20261127T000000000000Z-1-dead.parquet").write_bytes(b"PAR1")
     (tmp_path / "index" / "notes.txt").write_text("not data")
     assert index.scan().collect().height == 1
-    assert index.compact().rows == 1
+    old = tmp_path / "index" / ".tmp-part-20261126T000000000000Z-2-beef.parquet"
+    old.write_bytes(b"PAR1")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    result = index.compact()
+    assert (result.rows, result.stale_temporaries) == (1, 1)
+    assert not old.exists()                       # a crash leftover from two hours ago
+    assert len(list((tmp_path / "index").glob(".tmp-*"))) == 1   # maybe a write in progress
 
 
 def _append_forever(root: str, rows: int) -> None:

@@ -12,7 +12,8 @@ merged file replaces. So at every instant a reader sees each row exactly once: b
 the rename it sees the old parts, after it the merged file (the old parts, while they
 still exist, are skipped). A crash between the rename and the deletes leaves superseded
 parts that readers skip and the next compaction deletes. Compactions take a lock file
-(``_compact.lock``) so two never merge the same parts.
+(``_compact.lock``) so two never merge the same parts, and clear temporaries that a
+crashed writer left more than an hour ago.
 
 A lazy frame from :meth:`OutputIndex.scan` is a snapshot of the parts that existed when
 it was made; if a compaction deletes one before it is collected, collecting fails and a
@@ -29,7 +30,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, TypeVar
 
@@ -49,6 +50,8 @@ COMPACT_MARK = "~compact-"
 REPLACES_KEY = "tower.replaces"
 LOCK_NAME = "_compact.lock"
 SCAN_RETRIES = 10
+# A temporary this old is a crashed write's leftover, not a write in progress.
+STALE_TEMPORARY = timedelta(hours=1)
 _LOOK_DROP = ("seed", "take", "vae")
 
 T = TypeVar("T")
@@ -116,13 +119,15 @@ class DedupResult:
 
 @dataclass(frozen=True)
 class CompactResult:
-    """What a compaction did; ``merged`` lists the files written."""
+    """What a compaction did; ``merged`` lists the files written, ``removed`` the parts
+    deleted, ``stale_temporaries`` the crash leftovers cleared."""
 
     parts_before: int
     parts_after: int
     rows: int
     merged: tuple[str, ...]
     removed: int
+    stale_temporaries: int = 0
 
 
 @dataclass(frozen=True)
@@ -304,6 +309,10 @@ class OutputIndex:
         if self.filesystem.get_file_info(self.root).type == pafs.FileType.NotFound:
             return CompactResult(0, 0, 0, (), 0)
         with self._lock():
+            stale = pio.stale_temporaries(self.filesystem, self.root, STALE_TEMPORARY,
+                                          datetime.now(UTC))
+            for path in stale:
+                self.filesystem.delete_file(path)
             live, superseded = self._live_and_superseded()
             removed = self._delete(superseded)
             counts = {f.path: pio.read_metadata(self.filesystem, f.path).num_rows for f in live}
@@ -314,7 +323,7 @@ class OutputIndex:
                 removed += self._delete([self.filesystem.get_file_info(p) for p in group])
         rows = sum(counts.values())
         after = len(live) - sum(len(g) for g in groups) + len(groups)
-        return CompactResult(len(live), after, rows, tuple(merged), removed)
+        return CompactResult(len(live), after, rows, tuple(merged), removed, len(stale))
 
     def _merge(self, group: Sequence[str]) -> str:
         tables, replaces = [], set()

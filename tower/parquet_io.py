@@ -22,7 +22,7 @@ import os
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, is_dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +99,25 @@ def list_data_files(filesystem: pafs.FileSystem, folder: str) -> list[pafs.FileI
     found = filesystem.get_file_info(pafs.FileSelector(folder, recursive=False))
     return sorted((f for f in found if f.type == pafs.FileType.File and is_data_file(f.base_name)),
                   key=lambda f: f.base_name)
+
+
+def stale_temporaries(filesystem: pafs.FileSystem, folder: str, older_than: timedelta,
+                      now: datetime) -> list[str]:
+    """Temporaries in ``folder`` last written before ``now - older_than``: crash leftovers.
+
+    Younger ones may belong to a write in progress and are left alone.
+    """
+    if filesystem.get_file_info(folder).type != pafs.FileType.Directory:
+        return []
+    found = filesystem.get_file_info(pafs.FileSelector(folder, recursive=False))
+    cutoff = now - older_than
+    return sorted(f.path for f in found
+                  if f.type == pafs.FileType.File and f.base_name.startswith(TMP_PREFIX)
+                  and f.mtime is not None and _aware(f.mtime) < cutoff)
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def list_subfolders(filesystem: pafs.FileSystem, folder: str) -> list[str]:

@@ -111,7 +111,8 @@ def compact_command(
         _fail(str(err))
         return
     typer.echo(f"{result.rows} rows: {result.parts_before} parts -> {result.parts_after}"
-               f" ({len(result.merged)} merged files written, {result.removed} parts removed)")
+               f" ({len(result.merged)} merged files written, {result.removed} parts removed"
+               f", {result.stale_temporaries} stale temporaries cleared)")
 
 
 @index_app.command("stats")
