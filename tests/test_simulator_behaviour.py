@@ -354,6 +354,13 @@ def test_busy_intervals_and_utilisation(simulator: SimulatorServer) -> None:
     assert [tuple(i) for i in busy["intervals"]] == intervals
     assert 0 < busy["utilisation"] <= 1
     assert busy["busy_s"] == pytest.approx(sum(e - s for s, e in intervals))
+    middle = (intervals[0][0] + intervals[0][1]) / 2
+    with client(simulator) as http:
+        window = http.get("/_tower/busy", params={"since": middle}).json()
+        bad = http.get("/_tower/busy", params={"since": "yesterday"})
+    assert window["intervals"] == [[middle, intervals[0][1]], list(intervals[1])]
+    assert window["since"] == middle
+    assert bad.status_code == 400
 
 
 def test_free_unload_keeps_cache_but_frees_vram(simulator: SimulatorServer) -> None:

@@ -219,7 +219,13 @@ def _client_message(conn: Any, text: str | None) -> None:
 
 
 async def tower_busy(request: Request) -> Response:
-    return ComfyJSON(request.app.state.engine.busy())
+    """Busy intervals and utilisation; ``?since=<unix time>`` narrows the window."""
+    since = request.query_params.get("since")
+    try:
+        window = float(since) if since is not None else None
+    except ValueError:
+        return ComfyJSON({"error": f"since must be a unix time, got {since!r}"}, 400)
+    return ComfyJSON(request.app.state.engine.busy(window))
 
 
 async def tower_faults(request: Request) -> Response:

@@ -132,12 +132,14 @@ class Engine:
         self.session.close()
         self.hub.close_all()
 
-    def busy(self) -> dict[str, Any]:
-        """Busy intervals and utilisation since the simulator started."""
-        with self.machine.lock:
-            intervals = list(self.machine.busy)
+    def busy(self, since: float | None = None) -> dict[str, Any]:
+        """Busy intervals and utilisation from ``since`` (default: start-up) until now;
+        intervals are clipped to that window."""
         now = time.time()
-        busy_s = sum(end - start for start, end in intervals)
-        elapsed = max(now - self.started_at, 1e-9)
+        start = self.started_at if since is None else since
+        with self.machine.lock:
+            intervals = [(max(s, start), e) for s, e in self.machine.busy if e > start]
+        busy_s = sum(end - begin for begin, end in intervals)
+        elapsed = max(now - start, 1e-9)
         return {"intervals": [[s, e] for s, e in intervals], "busy_s": busy_s,
-                "since": self.started_at, "now": now, "utilisation": min(1.0, busy_s / elapsed)}
+                "since": start, "now": now, "utilisation": min(1.0, busy_s / elapsed)}
