@@ -113,7 +113,7 @@ class Engine:
         self.output_dir = output_dir
         self.catalog = Catalog(config.checkpoints)
         self.hub = Hub(lambda: self.faults.drop_ws_after)
-        self.machine = Machine(config.vram_mb)
+        self.machine = Machine()
         self.started_at = time.time()
         self.session = Session(self)
         self.session.start()

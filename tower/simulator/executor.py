@@ -40,7 +40,6 @@ def now_ms() -> int:
 class Machine:
     """The simulated GPU: the loaded checkpoint, memory in use, and when it was busy."""
 
-    vram_mb: int
     loaded: str | None = None
     activations_mb: float = 0.0
     busy: list[tuple[float, float]] = field(default_factory=list)
@@ -72,7 +71,6 @@ class Executor:
         self._rng_seed = faults.seed
         self.running_id: str | None = None
         self._client: str | None = None
-        self._node: str = ""
         self._states: dict[str, dict[str, Any]] = {}
         self.prompt: dict[str, Any] = {}
         self.extra_pnginfo: dict[str, Any] | None = None
