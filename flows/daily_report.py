@@ -1,42 +1,60 @@
 """The scheduled daily report: yesterday's numbers as files, a Prefect artifact and a log.
 
-Thin on purpose: every figure comes from :mod:`tower.report`; this flow only picks the
+Thin on purpose: every figure comes from :mod:`tower.report`; this flow picks the
 window (from ``now``, which a test can pin), writes the files atomically under the
-data root, publishes the markdown as an artifact, and logs the farm's status.
+data root, publishes the markdown as an artifact, and adds the farm's status when
+servers are given. Parameters resolve like the render flow's: a data root path, else
+a saved RenderStore block, else ``TOWER_DATA_ROOT``; servers as URLs, ``name=URL`` or
+saved ComfyUIServer block names, else ``TOWER_SERVERS``.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from datetime import UTC, date, datetime
-from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tower.comfyui import ComfyUIClient
+from blocks.comfyui_server import ComfyUIServer
+from tasks.setup import resolve_data_root, resolve_presets, resolve_servers, split_env_list
+from tower.presets import Preset
 from tower.report import Report, ReportFiles, build_report, chart_names, write_report
 from tower.report_model import report_window
 from tower.report_render import render_markdown
 from tower.status import gather_status, render_status
-from tower.storage import DEFAULT_DATA_ROOT, DataRoot
+from tower.storage import DataRoot
 
 ARTIFACT_KEY = "daily-report"
 # After the nightly render (which starts at 22:00 UTC and should end well before this).
 DAILY_CRON = "30 6 * * *"
-STATUS_TIMEOUT_S = 5.0
 
 
 @task(name="build-report", retries=1, retry_delay_seconds=10, cache_policy=NO_CACHE)
-def build_report_task(data_root: Path, day: date | None, since: date | None,
-                      now: datetime) -> Report:
+def build_report_task(data: DataRoot, day: date | None, since: date | None, now: datetime,
+                      presets: Mapping[str, Preset]) -> Report:
     """Compute the report; one retry covers a part renamed into place mid-read."""
-    return build_report(DataRoot(data_root), report_window(now, day, since))
+    return build_report(data, report_window(now, day, since), presets)
 
 
 @task(name="write-report", cache_policy=NO_CACHE)
-def write_report_task(report: Report, data_root: Path) -> ReportFiles:
-    return write_report(report, DataRoot(data_root))
+def write_report_task(report: Report, data: DataRoot) -> ReportFiles:
+    return write_report(report, data)
+
+
+@task(name="farm-status", cache_policy=NO_CACHE)
+def status_task(servers: list[ComfyUIServer], data: DataRoot, now: datetime) -> str:
+    """The status of every server (unreachable ones say why) and of the data root."""
+    clients = [server.get_client() for server in servers]
+    try:
+        text = render_status(gather_status(clients, data, now))
+    finally:
+        for client in clients:
+            client.close()
+    get_run_logger().info("Farm status:\n%s", text)
+    return text
 
 
 @task(name="publish-report", cache_policy=NO_CACHE)
@@ -54,31 +72,24 @@ def publish_report_task(report: Report, files: ReportFiles, status: str | None =
     return markdown
 
 
-@task(name="log-status", cache_policy=NO_CACHE)
-def log_status_task(servers: list[str], data_root: Path, now: datetime) -> str:
-    clients = [ComfyUIClient(url, timeout=STATUS_TIMEOUT_S, connect_timeout=STATUS_TIMEOUT_S)
-               for url in servers]
-    try:
-        text = render_status(gather_status(clients, DataRoot(data_root), now))
-    finally:
-        for client in clients:
-            client.close()
-    get_run_logger().info("Farm status:\n%s", text)
-    return text
-
-
-@flow(name="daily_report", log_prints=False)
-def daily_report(data_root: Path = DEFAULT_DATA_ROOT, day: date | None = None,
-                 since: date | None = None, servers: list[str] | None = None,
+@flow(name="daily-report")
+def daily_report(data_root: str | None = None, render_store: str | None = None,
+                 day: date | None = None, since: date | None = None,
+                 servers: list[str] | None = None, presets_file: str | None = None,
+                 presets_block: str | None = None,
                  now: datetime | None = None) -> dict[str, str]:
     """Report the last 24 hours (or one ``day``, or ``since`` a day) and file it.
 
     Returns the paths written, keyed ``markdown``, ``json`` and each chart's kind.
     """
     now = now or datetime.now(UTC)
-    report = build_report_task(data_root, day, since, now)
-    files = write_report_task(report, data_root)
-    status = log_status_task(servers, data_root, now) if servers else None
+    data = resolve_data_root(data_root, render_store, os.environ.get("TOWER_DATA_ROOT"))
+    presets = resolve_presets(presets_file, presets_block)
+    entries = servers or split_env_list(os.environ.get("TOWER_SERVERS"))
+
+    report = build_report_task(data, day, since, now, presets)
+    files = write_report_task(report, data)
+    status = status_task(resolve_servers(entries), data, now) if entries else None
     publish_report_task(report, files, status)
     get_run_logger().info("Report %s written to %s: %d recommendation(s)",
                           report.figures.window.label, files.markdown,

@@ -34,7 +34,7 @@ def test_flow_writes_files_and_publishes_the_markdown(tmp_path: Path) -> None:
     write_metrics(tmp_path, sequential(6, gap_s=4.0)
                   + sequential(4, start=T0 - timedelta(days=3), batch_id="old"))
     write_runs(tmp_path, [run_row()])
-    paths = daily_report(data_root=tmp_path, now=NOW)
+    paths = daily_report(data_root=str(tmp_path), now=NOW)
     markdown = Path(paths["markdown"])
     assert markdown == tmp_path / "reports" / "2026-11-26.md"
     assert json.loads(Path(paths["json"]).read_text())["figures"]["volume"]["batches"] == 6
@@ -48,7 +48,7 @@ def test_flow_writes_files_and_publishes_the_markdown(tmp_path: Path) -> None:
 
 def test_flow_reports_an_empty_day_and_the_farm_status(tmp_path: Path,
                                                        simulator: SimulatorServer) -> None:
-    paths = daily_report(data_root=tmp_path, now=NOW, servers=[simulator.url])
+    paths = daily_report(data_root=str(tmp_path), now=NOW, servers=[simulator.url])
     assert "No runs in this window" in Path(paths["markdown"]).read_text()
     artifact = asyncio.run(_artifact_markdown())
     assert "## Farm status" in artifact
@@ -68,7 +68,8 @@ def test_report_of_the_demo_episode_rendered_by_the_render_flow(
     runs = RunLog(data / "runs").scan().collect()
     metrics = MetricsStore(data / "metrics").scan().collect()
 
-    paths = daily_report(data_root=data, now=datetime.now(UTC) + timedelta(seconds=1))
+    paths = daily_report(data_root=str(data), now=datetime.now(UTC) + timedelta(seconds=1),
+                         servers=[f"gpu-a={simulator.url}"])
     report = json.loads(Path(paths["json"]).read_text())
     volume = report["figures"]["volume"]
     assert volume["runs"] == 2
@@ -93,3 +94,7 @@ def test_report_of_the_demo_episode_rendered_by_the_render_flow(
         runs.sort("started_at")["run_id"].to_list()
     markdown = Path(paths["markdown"]).read_text()
     assert "| gpu-a |" in markdown
+    artifact = asyncio.run(_artifact_markdown())
+    assert f"gpu-a ({simulator.url}): up" in artifact
+    assert "last model: anime-" in artifact  # the status found gpu-a's batches by name
+    assert "Last run: render_episode ep01 completed" in artifact
