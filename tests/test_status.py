@@ -135,3 +135,25 @@ def test_status_command_refuses_a_bad_url(tmp_path: Path) -> None:
                                       "--data-root", str(tmp_path)])
     assert result.exit_code == 1
     assert "--server" in result.output
+
+
+def test_a_bare_url_finds_the_metrics_the_flows_recorded_for_it(simulator: SimulatorServer,
+                                                                tmp_path: Path) -> None:
+    # a flow given the bare URL records the server as host-port
+    _fill_data_root(tmp_path, f"127.0.0.1-{simulator.port}")
+    with ComfyUIClient(simulator.url) as client:
+        [server] = gather_status([client], DataRoot(tmp_path), NOW).servers
+    assert server.name == f"127.0.0.1:{simulator.port}"
+    assert server.last_checkpoint == "anime-final-sd15.safetensors"
+
+
+def test_status_command_takes_named_servers_from_the_environment(simulator: SimulatorServer,
+                                                                 tmp_path: Path) -> None:
+    _fill_data_root(tmp_path, "gpu-a")
+    result = CliRunner().invoke(app, ["status"], env={
+        "TOWER_SERVERS": f"gpu-a={simulator.url}, http://127.0.0.1:{_free_port()}",
+        "TOWER_DATA_ROOT": str(tmp_path)})
+    assert result.exit_code == 0, result.output
+    assert f"gpu-a ({simulator.url}): up" in result.output
+    assert "last model: anime-final-sd15.safetensors" in result.output
+    assert "UNREACHABLE" in result.output

@@ -6,6 +6,7 @@ here, at the edge, and passed into the report and status functions.
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated, Optional
@@ -22,10 +23,12 @@ from tower.report_render import render_terminal
 from tower.status import gather_status, render_status
 from tower.storage import DEFAULT_DATA_ROOT, DataRoot
 
+SERVERS_ENV = "TOWER_SERVERS"
 STATUS_TIMEOUT_S = 5.0
 STATUS_CONNECT_TIMEOUT_S = 2.0
 
-DataRootOption = Annotated[Path, typer.Option("--data-root", help="the pipeline's data root")]
+DataRootOption = Annotated[Path, typer.Option("--data-root", envvar="TOWER_DATA_ROOT",
+                                              help="the pipeline's data root")]
 
 
 def _day(value: str | None, option: str) -> date | None:
@@ -67,15 +70,26 @@ def report_command(
         typer.echo(f"Written: {files.markdown}, {files.json}")
 
 
+def status_client(entry: str) -> ComfyUIClient:
+    """A client for ``URL`` or ``name=URL`` (the name the flows record for that server)."""
+    name, sep, url = entry.partition("=")
+    if sep and "://" in url and "://" not in name:
+        return ComfyUIClient(url.strip(), name=name.strip(), timeout=STATUS_TIMEOUT_S,
+                             connect_timeout=STATUS_CONNECT_TIMEOUT_S)
+    return ComfyUIClient(entry.strip(), timeout=STATUS_TIMEOUT_S,
+                         connect_timeout=STATUS_CONNECT_TIMEOUT_S)
+
+
 def status_command(
     server: Annotated[Optional[list[str]], typer.Option(  # noqa: UP045
-        "--server", help="ComfyUI URL (repeat for several)")] = None,
+        "--server", help="ComfyUI URL or name=URL (repeat for several; default: "
+                         "$TOWER_SERVERS, comma-separated)")] = None,
     data_root: DataRootOption = DEFAULT_DATA_ROOT,
 ) -> None:
     """Servers reachable, queues, VRAM, loaded model, the last run, index size, dedup rate."""
+    entries = server or [e.strip() for e in os.environ.get(SERVERS_ENV, "").split(",") if e.strip()]
     try:
-        clients = [ComfyUIClient(url, timeout=STATUS_TIMEOUT_S,
-                                 connect_timeout=STATUS_CONNECT_TIMEOUT_S) for url in server or ()]
+        clients = [status_client(entry) for entry in entries]
     except ValueError as err:
         typer.echo(f"error: --server: {err}", err=True)
         raise typer.Exit(1) from None
