@@ -5,7 +5,8 @@ window (from ``now``, which a test can pin), writes the files atomically under t
 data root, publishes the markdown as an artifact, and adds the farm's status when
 servers are given. Parameters resolve like the render flow's: a data root path, else
 a saved RenderStore block, else ``TOWER_DATA_ROOT``; servers as URLs, ``name=URL`` or
-saved ComfyUIServer block names, else ``TOWER_SERVERS``.
+saved ComfyUIServer block names, else ``TOWER_SERVERS``. Its schedule (the morning
+after the nightly render) is the ``daily-report`` deployment in ``prefect.yaml``.
 """
 
 from __future__ import annotations
@@ -28,8 +29,6 @@ from tower.status import gather_status, render_status
 from tower.storage import DataRoot
 
 ARTIFACT_KEY = "daily-report"
-# After the nightly render (which starts at 22:00 UTC and should end well before this).
-DAILY_CRON = "30 6 * * *"
 
 
 @task(name="build-report", retries=1, retry_delay_seconds=10, cache_policy=NO_CACHE)
@@ -99,4 +98,4 @@ def daily_report(data_root: str | None = None, render_store: str | None = None,
 
 
 if __name__ == "__main__":
-    daily_report.serve(name="daily-report", cron=DAILY_CRON)
+    daily_report()
