@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from tower.errors import InputError
+from tower.flow_cli import render_command, serve_command
 from tower.presets import load_presets
 from tower.report_cli import report_command, status_command
 from tower.server_cli import demo, server_app
@@ -68,6 +69,8 @@ app.add_typer(server_app, name="server")
 app.command("demo")(demo)
 app.command("plan")(plan_command)
 app.add_typer(index_app, name="index")
+app.command("render")(render_command)
+app.command("serve")(serve_command)
 
 
 def main() -> None:
