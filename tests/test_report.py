@@ -58,7 +58,7 @@ def test_percentiles_match_an_independent_computation(tmp_path: Path) -> None:
             assert t.breakdown["queue_wait"] == pytest.approx(
                 statistics.fmean(r["queue_wait_s"] for r in mine))
             assert t.images_per_minute == pytest.approx(
-                sum(r["images"] for r in mine) * 60 / sum(batch))
+                sum(r["images"] for r in mine) * 60 / sum(r["execution_s"] for r in mine))
 
 
 def test_busy_share_is_the_union_of_batch_intervals_over_each_runs_span(tmp_path: Path) -> None:
@@ -78,6 +78,7 @@ def test_busy_share_is_the_union_of_batch_intervals_over_each_runs_span(tmp_path
     assert load.busy_s == pytest.approx(35.0)
     assert load.active_s == pytest.approx(40.0)
     assert load.busy_share == pytest.approx(35 / 40)
+    assert load.images_per_minute == pytest.approx(4 * 5 * 60 / 40)
 
 
 def test_volume_counts(tmp_path: Path) -> None:

@@ -74,7 +74,7 @@ def timings(metrics: pl.LazyFrame, key: str) -> tuple[Timing, ...]:
     ok = metrics.filter(pl.col("status") == "ok")
     frame = ok.group_by(key).agg(
         pl.len().alias("batches"), pl.col("takes").sum(), pl.col("images").fill_null(0).sum(),
-        pl.col("batch_s").sum().alias("batch_total"),
+        pl.col("gpu_s").sum().alias("gpu_total"),
         *_stats_exprs("take_s"), *_stats_exprs("batch_s"),
         *[_s(f"{c}_s").mean().alias(c) for c in COMPONENTS],
     ).sort(key).collect()
@@ -82,7 +82,7 @@ def timings(metrics: pl.LazyFrame, key: str) -> tuple[Timing, ...]:
     for row in frame.iter_rows(named=True):
         per_take = _stats(row, "take_s")
         target = SEED_TARGETS_S.get(row[key]) if key == "preset" else None
-        total = row["batch_total"]
+        total = row["gpu_total"]
         out.append(Timing(
             name=row[key], batches=row["batches"], takes=row["takes"], images=row["images"],
             per_take=per_take, per_batch=_stats(row, "batch_s"),
@@ -149,6 +149,7 @@ def server_loads(metrics: pl.LazyFrame) -> tuple[ServerLoad, ...]:
         (pl.col("model_cache_hit") == False).sum().alias("swaps"),  # noqa: E712
         _s("model_load_s").sum().alias("load_total"),
         pl.col("gpu_util_mean").mean().alias("util"),
+        pl.col("images").fill_null(0).sum().alias("images"),
         pl.col("status").is_in(FAILED_STATUSES).sum().alias("failures"),
         (pl.col("attempt") > 1).sum().alias("retries"),
     ).join(busy_and_active(metrics), on="server", how="left").sort("server").collect()
@@ -158,6 +159,7 @@ def server_loads(metrics: pl.LazyFrame) -> tuple[ServerLoad, ...]:
         out.append(ServerLoad(
             server=r["server"], attempts=r["attempts"], busy_s=r["busy_s"] or 0.0,
             active_s=r["active_s"] or 0.0, busy_share=_ratio(r["busy_s"], r["active_s"]),
+            images_per_minute=_ratio(r["images"] * 60.0, r["active_s"]),
             load_share=_ratio(r["model_load"], r["gpu"]),
             sampling_share=_ratio(r["sampling"], r["gpu"]),
             download_share=_ratio(r["download"], r["gpu"] + r["download"]),

@@ -117,7 +117,7 @@ class Timing:
     per_take: Stats
     per_batch: Stats
     breakdown: dict[str, float]          # mean seconds per batch, by COMPONENTS
-    images_per_minute: float | None      # images per minute of batch time
+    images_per_minute: float | None      # images per minute of GPU execution time
     target_s: float | None = None        # seed target per take (presets only)
     target_met: bool | None = None       # p95 per take within the target
 
@@ -131,6 +131,7 @@ class ServerLoad:
     busy_s: float
     active_s: float
     busy_share: float | None
+    images_per_minute: float | None      # images per minute of the server's active time
     load_share: float | None             # model load / GPU execution time
     sampling_share: float | None         # sampling / GPU execution time
     download_share: float | None         # download / (execution + download)

@@ -59,7 +59,7 @@ def _volume(f: Figures) -> Section:
 
 def _timing(title: str, key: str, rows: Sequence[Timing]) -> Section:
     headers = (key, "batches", "takes", "s/take mean", "p50", "p95", "max", "s/batch mean",
-               "p50", "p95", "max", *(f"{c} s" for c in COMPONENTS), "img/min", "target s/take",
+               "p50", "p95", "max", *(f"{c} s" for c in COMPONENTS), "img/GPU min", "target s/take",
                "p95 within")
     body = tuple((t.name, str(t.batches), str(t.takes), *_stats(t.per_take), *_stats(t.per_batch),
                   *(_n(t.breakdown.get(c)) for c in COMPONENTS), _n(t.images_per_minute),
@@ -68,9 +68,10 @@ def _timing(title: str, key: str, rows: Sequence[Timing]) -> Section:
 
 
 def _gpu(f: Figures) -> Section:
-    headers = ("server", "busy", "idle", "util %", "swaps", "load min", "VRAM peak MB",
+    headers = ("server", "busy", "idle", "util %", "img/min", "swaps", "load min", "VRAM peak MB",
                "budget MB", "peak/budget", "estimate error", "OOMs", "failed", "retries")
     rows = tuple((s.server, _pct(s.busy_share), _pct(s.idle_share), _n(s.util_mean),
+                  _n(s.images_per_minute),
                   str(s.model_swaps), _n(s.model_load_s / 60), _n(s.vram_peak_mb, 0),
                   _n(s.vram_budget_mb, 0), _pct(s.vram_peak_share), _pct(s.vram_estimate_error),
                   str(s.ooms), str(s.failures), str(s.retries)) for s in f.loads)
