@@ -8,6 +8,7 @@ Every function returns PNG bytes; writing them is the caller's business.
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Mapping, Sequence
 
 from PIL import Image, ImageDraw, ImageFont
@@ -23,7 +24,7 @@ GRIDLINES = 4
 class _Canvas:
     """A chart area with a y scale from 0 to ``top``."""
 
-    def __init__(self, title: str, top: float, y_format: str = "{:.0f}") -> None:
+    def __init__(self, title: str, top: float, y_format: str = "{:g}") -> None:
         self.image = Image.new("RGB", CHART_SIZE, BACKGROUND)
         self.draw = ImageDraw.Draw(self.image)
         self.font = ImageFont.load_default()
@@ -65,9 +66,18 @@ class _Canvas:
         return out.getvalue()
 
 
+NICE_STEPS = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0)
+
+
 def _nice_top(values: Sequence[float]) -> float:
+    """A round axis top above the largest value, so every gridline has a round label."""
     top = max(values, default=0.0)
-    return top * 1.1 if top > 0 else 1.0
+    if top <= 0:
+        return 1.0
+    raw_step = top * 1.05 / GRIDLINES
+    magnitude = 10 ** math.floor(math.log10(raw_step))
+    step = next(m * magnitude for m in NICE_STEPS if m * magnitude >= raw_step)
+    return step * GRIDLINES
 
 
 def line_chart(title: str, days: Sequence[str],
@@ -94,7 +104,7 @@ def line_chart(title: str, days: Sequence[str],
 
 
 def bar_chart(title: str, values: Mapping[str, float], top: float | None = None,
-              y_format: str = "{:.0f}") -> bytes:
+              y_format: str = "{:g}") -> bytes:
     """One bar per label, scaled to ``top`` (default: the largest value)."""
     canvas = _Canvas(title, top or _nice_top(list(values.values())), y_format)
     for i, (label, value) in enumerate(values.items()):
