@@ -1,0 +1,49 @@
+"""``tower render`` runs the nightly flow in-process against a real (simulated) ComfyUI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import flow_helpers
+import pytest
+from flow_helpers import png_files, write_shot_list
+from prefect.settings import PREFECT_API_URL
+
+prefect_backend = flow_helpers.prefect_backend
+sims = flow_helpers.sims
+pytestmark = pytest.mark.usefixtures("prefect_backend")
+TOWER = Path(sys.executable).with_name("tower")
+
+
+def tower(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the installed ``tower`` command against the test session's Prefect server."""
+    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    return subprocess.run([str(TOWER), *args], capture_output=True, text=True, env=env,
+                          timeout=180, check=False)
+
+
+def test_tower_render_dry_run_then_render(tmp_path, sims):
+    sim = sims("cli")
+    shot_list = write_shot_list(tmp_path, shots=2, takes=2)
+    data = tmp_path / "data"
+    args = ["render", str(shot_list), "--server", f"cli={sim.url}", "--data-root", str(data)]
+    dry = tower(*args, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "2 batches, 4 takes to render, 0 already rendered" in dry.stdout
+    assert sim.busy_intervals() == []
+    done = tower(*args)
+    assert done.returncode == 0, done.stderr
+    assert "ep01 render: completed" in done.stdout
+    assert len(png_files(data / "renders")) == 4
+
+
+def test_tower_render_exits_1_with_the_reason(tmp_path, sims):
+    sim = sims("cli-bad")
+    shot_list = write_shot_list(tmp_path, shots=1, takes=1, checkpoint="missing.safetensors")
+    result = tower("render", str(shot_list), "--server", f"x={sim.url}",
+                   "--data-root", str(tmp_path / "data"))
+    assert result.returncode == 1
+    assert "missing.safetensors" in result.stderr
