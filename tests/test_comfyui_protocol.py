@@ -7,11 +7,11 @@ from the matching history entries.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from contract_dir import CONTRACT
 from websockets.exceptions import ConnectionClosedError
 
 from tower.comfyui import (
@@ -42,8 +42,6 @@ from tower.comfyui._preflight import check_graphs, combo_options, find_missing
 from tower.comfyui._results import build_result, phase_of
 from tower.comfyui._tracker import PromptTracker
 from tower.comfyui._ws import ws_url
-
-CONTRACT = Path(__file__).resolve().parents[2] / "shared" / "comfyui-contract"
 
 
 def recorded(name: str) -> Any:

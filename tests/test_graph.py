@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from contract_dir import CONTRACT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -22,7 +23,6 @@ from tower.presets import BUILTIN_PRESETS
 from tower.shots import Shot, ShotList, load_shot_list
 from tower.takes import ResolvedTake, resolve_takes
 
-CONTRACT = Path(__file__).resolve().parents[2] / "shared" / "comfyui-contract"
 ROOT = Path(__file__).resolve().parents[1]
 FULL_INFO = json.loads((CONTRACT / "object_info_full.json").read_text())
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
+from contract_dir import CONTRACT
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -237,7 +238,7 @@ def test_arbitrary_structures_load_or_raise_input_error(tmp_path: Path, data: An
 
 @pytest.mark.parametrize("name", ["ep01_demo.yaml", "ep01_demo.csv"])
 def test_shipped_lists_use_only_recorded_checkpoints(name: str) -> None:
-    contract = ROOT.parent / "shared" / "comfyui-contract" / "models_checkpoints.json"
+    contract = CONTRACT / "models_checkpoints.json"
     recorded = set(json.loads(contract.read_text())["response"]["body"])
     takes = resolve_takes(load_shot_list(SHOT_LISTS / name))
     assert {t.checkpoint for t in takes} <= recorded

@@ -8,15 +8,14 @@ from __future__ import annotations
 import copy
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
+from contract_dir import CONTRACT
 from websockets.sync.client import ClientConnection, connect
 
 from tower.simulator import SimulatorServer
 
-CONTRACT = Path(__file__).resolve().parents[2] / "shared" / "comfyui-contract"
 TIMEOUT = httpx.Timeout(10.0, connect=2.0)
 
 
