@@ -17,22 +17,20 @@ from typing import Literal
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run as current_flow_run
-from prefect.states import Cancelled, Completed, Failed, State
+from prefect.states import State
 
-from flows.render_episode import artifact_key, cancel_hook
-from tasks.dispatch import cancel_prompts, retries_of, run_batches
+from flows.render_episode import artifact_key, cancel_hook, final_state
+from tasks.dispatch import RenderRun, render_plan
 from tasks.planning import dedup_task, load_shot_list_task, plan_task, resolve_takes_task
-from tasks.render import preflight_graphs, preflight_task, with_retry_policy
 from tasks.reporting import publish_summary, reuse_similar_task
 from tasks.setup import (
-    ensure_concurrency_limits,
     resolve_data_root,
     resolve_presets,
     resolve_servers,
     server_specs,
     split_env_list,
 )
-from tower.dispatch import ServerPool
+from tower.dispatch import DEFAULT_MAX_FAILURES
 from tower.index import OutputIndex
 from tower.metrics import MetricsStore
 from tower.preview import Preference, choose_preset, seconds_per_image
@@ -115,34 +113,18 @@ def draft_preview(shot_list: str | None = None, shots: list[str] | None = None,
 
     flow_run_id = current_flow_run.id
     run_id = f"preview-{started:%Y%m%dT%H%M%S}-{(flow_run_id or 'local')[:8]}"
-    by_name = {s.name: s for s in pool_servers}
-    pool = ServerPool(plan.batches, {s.name: s.max_queue_depth for s in pool_servers},
-                      vram_budgets={s.name: s.budget_mb for s in pool_servers})
-    cancelled = False
-    if plan.batches:
-        preflight_task(pool_servers, preflight_graphs(to_render))
-        ensure_concurrency_limits(pool_servers)
-        ctx = RenderContext(data_root=root, index=OutputIndex(root.index),
-                            metrics=MetricsStore(root.metrics), run_id=run_id,
-                            flow_run_id=flow_run_id, front=True)
-        result = run_batches(pool, by_name, ctx, with_retry_policy(retries, retry_backoff_s),
-                             tally, flow_run_id=flow_run_id, progress_key=None,
-                             on_cancel=lambda prompts: cancel_prompts(by_name, prompts))
-        tally.retries = retries_of(result.task_run_ids)
-        cancelled = result.cancelled
+    ctx = RenderContext(data_root=root, index=OutputIndex(root.index),
+                        metrics=MetricsStore(root.metrics), run_id=run_id,
+                        flow_run_id=flow_run_id, front=True)
+    pool, cancelled = render_plan(plan, RenderRun(pool_servers, ctx, retries, retry_backoff_s,
+                                                  DEFAULT_MAX_FAILURES), tally)
     tally.images = shown + tally.images
-    status = run_status(tally, cancelled=cancelled)
     summary = publish_summary(
         tally, root=root, run_id=run_id, flow_run_id=flow_run_id, flow="draft_preview",
-        episode=source.episode, preset=choice.preset, servers=list(by_name),
+        episode=source.episode, preset=choice.preset, servers=[s.name for s in pool_servers],
         started=started, batches=len(plan.batches), model_swaps=plan.model_swaps,
-        out_of_rotation=pool.out_of_rotation, status=status,
+        out_of_rotation=pool.out_of_rotation, status=run_status(tally, cancelled),
         key=artifact_key("preview", source.episode), title=f"{source.episode} preview")
     summary |= {"preset": choice.preset, "preset_reason": choice.reason,
                 "expected_s": choice.expected_s}
-    if cancelled:
-        return Cancelled(message="preview cancelled", data=summary)
-    if status == "failed":
-        return Failed(message="preview: " + "; ".join(tally.failures[:3]), data=summary)
-    return Completed(message=f"preview: {len(summary['images'])} images at {choice.preset}",
-                     data=summary)
+    return final_state("preview", tally, summary, cancelled)

@@ -20,19 +20,17 @@ from prefect.logging.loggers import flow_run_logger
 from prefect.runtime import flow_run as current_flow_run
 from prefect.states import Cancelled, Completed, Failed, State
 
-from tasks.dispatch import cancel_prompts, prompts_of_flow_run, retries_of, run_batches
+from tasks.dispatch import RenderRun, cancel_prompts, prompts_of_flow_run, render_plan
 from tasks.planning import dedup_task, load_shot_list_task, plan_task, resolve_takes_task
-from tasks.render import preflight_graphs, preflight_task, with_retry_policy
 from tasks.reporting import publish_summary, reuse_similar_task
 from tasks.setup import (
-    ensure_concurrency_limits,
     resolve_data_root,
     resolve_presets,
     resolve_servers,
     server_specs,
     split_env_list,
 )
-from tower.dispatch import DEFAULT_MAX_FAILURES, ServerPool
+from tower.dispatch import DEFAULT_MAX_FAILURES
 from tower.index import OutputIndex
 from tower.metrics import MetricsStore
 from tower.render import RenderContext
@@ -65,13 +63,13 @@ def cancel_hook(flow: object, flow_run: object, state: State) -> None:
     """on_cancellation: remove this run's prompts from the ComfyUI queues.
 
     Runs in the worker/runner process too, so it needs nothing but the flow run: its
-    servers come from its parameters, its prompt ids from its unfinished render tasks.
+    servers come from its parameters, its prompt ids from its plan artifact.
     """
     params = dict(getattr(flow_run, "parameters", {}) or {})
     servers = resolve_servers(params.get("servers") or split_env_list(
         os.environ.get("TOWER_SERVERS")))
     prompts = prompts_of_flow_run(flow_run.id)  # type: ignore[attr-defined]
-    report = cancel_prompts({s.name: s for s in servers}, prompts)
+    report = cancel_prompts(servers, prompts)
     flow_run_logger(flow_run).info("cancelled prompts: %s", report or "none in flight")  # type: ignore[arg-type]
 
 
@@ -127,36 +125,32 @@ def render_episode(shot_list: str, shots: list[str] | None = None, preset: str |
 
     flow_run_id = current_flow_run.id
     run_id = f"{episode}-{started:%Y%m%dT%H%M%S}-{(flow_run_id or 'local')[:8]}"
-    by_name = {s.name: s for s in pool_servers}
-    pool = ServerPool(plan.batches, {s.name: s.max_queue_depth for s in pool_servers},
-                      vram_budgets={s.name: s.budget_mb for s in pool_servers},
-                      max_failures=max_server_failures)
-    cancelled = False
-    if plan.batches:
-        preflight_task(pool_servers, preflight_graphs(to_render))
-        ensure_concurrency_limits(pool_servers)
-        ctx = RenderContext(data_root=root, index=OutputIndex(root.index),
-                            metrics=MetricsStore(root.metrics), run_id=run_id,
-                            flow_run_id=flow_run_id)
-        result = run_batches(pool, by_name, ctx, with_retry_policy(retries, retry_backoff_s),
-                             tally, flow_run_id=flow_run_id,
-                             progress_key=artifact_key("progress", episode),
-                             on_cancel=lambda prompts: cancel_prompts(by_name, prompts))
-        tally.retries = retries_of(result.task_run_ids)
-        cancelled = result.cancelled
+    ctx = RenderContext(data_root=root, index=OutputIndex(root.index),
+                        metrics=MetricsStore(root.metrics), run_id=run_id,
+                        flow_run_id=flow_run_id)
+    pool, cancelled = render_plan(plan, RenderRun(
+        pool_servers, ctx, retries, retry_backoff_s, max_server_failures,
+        progress_key=artifact_key("progress", episode)), tally)
 
-    status = run_status(tally, cancelled=cancelled)
     summary = publish_summary(
         tally, root=root, run_id=run_id, flow_run_id=flow_run_id, flow="render_episode",
         episode=episode, preset=preset, servers=[s.name for s in pool_servers],
         started=started, batches=len(plan.batches), model_swaps=plan.model_swaps,
-        out_of_rotation=pool.out_of_rotation, status=status,
+        out_of_rotation=pool.out_of_rotation, status=run_status(tally, cancelled),
         key=artifact_key("render", episode), title=f"{episode} render")
+    return final_state(episode, tally, summary, cancelled)
+
+
+def final_state(what: str, tally: RunTally, summary: dict, cancelled: bool) -> State:
+    """Cancelled, Failed when any batch finally failed, else Completed; all carry the summary.
+
+    Returning the summary alone would end the run Completed even with failed batches.
+    """
     if cancelled:
-        return Cancelled(message=f"{episode}: cancelled", data=summary)
-    if status == "failed":
-        return Failed(message=f"{episode}: {tally.batches_failed} batches failed "
+        return Cancelled(message=f"{what}: cancelled", data=summary)
+    if tally.batches_failed:
+        return Failed(message=f"{what}: {tally.batches_failed} batches failed "
                               f"({tally.takes_failed} takes): "
                               + "; ".join(tally.failures[:3]), data=summary)
-    return Completed(message=f"{episode}: {tally.takes_rendered} rendered, "
+    return Completed(message=f"{what}: {tally.takes_rendered} rendered, "
                              f"{tally.takes_deduped} skipped", data=summary)

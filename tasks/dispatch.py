@@ -10,20 +10,26 @@ the caller's process (a worker-run flow gets the ``on_cancellation`` hook as wel
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
 from prefect import Task, get_client, get_run_logger, tags
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    ArtifactFilterType,
+)
 from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks.comfyui_server import ComfyUIServer
-from tasks.render import flow_run_stopping
+from tasks.render import flow_run_stopping, preflight_graphs, preflight_task, with_retry_policy
+from tasks.setup import ensure_concurrency_limits
 from tower.comfyui import (
     ComfyUIError,
     ComfyUIInterrupted,
@@ -32,11 +38,14 @@ from tower.comfyui import (
     ComfyUIValidationError,
 )
 from tower.dispatch import Assignment, ServerPool, total_depth
+from tower.planner import Plan
 from tower.render import BatchOutcome, RenderContext
 from tower.run_summary import RunTally
 
 PROMPT_TAG = "prompt:"
 SERVER_TAG = "server:"
+# Keys of the plan table artifacts, whose rows list the batch ids of a run.
+PLAN_KEY_PREFIXES = ("plan-", "preview-plan-")
 STATE_POLL_S = 0.5
 # Failures another server would repeat, or that were asked for: never sent elsewhere.
 # Anything else (unreachable, timeouts, a node raising on that machine) gets one try
@@ -60,7 +69,7 @@ def _error_text(exc: BaseException) -> str:
 def run_batches(pool: ServerPool, servers: Mapping[str, ComfyUIServer], ctx: RenderContext,
                 render: Task[..., list[BatchOutcome]], tally: RunTally, *,
                 flow_run_id: UUID | None, progress_key: str | None,
-                on_cancel: Callable[[Mapping[str, Iterable[str]]], Any]) -> DispatchResult:
+                on_cancel: Callable[[list[str]], Any]) -> DispatchResult:
     """Run every batch of ``pool``; return whether the run was cancelled meanwhile."""
     logger = get_run_logger()
     result = DispatchResult()
@@ -98,7 +107,7 @@ def run_batches(pool: ServerPool, servers: Mapping[str, ComfyUIServer], ctx: Ren
                     result.cancelled = True
                     logger.warning("flow run is being cancelled: removing its prompts")
                     _drop_waiting(pool)
-                    on_cancel(_prompts_in_flight(in_flight.values()))
+                    on_cancel([a.batch.prompt_id for a, _ in in_flight.values()])
     return result
 
 
@@ -126,25 +135,15 @@ def _drop_waiting(pool: ServerPool) -> None:
         state.waiting.clear()
 
 
-def _prompts_in_flight(items: Iterable[tuple[Assignment, Any]]) -> dict[str, list[str]]:
-    prompts: dict[str, list[str]] = {}
-    for assignment, _ in items:
-        prompts.setdefault(assignment.server, []).append(assignment.batch.prompt_id)
-    return prompts
-
-
-def cancel_prompts(servers: Mapping[str, ComfyUIServer],
-                   prompts: Mapping[str, Iterable[str]]) -> dict[str, str]:
-    """Delete ``prompts`` pending on each server and interrupt the one running, if ours.
+def cancel_prompts(servers: Iterable[ComfyUIServer], prompt_ids: Collection[str],
+                   ) -> dict[str, str]:
+    """Delete ``prompt_ids`` waiting on each server and interrupt the running one, if ours.
 
     Returns what was done per server (or why not), for the log.
     """
     report: dict[str, str] = {}
-    for name, ids in prompts.items():
-        wanted = set(ids)
-        server = servers.get(name)
-        if server is None or not wanted:
-            continue
+    wanted = set(prompt_ids)
+    for server in servers:
         try:
             with server.get_client() as client:
                 queue = client.queue()
@@ -155,25 +154,29 @@ def cancel_prompts(servers: Mapping[str, ComfyUIServer],
                 for pid in running:
                     client.interrupt(pid)
         except ComfyUIError as err:
-            report[name] = f"could not clean up: {err}"
+            report[server.name] = f"could not clean up: {err}"
             continue
-        report[name] = f"deleted {len(pending)} pending, interrupted {len(running)}"
+        report[server.name] = f"deleted {len(pending)} waiting, interrupted {len(running)}"
     return report
 
 
-def prompts_of_flow_run(flow_run_id: UUID) -> dict[str, list[str]]:
-    """The prompts of a flow run's unfinished render tasks, by server (from their tags)."""
+def prompts_of_flow_run(flow_run_id: UUID | str) -> list[str]:
+    """The prompt ids of every batch a flow run planned, read back from its plan artifact.
+
+    Artifacts are written straight to the API (task-run records arrive later, through
+    events), so a cancellation hook in another process sees the whole plan at once.
+    OOM-split halves have ids of their own that the plan does not list.
+    """
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    prompts: dict[str, list[str]] = {}
-    for run in runs:
-        if run.state is not None and run.state.is_final():
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(str(flow_run_id))]),
+            type=ArtifactFilterType(any_=["table"])))
+    prompts: list[str] = []
+    for artifact in artifacts:
+        if not (artifact.key or "").startswith(PLAN_KEY_PREFIXES):
             continue
-        server = next((t[len(SERVER_TAG):] for t in run.tags if t.startswith(SERVER_TAG)), None)
-        for tag in run.tags:
-            if server and tag.startswith(PROMPT_TAG):
-                prompts.setdefault(server, []).append(tag[len(PROMPT_TAG):])
+        rows = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
+        prompts += [row["prompt_id"] for row in rows or [] if "prompt_id" in row]
     return prompts
 
 
@@ -188,3 +191,38 @@ def retries_of(task_run_ids: Iterable[UUID]) -> int:
         runs = client.read_task_runs(task_run_filter=TaskRunFilter(id=TaskRunFilterId(any_=ids)),
                                      limit=len(ids))
     return sum(max(0, run.run_count - 1) for run in runs)
+
+
+@dataclass
+class RenderRun:
+    """What a flow asks of :func:`render_plan`."""
+
+    servers: list[ComfyUIServer]
+    ctx: RenderContext
+    retries: int
+    retry_backoff_s: float
+    max_failures: int
+    progress_key: str | None = None
+
+
+def render_plan(plan: Plan, run: RenderRun, tally: RunTally) -> tuple[ServerPool, bool]:
+    """Preflight, create the servers' limits, render every batch; ``(pool, cancelled)``.
+
+    Raises:
+        ComfyUIPreflightError: a server lacks something the plan needs (nothing queued).
+    """
+    by_name = {s.name: s for s in run.servers}
+    pool = ServerPool(plan.batches, {s.name: s.max_queue_depth for s in run.servers},
+                      vram_budgets={s.name: s.budget_mb for s in run.servers},
+                      max_failures=run.max_failures)
+    if not plan.batches:
+        return pool, False
+    preflight_task(run.servers, preflight_graphs([t for b in plan.batches for t in b.takes]))
+    ensure_concurrency_limits(run.servers)
+    result = run_batches(pool, by_name, run.ctx, with_retry_policy(run.retries,
+                                                                   run.retry_backoff_s),
+                         tally, flow_run_id=run.ctx.flow_run_id,
+                         progress_key=run.progress_key,
+                         on_cancel=lambda prompts: cancel_prompts(run.servers, prompts))
+    tally.retries = retries_of(result.task_run_ids)
+    return pool, result.cancelled

@@ -62,11 +62,17 @@ def dedup_task(takes: Sequence[ResolvedTake], data_root: DataRoot,
 @task(name="plan-batches", cache_policy=NO_CACHE)
 def plan_task(takes: Sequence[ResolvedTake], servers: Sequence[ServerSpec],
               presets: Mapping[str, Preset], artifact_key: str | None = None) -> Plan:
-    """Plan the batches and publish the plan as a table artifact."""
+    """Plan the batches and publish the plan as a table artifact.
+
+    The table lists each batch's ComfyUI prompt id: a cancellation hook running in
+    another process reads it back to find the run's prompts.
+    """
     plan = plan_batches(takes, servers, presets)
     get_run_logger().info("plan:\n%s", plan.table())
     if plan.batches:
-        create_table_artifact(plan.rows(), key=artifact_key,
+        rows = [{**row, "prompt_id": batch.prompt_id}
+                for row, batch in zip(plan.rows(), plan.batches, strict=True)]
+        create_table_artifact(rows, key=artifact_key,
                               description=f"{len(plan.batches)} batches, {plan.takes} takes")
     return plan
 

@@ -61,7 +61,7 @@ def busy_queue(url: str) -> tuple[str, ...]:
 
 
 def test_cancelling_empties_the_queue_and_a_rerun_renders_only_the_rest(tmp_path, sims):
-    sim = sims("cancel", time_scale=0.1)
+    sim = sims("cancel", time_scale=0.5)
     shot_list = write_shot_list(tmp_path, episode="epcancel", shots=8, takes=1)
     data = tmp_path / "data"
     thread, out = start_in_thread(shot_list, data, f"cancel={sim.url}")
@@ -89,7 +89,7 @@ def test_cancelling_empties_the_queue_and_a_rerun_renders_only_the_rest(tmp_path
 
 
 def test_the_cancellation_hook_removes_the_runs_prompts(tmp_path, sims):
-    sim = sims("hook", time_scale=0.1)
+    sim = sims("hook", time_scale=0.5)
     shot_list = write_shot_list(tmp_path, episode="ephook", shots=8, takes=1)
     thread, out = start_in_thread(shot_list, tmp_path / "data", f"hook={sim.url}")
     try:
