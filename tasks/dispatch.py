@@ -13,10 +13,12 @@ import concurrent.futures
 import json
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
+import polars as pl
 from prefect import Task, get_client, get_run_logger, tags
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.client.schemas.filters import (
@@ -40,7 +42,7 @@ from tower.comfyui import (
 from tower.dispatch import Assignment, ServerPool, total_depth
 from tower.planner import Plan
 from tower.render import BatchOutcome, RenderContext
-from tower.run_summary import RunTally
+from tower.run_summary import RunTally, count_retries
 
 PROMPT_TAG = "prompt:"
 SERVER_TAG = "server:"
@@ -59,7 +61,6 @@ class DispatchResult:
     """How the loop ended."""
 
     cancelled: bool = False
-    task_run_ids: list[UUID] = field(default_factory=list)
 
 
 def _error_text(exc: BaseException) -> str:
@@ -91,7 +92,6 @@ def run_batches(pool: ServerPool, servers: Mapping[str, ComfyUIServer], ctx: Ren
                               f"{SERVER_TAG}{server.name}"):
                         future = runner.submit(render, parameters={
                             "server": server, "batch": assignment.batch, "ctx": ctx})
-                    result.task_run_ids.append(future.task_run_id)
                     in_flight[future.wrapped_future] = (assignment, future)
             done, _ = concurrent.futures.wait(list(in_flight), timeout=STATE_POLL_S,
                                               return_when=concurrent.futures.FIRST_COMPLETED)
@@ -180,19 +180,6 @@ def prompts_of_flow_run(flow_run_id: UUID | str) -> list[str]:
     return prompts
 
 
-def retries_of(task_run_ids: Iterable[UUID]) -> int:
-    """Retries Prefect made across these task runs (run count beyond the first)."""
-    ids = list(task_run_ids)
-    if not ids:
-        return 0
-    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterId
-
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(task_run_filter=TaskRunFilter(id=TaskRunFilterId(any_=ids)),
-                                     limit=len(ids))
-    return sum(max(0, run.run_count - 1) for run in runs)
-
-
 @dataclass
 class RenderRun:
     """What a flow asks of :func:`render_plan`."""
@@ -224,5 +211,8 @@ def render_plan(plan: Plan, run: RenderRun, tally: RunTally) -> tuple[ServerPool
                          tally, flow_run_id=run.ctx.flow_run_id,
                          progress_key=run.progress_key,
                          on_cancel=lambda prompts: cancel_prompts(run.servers, prompts))
-    tally.retries = retries_of(result.task_run_ids)
+    ctx = run.ctx
+    rows = (ctx.metrics.scan(since=ctx.now().date() - timedelta(days=1))
+            .filter(pl.col("run_id") == ctx.run_id).collect())
+    tally.retries = count_retries(rows, [b.batch_id for b in plan.batches])
     return pool, result.cancelled

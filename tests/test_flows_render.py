@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import flow_helpers
@@ -11,6 +12,7 @@ import pytest
 from flow_helpers import QueueWatch, png_files, write_shot_list
 
 from flows.render_episode import render_episode
+from tower.comfyui import ComfyUIClient
 from tower.index import OutputIndex
 from tower.metrics import MetricsStore, RunLog
 
@@ -144,3 +146,40 @@ def test_two_flows_at_once_keep_the_server_queue_at_its_depth(tmp_path, sims):
     assert watch.samples > 20
     assert watch.max_depth == 2   # reached, and never exceeded
     assert set(index_frame(data)["episode"]) == {"ep01", "ep02"}
+
+
+def test_a_server_restart_mid_run_is_retried_without_duplicates(tmp_path, sims):
+    sim = sims("restart", time_scale=0.3)
+    shot_list = write_shot_list(tmp_path, shots=4, takes=1)
+    data = tmp_path / "data"
+    out: dict = {}
+    thread = threading.Thread(target=lambda: out.update(
+        result=run(shot_list, data, [f"restart={sim.url}"], retries=2)))
+    thread.start()
+    with ComfyUIClient(sim.url) as client:
+        deadline = time.monotonic() + 60
+        while not client.queue().running and time.monotonic() < deadline:
+            time.sleep(0.01)
+    sim.restart()   # queue and history lost, like a crashed ComfyUI coming back
+    thread.join(timeout=120)
+    state, summary = out["result"]
+    assert state.is_completed(), state.message
+    assert summary["retries"] >= 1 and summary["takes_failed"] == 0
+    index = index_frame(data)
+    assert index.height == 4 and index["render_key"].n_unique() == 4
+    assert len(png_files(data / "renders")) == 4
+
+
+def test_errors_that_retrying_cannot_fix_fail_the_run_at_once(tmp_path, sims):
+    sim = sims("broken")
+    sim.faults.execution_error_rate = 1.0
+    shot_list = write_shot_list(tmp_path, shots=1, takes=2)
+    data = tmp_path / "data"
+    state, summary = run(shot_list, data, [f"broken={sim.url}"], retries=3)
+    assert state.is_failed()
+    assert "simulated sampler failure" in state.message
+    assert summary["retries"] == 0 and summary["takes_failed"] == 2
+    metrics = MetricsStore(data / "metrics").scan().collect()
+    assert metrics["attempt"].to_list() == [1] and metrics["status"].to_list() == ["failed"]
+    runs = RunLog(data / "runs").scan().collect()
+    assert runs["status"].to_list() == ["failed"] and runs["takes_failed"].to_list() == [2]

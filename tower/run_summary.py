@@ -8,10 +8,12 @@ share). Pure: times are passed in.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+
+import polars as pl
 
 from tower.render import BatchOutcome
 
@@ -63,6 +65,19 @@ class RunTally:
     def images_per_minute(self, wall_s: float) -> float | None:
         made = self.takes_rendered + self.takes_cached
         return made / (wall_s / 60) if wall_s > 0 else None
+
+
+def count_retries(metrics: pl.DataFrame, batch_ids: Collection[str]) -> int:
+    """Retries of the planned batches: their attempts after the first, from the metrics rows.
+
+    ``metrics`` holds one run's METRICS_SCHEMA rows; halves of an OOM split carry
+    their parent's attempt number but ids of their own, so they are not counted.
+    """
+    if metrics.is_empty():
+        return 0
+    retried = (metrics.filter(pl.col("batch_id").is_in(list(batch_ids)) & (pl.col("attempt") > 1))
+               .select("batch_id", "attempt").unique())
+    return retried.height
 
 
 def run_status(tally: RunTally, cancelled: bool = False) -> str:
