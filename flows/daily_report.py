@@ -1,7 +1,8 @@
 """The scheduled daily report: yesterday's numbers as files, a Prefect artifact and a log.
 
 Thin on purpose: every figure comes from :mod:`tower.report`; this flow picks the
-window (from ``now``, which a test can pin), writes the files atomically under the
+window (from ``now``, which a test can pin), first compacts the closed days it reads
+(their many per-batch parts become a few files), writes the files atomically under the
 data root, publishes the markdown as an artifact, and adds the farm's status when
 servers are given. Parameters resolve like the render flow's: a data root path, else
 a saved RenderStore block, else ``TOWER_DATA_ROOT``; servers as URLs, ``name=URL`` or
@@ -21,14 +22,38 @@ from prefect.cache_policies import NO_CACHE
 
 from blocks.comfyui_server import ComfyUIServer
 from tasks.setup import resolve_data_root, resolve_presets, resolve_servers, split_env_list
+from tower.compaction import CompactResult
+from tower.metrics import MetricsStore, RunLog, compact_closed_days
+from tower.parquet_io import StoreError
 from tower.presets import Preset
-from tower.report import Report, ReportFiles, build_report, chart_names, write_report
+from tower.report import Report, ReportFiles, build_report, chart_names, chart_window, write_report
 from tower.report_model import report_window
 from tower.report_render import render_markdown
 from tower.status import gather_status, render_status
 from tower.storage import DataRoot
 
 ARTIFACT_KEY = "daily-report"
+
+
+@task(name="compact-closed-days", cache_policy=NO_CACHE)
+def compact_task(data: DataRoot, day: date | None, since: date | None,
+                 now: datetime) -> CompactResult | None:
+    """Compact the metrics and run-log days the report reads, except today's.
+
+    Only a speed-up: if it fails (say another compaction holds a day's lock) the report
+    reads the parts as they are, so the error is logged, not raised.
+    """
+    window = report_window(now, day, since)
+    first = min(window.previous().start, chart_window(window).start).date()
+    try:
+        result = compact_closed_days(MetricsStore(data.metrics), RunLog(data.runs), first,
+                                     now.astimezone(UTC).date())
+    except StoreError as err:
+        get_run_logger().warning("Compaction skipped: %s", err)
+        return None
+    get_run_logger().info("Compacted closed days: %d parts -> %d (%d rows)",
+                          result.parts_before, result.parts_after, result.rows)
+    return result
 
 
 @task(name="build-report", retries=1, retry_delay_seconds=10, cache_policy=NO_CACHE)
@@ -86,6 +111,7 @@ def daily_report(data_root: str | None = None, render_store: str | None = None,
     presets = resolve_presets(presets_file, presets_block)
     entries = servers or split_env_list(os.environ.get("TOWER_SERVERS"))
 
+    compact_task(data, day, since, now)
     report = build_report_task(data, day, since, now, presets)
     files = write_report_task(report, data)
     status = status_task(resolve_servers(entries), data, now) if entries else None

@@ -15,7 +15,7 @@ from tower.report_cli import report_command, status_command
 from tower.server_cli import demo, server_app
 from tower.shots import read_shot_list
 from tower.simulator.cli import sim
-from tower.store_cli import index_app, plan_command
+from tower.store_cli import index_app, metrics_app, plan_command
 from tower.takes import resolve_takes
 
 app = typer.Typer(help="Tower: batch rendering of anime episodes on ComfyUI.",
@@ -69,6 +69,7 @@ app.add_typer(server_app, name="server")
 app.command("demo")(demo)
 app.command("plan")(plan_command)
 app.add_typer(index_app, name="index")
+app.add_typer(metrics_app, name="metrics")
 app.command("render")(render_command)
 app.command("serve")(serve_command)
 

@@ -3,34 +3,19 @@
 The index is a folder of part files (see :mod:`tower.parquet_io`): appends never touch
 existing files, so several flow runs and workers may append at once.
 
-Compaction protocol. :meth:`OutputIndex.compact` merges small parts into
-merged files named after their first part (``<first part>~compact-<uuid>.parquet``, so
-name order stays time order). Each merged file records, in its Parquet footer
-(``tower.replaces``), the names of the parts it replaces. The merged file is written
-(temp + rename) *before* those parts are deleted, and readers drop every part that some
-merged file replaces. So at every instant a reader sees each row exactly once: before
-the rename it sees the old parts, after it the merged file (the old parts, while they
-still exist, are skipped). A crash between the rename and the deletes leaves superseded
-parts that readers skip and the next compaction deletes. Compactions take a lock file
-(``_compact.lock``) so two never merge the same parts, and clear temporaries that a
-crashed writer left more than an hour ago.
-
-A lazy frame from :meth:`OutputIndex.scan` is a snapshot of the parts that existed when
-it was made; if a compaction deletes one before it is collected, collecting fails and a
-new scan is needed (the index's own queries do this retry themselves).
+Compaction (:meth:`OutputIndex.compact`) follows the protocol of
+:mod:`tower.compaction`: merged files list the parts they replace, readers skip
+superseded parts, so a reader sees each row exactly once even while it runs. The
+index's own queries rescan when a compaction removed a part they were about to read.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
-import time
-import uuid
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, TypeVar
 
@@ -38,7 +23,9 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from tower import compaction
 from tower import parquet_io as pio
+from tower.compaction import CompactResult, merged_name, plan_compaction
 from tower.keys import key_payload
 from tower.schemas import INDEX_SCHEMA
 from tower.takes import ResolvedTake
@@ -46,12 +33,9 @@ from tower.takes import ResolvedTake
 if TYPE_CHECKING:
     from tower.metrics import RunLog
 
-COMPACT_MARK = "~compact-"
-REPLACES_KEY = "tower.replaces"
-LOCK_NAME = "_compact.lock"
-SCAN_RETRIES = 10
-# A temporary this old is a crashed write's leftover, not a write in progress.
-STALE_TEMPORARY = timedelta(hours=1)
+__all__ = ["CompactResult", "DedupResult", "IndexRow", "IndexStats", "OutputIndex",
+           "look_key", "merged_name", "plan_compaction"]
+
 _LOOK_DROP = ("seed", "take", "vae")
 
 T = TypeVar("T")
@@ -106,28 +90,19 @@ class IndexRow:
 
 @dataclass(frozen=True)
 class DedupResult:
-    """Takes split by whether the index already holds their image.
+    """Takes split by whether their image exists or is still to render.
 
-    ``missing_files`` were indexed but their file is gone or has another size; they are
-    also in ``to_render``.
+    Every take given lands in exactly one of ``rendered``, ``to_render`` and ``same_as``.
+    ``to_render`` holds one take per render key, the first in input order; ``same_as``
+    pairs each later take of such a key with that first take, whose image it shares (it
+    is not rendered again). ``missing_files`` were indexed but their file is gone or has
+    another size; they are also in ``to_render``.
     """
 
     rendered: list[tuple[ResolvedTake, IndexRow]]
     to_render: list[ResolvedTake]
     missing_files: list[ResolvedTake]
-
-
-@dataclass(frozen=True)
-class CompactResult:
-    """What a compaction did; ``merged`` lists the files written, ``removed`` the parts
-    deleted, ``stale_temporaries`` the crash leftovers cleared."""
-
-    parts_before: int
-    parts_after: int
-    rows: int
-    merged: tuple[str, ...]
-    removed: int
-    stale_temporaries: int = 0
+    same_as: list[tuple[ResolvedTake, ResolvedTake]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -181,23 +156,7 @@ class OutputIndex:
 
     def files(self) -> list[str]:
         """The live parts: every finished part not replaced by a compacted file."""
-        live, _ = self._live_and_superseded()
-        return pio.paths(live)
-
-    def _live_and_superseded(self) -> tuple[list[pafs.FileInfo], list[pafs.FileInfo]]:
-        found = pio.list_data_files(self.filesystem, self.root)
-        replaced: set[str] = set()
-        for info in found:
-            if COMPACT_MARK in info.base_name:
-                replaced |= self._replaces(info.path)
-        live = [f for f in found if f.base_name not in replaced]
-        superseded = [f for f in found if f.base_name in replaced]
-        return live, superseded
-
-    def _replaces(self, path: str) -> set[str]:
-        meta = pio.read_metadata(self.filesystem, path).metadata or {}
-        raw = meta.get(REPLACES_KEY.encode())
-        return set(json.loads(raw)) if raw else set()
+        return compaction.live_files(self.filesystem, self.root)
 
     def scan(self) -> pl.LazyFrame:
         """Every row, lazily, with INDEX_SCHEMA's columns (a snapshot of the live parts)."""
@@ -205,52 +164,38 @@ class OutputIndex:
 
     def _query(self, build: Callable[[pl.LazyFrame], T]) -> T:
         """Run ``build(scan)``, rescanning if a compaction removed a part meanwhile."""
-        for attempt in range(SCAN_RETRIES):
-            try:
-                return build(self.scan())
-            except (FileNotFoundError, pl.exceptions.ComputeError, pio.StoreError) as err:
-                if attempt == SCAN_RETRIES - 1 or not _is_vanished(err):
-                    raise
-                time.sleep(min(0.2, 0.005 * 2 ** attempt))
-        raise AssertionError("unreachable")
+        return compaction.query_retrying(self.scan, build)
 
     # --- dedup -------------------------------------------------------------------
 
     def dedup(self, takes: Sequence[ResolvedTake], render_root: Path | str | None = None,
               check_files: bool = True) -> DedupResult:
-        """Split ``takes`` into already rendered and still to render, by render key.
+        """Split ``takes`` into already rendered, to render, and same image as another.
 
-        A vectorised join of the takes' keys against the index (anti-join for the
-        unknown keys). With ``check_files``, a hit only counts if its file still exists
-        under ``render_root`` (default: ``renders`` next to the index folder) with the
-        recorded size; otherwise the take is re-rendered and listed in ``missing_files``.
-        When a key was indexed several times, the newest row wins.
+        A vectorised join of the takes' keys against the index. With ``check_files``, a
+        hit only counts if its file still exists under ``render_root`` (default:
+        ``renders`` next to the index folder) with the recorded size; otherwise the take
+        is re-rendered and listed in ``missing_files``. When a key was indexed several
+        times, the newest row wins. Takes sharing a key that is not rendered yet are
+        rendered once: see :class:`DedupResult`.
         """
         if not takes:
             return DedupResult([], [], [])
-        wanted = pl.LazyFrame({"_i": range(len(takes)), "render_key": [t.key for t in takes]},
-                              schema={"_i": pl.Int64, "render_key": pl.String})
+        wanted = pl.DataFrame(
+            {"_i": range(len(takes)), "render_key": [t.key for t in takes]},
+            schema={"_i": pl.Int64, "render_key": pl.String},
+        ).with_columns(_first=pl.col("_i").min().over("render_key"))
+        keys = wanted.lazy().select("render_key").unique()
 
-        def build(index: pl.LazyFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-            latest = (index.join(wanted.select("render_key"), on="render_key", how="semi")
-                      .sort("rendered_at").unique("render_key", keep="last"))
-            hits = wanted.join(latest, on="render_key", how="inner").sort("_i")
-            unknown = wanted.join(index.select("render_key"), on="render_key", how="anti")
-            found, new = pl.collect_all([hits, unknown])
-            return found, new
+        def build(index: pl.LazyFrame) -> pl.DataFrame:
+            return (index.join(keys, on="render_key", how="semi")
+                    .sort("rendered_at").unique("render_key", keep="last").collect())
 
-        hits, unknown = self._query(build)
-        ok = self._files_ok(hits, render_root) if check_files else [True] * hits.height
-        rendered, gone = [], set()
-        for row, good in zip(hits.iter_rows(named=True), ok, strict=True):
-            position = row.pop("_i")
-            if good:
-                rendered.append((takes[position], IndexRow(**row)))
-            else:
-                gone.add(position)
-        redo = gone | set(unknown["_i"].to_list())
-        return DedupResult(rendered, [t for i, t in enumerate(takes) if i in redo],
-                           [t for i, t in enumerate(takes) if i in gone])
+        latest = self._query(build)
+        ok = self._files_ok(latest, render_root) if check_files else [True] * latest.height
+        good = latest.filter(pl.Series(ok, dtype=pl.Boolean))
+        gone = latest.filter(~pl.Series(ok, dtype=pl.Boolean)).select("render_key")
+        return _split(takes, wanted, good, gone)
 
     def default_render_root(self) -> str:
         """``renders`` beside the index folder, as laid out by :class:`tower.storage.DataRoot`."""
@@ -298,74 +243,13 @@ class OutputIndex:
 
     # --- maintenance -------------------------------------------------------------
 
-    def compact(self, target_rows: int = 1_000_000) -> CompactResult:
+    def compact(self, target_rows: int = compaction.DEFAULT_TARGET_ROWS) -> CompactResult:
         """Merge small parts into files of up to ``target_rows`` rows, keeping every row.
 
-        Idempotent: a second run finds nothing to merge. See the module docstring for
-        why concurrent readers never see a row twice or miss one.
+        Idempotent: a second run finds nothing to merge. See :mod:`tower.compaction`
+        for why concurrent readers never see a row twice or miss one.
         """
-        if target_rows < 1:
-            raise ValueError("target_rows must be at least 1")
-        if self.filesystem.get_file_info(self.root).type == pafs.FileType.NotFound:
-            return CompactResult(0, 0, 0, (), 0)
-        with self._lock():
-            stale = pio.stale_temporaries(self.filesystem, self.root, STALE_TEMPORARY,
-                                          datetime.now(UTC))
-            for path in stale:
-                self.filesystem.delete_file(path)
-            live, superseded = self._live_and_superseded()
-            removed = self._delete(superseded)
-            counts = {f.path: pio.read_metadata(self.filesystem, f.path).num_rows for f in live}
-            groups = plan_compaction([(f.path, counts[f.path]) for f in live], target_rows)
-            merged = []
-            for group in groups:
-                merged.append(self._merge(group))
-                removed += self._delete([self.filesystem.get_file_info(p) for p in group])
-        rows = sum(counts.values())
-        after = len(live) - sum(len(g) for g in groups) + len(groups)
-        return CompactResult(len(live), after, rows, tuple(merged), removed, len(stale))
-
-    def _merge(self, group: Sequence[str]) -> str:
-        tables, replaces = [], set()
-        for path in group:
-            tables.append(pio.read_table(self.filesystem, path, INDEX_SCHEMA))
-            replaces.add(PurePosixPath(path).name)
-            if COMPACT_MARK in PurePosixPath(path).name:
-                replaces |= self._replaces(path)
-        merged = pa.concat_tables(tables)
-        dest = f"{self.root}/{merged_name(PurePosixPath(group[0]).name)}"
-        pio.write_table_atomic(self.filesystem, dest, merged,
-                               metadata={REPLACES_KEY: json.dumps(sorted(replaces))})
-        return dest
-
-    def _delete(self, files: Sequence[pafs.FileInfo]) -> int:
-        for info in files:
-            with contextlib.suppress(FileNotFoundError):
-                self.filesystem.delete_file(info.path)
-        return len(files)
-
-    @contextlib.contextmanager
-    def _lock(self) -> Iterator[None]:
-        """An exclusive compaction lock (atomic create on local disks)."""
-        self.filesystem.create_dir(self.root, recursive=True)
-        lock = f"{self.root}/{LOCK_NAME}"
-        if pio.is_local(self.filesystem):
-            try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                raise pio.StoreError(
-                    f"another compaction holds {lock}; if none is running, delete it") from None
-            os.write(fd, str(os.getpid()).encode())
-            os.close(fd)
-        elif self.filesystem.get_file_info(lock).type != pafs.FileType.NotFound:
-            raise pio.StoreError(f"another compaction holds {lock}; if none is running, delete it")
-        else:
-            with self.filesystem.open_output_stream(lock) as out:
-                out.write(str(os.getpid()).encode())
-        try:
-            yield
-        finally:
-            self.filesystem.delete_file(lock)
+        return compaction.compact_folder(self.filesystem, self.root, INDEX_SCHEMA, target_rows)
 
     def stats(self, run_log: RunLog | None = None) -> IndexStats:
         """Counts per episode and preset, bytes, re-renders; dedup savings from ``run_log``."""
@@ -391,41 +275,31 @@ class OutputIndex:
         )
 
 
-def plan_compaction(parts: Sequence[tuple[str, int]], target_rows: int) -> list[list[str]]:
-    """Groups of consecutive parts to merge, each of at most ``target_rows`` rows.
+def _split(takes: Sequence[ResolvedTake], wanted: pl.DataFrame, good: pl.DataFrame,
+           gone: pl.DataFrame) -> DedupResult:
+    """Place each take (``wanted``: position, key, first position of the key).
 
-    Greedy in name order; groups of one are left alone. A merged file takes its first
-    part's place in name order, so after a run every two neighbours together exceed
-    the target and a second run finds no group: compaction is idempotent.
+    ``good`` holds the index row of every key whose image is on disk, ``gone`` the keys
+    indexed but whose file is missing.
     """
-    groups: list[list[str]] = []
-    current: list[str] = []
-    size = 0
-    for path, rows in parts:
-        if current and size + rows > target_rows:
-            groups.append(current)
-            current, size = [], 0
-        current.append(path)
-        size += rows
-    if current:
-        groups.append(current)
-    return [g for g in groups if len(g) > 1]
-
-
-def merged_name(first_part: str) -> str:
-    """The name of a merged file: its first part's name (sort position) plus a marker."""
-    stem = first_part.removesuffix(pio.PARQUET_SUFFIX).split("~", 1)[0]
-    return f"{stem}{COMPACT_MARK}{uuid.uuid4().hex}{pio.PARQUET_SUFFIX}"
+    hits = wanted.join(good, on="render_key", how="inner").sort("_i")
+    rendered = []
+    for row in hits.drop("_first").iter_rows(named=True):
+        rendered.append((takes[row.pop("_i")], IndexRow(**row)))
+    rest = wanted.join(good.select("render_key"), on="render_key", how="anti").sort("_i")
+    first = rest.filter(pl.col("_i") == pl.col("_first"))
+    later = rest.filter(pl.col("_i") != pl.col("_first"))
+    missing = first.join(gone, on="render_key", how="semi").sort("_i")
+    return DedupResult(
+        rendered=rendered,
+        to_render=[takes[i] for i in first["_i"]],
+        missing_files=[takes[i] for i in missing["_i"]],
+        same_as=[(takes[i], takes[f])
+                 for i, f in zip(later["_i"], later["_first"], strict=True)],
+    )
 
 
 def _is_safe_relative(rel: str) -> bool:
     path = PurePosixPath(rel)
     return bool(rel) and not path.is_absolute() and ".." not in path.parts and "\\" not in rel
 
-
-def _is_vanished(err: Exception) -> bool:
-    """Whether ``err`` says a part disappeared (a concurrent compaction removed it)."""
-    if isinstance(err, FileNotFoundError):
-        return True
-    text = str(err).lower()
-    return "no such file" in text or "not found" in text or "does not exist" in text

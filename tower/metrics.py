@@ -7,25 +7,34 @@ hive folders) is complete and typed by the schema alone. Writes go through
 :mod:`tower.parquet_io` (one new part per partition per append, temporary name then
 rename), so concurrent writers never lose rows and a crash never leaves half a file
 where readers look.
+
+One part per render batch keeps a crash from losing anything but leaves many small
+files per day; :meth:`DailyStore.compact` merges a day's parts with the protocol of
+:mod:`tower.compaction` (one lock per day folder), and readers skip the parts a merged
+file replaces, so each row is read exactly once even while a compaction runs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
+from tower import compaction
 from tower import parquet_io as pio
+from tower.compaction import CompactResult
 from tower.schemas import BATCH_STATUSES, METRICS_SCHEMA, RUN_STATUSES, RUNS_SCHEMA
 
 PARTITION = "date"
+
+T = TypeVar("T")
 
 
 @dataclass(kw_only=True)
@@ -161,19 +170,56 @@ class DailyStore:
         return [name[len(prefix):] for name in pio.list_subfolders(self.filesystem, self.root)
                 if name.startswith(prefix)]
 
+    def chosen_days(self, since: date | None = None, until: date | None = None,
+                    before: date | None = None) -> list[str]:
+        """Days with a partition in ``since..until`` (inclusive) and before ``before``."""
+        return [d for d in self.days()
+                if (since is None or d >= since.isoformat())
+                and (until is None or d <= until.isoformat())
+                and (before is None or d < before.isoformat())]
+
     def files(self, since: date | None = None, until: date | None = None) -> list[str]:
-        """Part files of the days in ``since..until`` (inclusive); other folders unread."""
-        chosen = [d for d in self.days()
-                  if (since is None or d >= since.isoformat())
-                  and (until is None or d <= until.isoformat())]
+        """Live parts of the days in ``since..until`` (inclusive); other folders unread.
+
+        Parts that a compacted file replaces are left out, so no row is read twice.
+        """
         found: list[str] = []
-        for day in chosen:
-            found += pio.paths(pio.list_data_files(self.filesystem, self.partition_dir(day)))
+        for day in self.chosen_days(since, until):
+            found += compaction.live_files(self.filesystem, self.partition_dir(day))
         return found
 
     def scan(self, since: date | None = None, until: date | None = None) -> pl.LazyFrame:
-        """Rows of the days in ``since..until`` (inclusive), columns in schema order."""
+        """Rows of the days in ``since..until`` (inclusive), columns in schema order.
+
+        A snapshot of the parts that exist now: if a compaction removes one before the
+        frame is collected, collecting fails; :meth:`query` retries that for you.
+        """
         return pio.scan_files(self.filesystem, self.files(since, until), self.schema)
+
+    def query(self, build: Callable[[pl.LazyFrame], T], since: date | None = None,
+              until: date | None = None) -> T:
+        """``build(scan(since, until))``, rescanning if a compaction removed a part meanwhile."""
+        return compaction.query_retrying(lambda: self.scan(since, until), build)
+
+    def compact(self, day: date | None = None, *, since: date | None = None,
+                before: date | None = None,
+                target_rows: int = compaction.DEFAULT_TARGET_ROWS) -> CompactResult:
+        """Merge the small parts of one ``day``, or of every day in ``since``..``before``.
+
+        ``before`` is exclusive: pass today to leave the day still being written alone
+        (compacting it is safe too, only less useful). Each day folder is compacted on
+        its own, under its own lock; the result sums them.
+
+        Raises:
+            StoreError: a day's compaction lock is held, or a file could not be read or
+                written (naming it). Days finished before the error stay compacted.
+        """
+        days = ([day.isoformat()] if day is not None
+                else self.chosen_days(since=since, before=before))
+        return compaction.combine(
+            compaction.compact_folder(self.filesystem, self.partition_dir(d), self.schema,
+                                      target_rows)
+            for d in days)
 
 
 class MetricsStore(DailyStore):
@@ -188,3 +234,14 @@ class RunLog(DailyStore):
 
     schema = RUNS_SCHEMA
     statuses = RUN_STATUSES
+
+
+def compact_closed_days(metrics: MetricsStore, runs: RunLog, since: date | None,
+                        today: date) -> CompactResult:
+    """Compact the metrics and run-log days from ``since`` up to (not including) ``today``.
+
+    What a report over those days calls first: closed days no longer grow, so merging
+    their per-batch parts once makes every later read of them cheap.
+    """
+    return compaction.combine([metrics.compact(since=since, before=today),
+                               runs.compact(since=since, before=today)])

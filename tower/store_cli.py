@@ -1,12 +1,17 @@
-"""``tower plan`` and ``tower index compact|stats``: the planner and the output index by hand."""
+"""``tower plan``, ``tower index compact|stats`` and ``tower metrics compact``.
+
+The planner, the output index and the metrics store by hand.
+"""
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from tower.compaction import CompactResult
 from tower.errors import InputError
 from tower.index import OutputIndex
 from tower.metrics import MetricsStore, RunLog
@@ -22,6 +27,8 @@ DEFAULT_SERVERS = "local=12gb"
 
 DataRootOption = Annotated[Path, typer.Option("--data-root", help="data root folder")]
 index_app = typer.Typer(help="Maintain the output index.", no_args_is_help=True)
+metrics_app = typer.Typer(help="Maintain the metrics store and run log.",
+                          no_args_is_help=True)
 
 
 def parse_servers(text: str) -> list[ServerSpec]:
@@ -90,7 +97,8 @@ def plan_command(
         if root.index.is_dir():
             result = OutputIndex(root.index).dedup(takes, render_root=root.renders)
             typer.echo(f"{len(result.rendered)} of {len(takes)} takes already rendered"
-                       f" ({len(result.missing_files)} indexed but missing on disk)")
+                       f" ({len(result.missing_files)} indexed but missing on disk),"
+                       f" {len(result.same_as)} share an image with another take")
             takes = result.to_render
         plan = plan_batches(takes, specs, known, vram)
     except (PlanningError, StoreError) as err:
@@ -110,9 +118,37 @@ def compact_command(
     except StoreError as err:
         _fail(str(err))
         return
-    typer.echo(f"{result.rows} rows: {result.parts_before} parts -> {result.parts_after}"
-               f" ({len(result.merged)} merged files written, {result.removed} parts removed"
-               f", {result.stale_temporaries} stale temporaries cleared)")
+    typer.echo(describe_compaction(result))
+
+
+def describe_compaction(result: CompactResult) -> str:
+    """One line saying what a compaction did."""
+    return (f"{result.rows} rows: {result.parts_before} parts -> {result.parts_after}"
+            f" ({len(result.merged)} merged files written, {result.removed} parts removed"
+            f", {result.stale_temporaries} stale temporaries cleared)")
+
+
+@metrics_app.command("compact")
+def metrics_compact_command(
+    data_root: DataRootOption = DEFAULT_DATA_ROOT,
+    before: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        "--before", help="only days before this one (YYYY-MM-DD); default: every day")] = None,
+) -> None:
+    """Merge each day's small metrics and run-log part files; every row is kept."""
+    try:
+        until = date.fromisoformat(before) if before is not None else None
+    except ValueError:
+        raise typer.BadParameter(f"expected YYYY-MM-DD, got {before!r}",
+                                 param_hint="--before") from None
+    root = DataRoot(data_root)
+    try:
+        metrics = MetricsStore(root.metrics).compact(before=until)
+        runs = RunLog(root.runs).compact(before=until)
+    except StoreError as err:
+        _fail(str(err))
+        return
+    typer.echo(f"metrics: {describe_compaction(metrics)}")
+    typer.echo(f"runs: {describe_compaction(runs)}")
 
 
 @index_app.command("stats")
