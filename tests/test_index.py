@@ -8,6 +8,7 @@ import shutil
 import signal
 import threading
 import time
+from collections import Counter
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,13 +17,16 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
 from tower.index import IndexRow, OutputIndex, look_key, plan_compaction
 from tower.metrics import RunLog, RunRecord
 from tower.parquet_io import StoreError
 from tower.schemas import INDEX_SCHEMA
-from tower.takes import ResolvedTake
+from tower.shots import load_shot_list
+from tower.takes import ResolvedTake, resolve_takes
 
 T0 = datetime(2026, 11, 27, 1, 0, tzinfo=UTC)
 
@@ -379,3 +383,77 @@ def test_two_shots_sharing_an_image_are_both_served_by_one_row(tmp_path: Path) -
     result = index.dedup([plate, make_take(shot="sh020"), twin], check_files=False)
     assert result.rendered == [(plate, row), (twin, row)]
     assert [t.shot_id for t in result.to_render] == ["sh020"]
+
+
+DEMO = Path(__file__).resolve().parents[1] / "shot_lists" / "ep01_demo.yaml"
+
+
+def test_takes_sharing_a_key_in_one_run_are_rendered_once(tmp_path: Path) -> None:
+    index = OutputIndex(tmp_path / "index")
+    takes = resolve_takes(load_shot_list(DEMO))
+    by_shot = {(t.shot_id, t.take): t for t in takes}
+    result = index.dedup(takes)
+    assert result.rendered == [] and result.missing_files == []
+    assert len(result.to_render) == len({t.key for t in takes}) == len(takes) - 2
+    assert result.same_as == [(by_shot["sh080", 0], by_shot["sh020", 0]),
+                              (by_shot["sh220", 0], by_shot["sh050", 0])]
+    assert by_shot["sh020", 0] in result.to_render and by_shot["sh080", 0] not in result.to_render
+
+
+def test_a_duplicate_follows_its_first_take_when_the_file_is_missing(tmp_path: Path) -> None:
+    index = OutputIndex(tmp_path / "index")
+    plate = make_take(shot="sh010", prompt="recurring plate")
+    twin = replace(plate, shot_id="sh200")
+    other = make_take(shot="sh020")
+    index.append([row_for(plate)])                 # indexed, but no file on disk
+    result = index.dedup([twin, other, plate])
+    assert result.to_render == [twin, other]        # the first of the key in input order
+    assert result.missing_files == [twin]
+    assert result.same_as == [(plate, twin)]
+    write_render(tmp_path / "renders", row_for(plate))
+    served = index.dedup([twin, other, plate])
+    assert [t for t, _ in served.rendered] == [twin, plate]
+    assert served.to_render == [other] and served.same_as == []
+
+
+SHOTS = st.sampled_from(["sh010", "sh020", "sh030"])
+PROMPTS = st.sampled_from(["a", "b"])
+TAKES = st.builds(lambda shot, take, prompt, seed: make_take(
+    shot=shot, take=take, prompt=prompt, seed=seed),
+    SHOTS, st.integers(0, 1), PROMPTS, st.sampled_from([1, 2]))
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(takes=st.lists(TAKES, max_size=12), indexed=st.lists(TAKES, max_size=6),
+       on_disk=st.lists(st.booleans(), min_size=6, max_size=6))
+def test_every_take_lands_in_exactly_one_place(
+        tmp_path_factory: pytest.TempPathFactory, takes: list[ResolvedTake],
+        indexed: list[ResolvedTake], on_disk: list[bool]) -> None:
+    root = tmp_path_factory.mktemp("dedup")
+    index = OutputIndex(root / "index")
+    rows = [row_for(t, path=f"r{n}.png") for n, t in enumerate(indexed)]
+    index.append(rows)
+    for row, present in zip(rows, on_disk, strict=False):
+        if present:
+            write_render(root / "renders", row)
+    result = index.dedup(takes)
+
+    placed = ([t for t, _ in result.rendered] + result.to_render
+              + [t for t, _ in result.same_as])
+    assert Counter(placed) == Counter(takes)          # each input take exactly once
+    first_of = {}
+    for take in takes:
+        first_of.setdefault(take.key, take)
+    keys = [t.key for t in result.to_render]
+    assert len(keys) == len(set(keys))
+    assert all(first_of[t.key] is t for t in result.to_render)
+    assert all(first is first_of[dup.key] for dup, first in result.same_as)
+    assert {first.key for _, first in result.same_as} <= set(keys)
+    served = {t.key for t, _ in result.rendered}
+    assert served.isdisjoint(keys)
+    assert all(row.render_key == t.key for t, row in result.rendered)
+    present = {r.render_key for r, ok in zip(rows, on_disk, strict=False) if ok}
+    absent = {r.render_key for r, ok in zip(rows, on_disk, strict=False) if not ok}
+    assert served <= present and (present - absent) & set(first_of) <= served
+    assert [t.key for t in result.missing_files] == [k for k in keys if k in absent | present]
