@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import threading
 import time
@@ -9,6 +10,7 @@ from dataclasses import asdict, replace
 from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 
+import flow_helpers
 import polars as pl
 import pyarrow as pa
 import pytest
@@ -302,3 +304,25 @@ def test_metrics_compact_command(tmp_path: Path) -> None:
     assert held.exit_code == 1 and "another compaction holds" in held.output
     empty = runner.invoke(app, ["metrics", "compact", "--data-root", str(tmp_path / "none")])
     assert empty.exit_code == 0 and not (tmp_path / "none").exists()
+
+
+prefect_backend = flow_helpers.prefect_backend
+
+
+@pytest.mark.usefixtures("prefect_backend")
+def test_the_daily_report_compacts_the_closed_days_it_reads(tmp_path: Path) -> None:
+    from flows.daily_report import daily_report
+
+    store = MetricsStore(tmp_path / "metrics")
+    now = datetime(2026, 11, 28, 6, 0, tzinfo=UTC)
+    rows = one_part_per_batch(store, 9, days=3)             # 26th, 27th and today (28th)
+    old = [batch(500 + n, T0 - timedelta(days=40)) for n in range(2)]
+    for row in old:
+        store.append([row])
+    paths = daily_report(data_root=str(tmp_path), now=now)
+    report = json.loads(Path(paths["json"]).read_text())
+    assert report["figures"]["volume"]["attempts"] == 3      # the 27th, read once
+    assert [len(store.files(since=d, until=d)) for d in (DAY1, DAY2, DAY3)] == [1, 1, 3]
+    assert len(store.files(until=date(2026, 10, 31))) == 2   # outside what the report reads
+    assert_frame_equal(store.scan().collect().sort("batch_id"), frame_of(rows + old)
+                       .sort("batch_id"))
