@@ -5,9 +5,14 @@ the metrics store writes them), then measures in a fresh process, so the peak me
 reported is the report's own:
 
     .venv/bin/python bench/bench_report.py [--rows 1000000] [--days 365] [--parts-per-day 4]
+        [--per-batch-days 22] [--compact]
 
 Three timings: the daily report (last 24 h, with its 7-day trend and 14-day chart), a
 report over the whole year (every row in the window), and writing the files and charts.
+``--per-batch-days N`` writes the last N days as the render runtime does, one part per
+batch (one row each); ``--compact`` then compacts the closed days (everything before
+the report's day, as the daily report flow does) in a fresh process, times that and a
+second, idempotent pass, and measures the reports again.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tower.metrics import MetricsStore, RunLog, compact_closed_days
 from tower.report import build_report, write_report
 from tower.report_model import Window, report_window
 from tower.schemas import METRICS_SCHEMA, RUNS_SCHEMA
@@ -107,19 +113,25 @@ def runs_frame(metrics: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def write_partitions(frame: pl.DataFrame, folder: Path, schema: pa.Schema, parts: int) -> int:
-    """Write ``frame`` as ``parts`` files per day partition; returns the file count."""
+def write_partitions(frame: pl.DataFrame, folder: Path, schema: pa.Schema, parts: int,
+                     per_batch_from: str | None = None) -> int:
+    """Write ``frame`` as ``parts`` files per day partition; returns the file count.
+
+    Days from ``per_batch_from`` (YYYY-MM-DD) on get one file per row, as the render
+    runtime writes them (one part per batch).
+    """
     table = frame.select(schema.names).to_arrow().cast(schema)
     frame = pl.from_arrow(table)  # type: ignore[assignment]
     count = 0
     for (day,), day_frame in frame.group_by("date", maintain_order=True):
         part_dir = folder / f"date={day}"
         part_dir.mkdir(parents=True, exist_ok=True)
-        size = -(-day_frame.height // parts)
-        for n in range(parts):
+        per_batch = per_batch_from is not None and str(day) >= per_batch_from
+        size = 1 if per_batch else -(-day_frame.height // parts)
+        for n in range(day_frame.height if per_batch else parts):
             chunk = day_frame.slice(n * size, size)
             if chunk.height:
-                pq.write_table(chunk.to_arrow().cast(schema), part_dir / f"part-{n:03d}.parquet")
+                pq.write_table(chunk.to_arrow().cast(schema), part_dir / f"part-{n:06d}.parquet")
                 count += 1
     return count
 
@@ -144,6 +156,22 @@ def measure(root: Path) -> dict[str, float]:
     return out
 
 
+def compact_closed(root: Path) -> dict[str, float]:
+    """Compact every day before the report's day, twice (the second finds nothing to do)."""
+    data = DataRoot(root)
+    metrics, runs = MetricsStore(data.metrics), RunLog(data.runs)
+    out: dict[str, float] = {"metrics_files_before": len(metrics.files())}
+    for label in ("compact", "compact_again"):
+        t, cpu = time.perf_counter(), time.process_time()
+        result = compact_closed_days(metrics, runs, None, END.date())
+        out[f"{label}_s"] = time.perf_counter() - t
+        out[f"{label}_cpu_s"] = time.process_time() - cpu
+        out[f"{label}_parts_merged"] = result.parts_before - result.parts_after
+    out["metrics_files_after"] = len(metrics.files())
+    out["peak_rss_mb"] = peak_rss_mb()
+    return out
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident memory.
 
@@ -163,27 +191,45 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--days", type=int, default=365)
     parser.add_argument("--parts-per-day", type=int, default=4)
+    parser.add_argument("--per-batch-days", type=int, default=0)
+    parser.add_argument("--compact", action="store_true")
     parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--compact-only", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
         print(json.dumps(measure(args.measure)))
         return
+    if args.compact_only:
+        print(json.dumps(compact_closed(args.compact_only)))
+        return
     with tempfile.TemporaryDirectory(prefix="tower-bench-") as tmp:
         root = Path(tmp)
-        t = time.perf_counter()
-        metrics = metrics_frame(args.rows, args.days)
-        files = write_partitions(metrics, DataRoot(root).metrics, METRICS_SCHEMA,
-                                 args.parts_per_day)
-        write_partitions(runs_frame(metrics), DataRoot(root).runs, RUNS_SCHEMA, 1)
-        print(f"generated {metrics.height:,} metrics rows in {files} files "
-              f"({time.perf_counter() - t:.1f} s)")
-        del metrics
-        result = subprocess.run([sys.executable, __file__, "--measure", str(root)],
-                                check=True, capture_output=True, text=True)
-        numbers = json.loads(result.stdout)
-        for key, value in numbers.items():
-            print(f"{key:>22}: {value:,.2f}")
+        generate(root, args)
+        run_step("--measure", root)
+        if args.compact:
+            run_step("--compact-only", root)
+            run_step("--measure", root)
 
+
+def generate(root: Path, args: argparse.Namespace) -> None:
+    t = time.perf_counter()
+    metrics = metrics_frame(args.rows, args.days)
+    per_batch_from = ((END - timedelta(days=args.per_batch_days)).date().isoformat()
+                      if args.per_batch_days else None)
+    files = write_partitions(metrics, DataRoot(root).metrics, METRICS_SCHEMA,
+                             args.parts_per_day, per_batch_from)
+    write_partitions(runs_frame(metrics), DataRoot(root).runs, RUNS_SCHEMA, 1)
+    print(f"generated {metrics.height:,} metrics rows in {files:,} files "
+          f"({time.perf_counter() - t:.1f} s)")
+
+
+def run_step(flag: str, root: Path) -> None:
+    """Run one step in a fresh process (so its peak memory is its own) and print it."""
+    result = subprocess.run([sys.executable, __file__, flag, str(root)],
+                            check=True, capture_output=True, text=True)
+    print(flag.removeprefix("--"))
+    for key, value in json.loads(result.stdout).items():
+        print(f"{key:>26}: {value:,.2f}")
 
 if __name__ == "__main__":
     main()

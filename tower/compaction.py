@@ -170,16 +170,15 @@ def merged_name(first_part: str) -> str:
 def _merge(filesystem: pafs.FileSystem, folder: str, group: Sequence[str],
            schema: pa.Schema) -> str:
     """Write the rows of ``group`` as one merged file listing every part it replaces."""
-    tables, replaced = [], set()
+    replaced = set()
     for path in group:
         name = PurePosixPath(path).name
-        tables.append(pio.read_table(filesystem, path, schema))
         replaced.add(name)
         if COMPACT_MARK in name:
             # Parts an earlier merge replaced may still linger after a crash.
             replaced |= replaces(filesystem, path)
     dest = f"{folder}/{merged_name(PurePosixPath(group[0]).name)}"
-    pio.write_table_atomic(filesystem, dest, pa.concat_tables(tables),
+    pio.write_table_atomic(filesystem, dest, pio.read_parts(filesystem, group, schema),
                            metadata={REPLACES_KEY: json.dumps(sorted(replaced))})
     return dest
 

@@ -241,5 +241,22 @@ def read_table(filesystem: pafs.FileSystem, path: str, schema: pa.Schema) -> pa.
     return rows_to_table(table.replace_schema_metadata(None), schema, path)
 
 
+def read_parts(filesystem: pafs.FileSystem, files: Sequence[str], schema: pa.Schema) -> pa.Table:
+    """Several parts as one table of exactly ``schema``, read in one multi-threaded pass.
+
+    Much cheaper per file than :func:`read_table` in a loop when the parts are small
+    (one render batch each), which is what compaction reads.
+
+    Raises:
+        StoreError: a part could not be read (the message names the parts).
+    """
+    try:
+        frame = scan_files(filesystem, files, schema).collect()
+    except (OSError, pa.ArrowException, pl.exceptions.PolarsError) as err:
+        raise StoreError(f"could not read the {len(files)} parts from {files[0]} to"
+                         f" {files[-1]}: {err}") from err
+    return rows_to_table(frame.to_arrow(), schema, f"parts from {files[0]}")
+
+
 def paths(files: Iterable[pafs.FileInfo]) -> list[str]:
     return [f.path for f in files]
