@@ -232,15 +232,6 @@ def read_metadata(filesystem: pafs.FileSystem, path: str) -> pq.FileMetaData:
         raise StoreError(f"could not read {path}: {err}") from err
 
 
-def read_table(filesystem: pafs.FileSystem, path: str, schema: pa.Schema) -> pa.Table:
-    """One whole part, as a table of exactly ``schema``."""
-    try:
-        table = pq.read_table(path, filesystem=filesystem)
-    except (OSError, pa.ArrowException) as err:
-        raise StoreError(f"could not read {path}: {err}") from err
-    return rows_to_table(table.replace_schema_metadata(None), schema, path)
-
-
 def read_parts(filesystem: pafs.FileSystem, files: Sequence[str], schema: pa.Schema) -> pa.Table:
     """Several parts as one table of exactly ``schema``, read in one multi-threaded pass.
 
