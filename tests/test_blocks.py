@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import flow_helpers
 import pytest
 from flow_helpers import write_shot_list
+from prefect.settings import PREFECT_API_URL
 from pydantic import ValidationError
 
 from blocks import ComfyUIServer, RenderPresets, RenderStore
@@ -78,3 +84,13 @@ def test_a_flow_renders_with_saved_blocks(tmp_path, sims):
     assert state.is_completed(), state.message
     assert state.result()["takes_rendered"] == 2
     assert len(list((tmp_path / "farm" / "renders" / "ep01").rglob("sh010_*.png"))) == 2
+
+
+def test_prefect_block_register_finds_the_three_blocks():
+    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    prefect = Path(sys.executable).with_name("prefect")
+    result = subprocess.run([str(prefect), "block", "register", "-m", "blocks"],
+                            capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    assert "Successfully registered 3 blocks" in text, result.stdout

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import flow_helpers
 import pytest
 from flow_helpers import png_files, write_shot_list
+from prefect import get_client
+from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL
+
+from tasks.deployments import load_entrypoint, read_deployments
 
 prefect_backend = flow_helpers.prefect_backend
 sims = flow_helpers.sims
@@ -47,3 +54,40 @@ def test_tower_render_exits_1_with_the_reason(tmp_path, sims):
                    "--data-root", str(tmp_path / "data"))
     assert result.returncode == 1
     assert "missing.safetensors" in result.stderr
+
+
+def _wait_for_deployments(names: list[str], timeout: float = 90.0) -> dict:
+    found = {}
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while len(found) < len(names) and time.monotonic() < deadline:
+            for name in names:
+                with contextlib.suppress(ObjectNotFound):
+                    found[name] = client.read_deployment_by_name(name)
+            time.sleep(0.5)
+    return found
+
+
+def test_tower_serve_registers_the_three_deployments(tmp_path):
+    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    root = Path(__file__).resolve().parent.parent
+    names = [f"{load_entrypoint(d['entrypoint'], root).name}/{d['name']}"
+             for d in read_deployments(root / "prefect.yaml")]
+    log = tmp_path / "serve.log"
+    with log.open("w") as stderr:
+        process = subprocess.Popen([str(TOWER), "serve", "--prefect-yaml",
+                                    str(root / "prefect.yaml")],
+                                   cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        try:
+            found = _wait_for_deployments(names)
+            assert process.poll() is None   # still serving
+        finally:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+    assert set(found) == set(names), log.read_text()[-3000:]
+    assert found["render-episode/nightly"].schedules[0].schedule.cron == "0 2 * * *"
+    assert found["draft-preview/draft-preview"].schedules == []
