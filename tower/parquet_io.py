@@ -9,7 +9,8 @@ the crash-safety rules live in one place:
 * Names never collide, so any number of processes may append at the same time without
   locks and without losing rows.
 * Readers list the folder and ignore hidden names (``.`` or ``_`` prefix) and anything
-  that is not ``*.parquet``.
+  that is not ``*.parquet``; :mod:`tower.compaction` merges small parts and tells
+  readers which ones a merged file supersedes.
 
 Everything goes through a :class:`pyarrow.fs.FileSystem` (local by default), so a
 dataset may live on any filesystem pyarrow supports.
