@@ -18,3 +18,8 @@ def simulator(tmp_path: Path) -> Iterator[SimulatorServer]:
     config = SimulatorConfig(time_scale=SIM_TIME_SCALE, output_dir=tmp_path / "sim-output")
     with start_simulator(config) as server:
         yield server
+
+
+# Prefect-layer fixtures (one Prefect test backend for the whole session, simulators on
+# demand), registered here once so that every test module shares the same backend.
+from flow_helpers import prefect_backend, sims  # noqa: E402, F401

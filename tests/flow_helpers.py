@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from prefect.testing.utilities import prefect_test_harness
 
 from tower.comfyui import ComfyUIClient
 from tower.simulator import SimulatorConfig, SimulatorServer, start_simulator
@@ -20,6 +19,8 @@ TIME_SCALE = 0.002
 @pytest.fixture(scope="session")
 def prefect_backend() -> Iterator[None]:
     """One temporary Prefect server and database for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness  # only for tests that need it
+
     with prefect_test_harness(server_startup_timeout=120):
         yield
 

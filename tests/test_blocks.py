@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import flow_helpers
 import pytest
 from flow_helpers import write_shot_list
 from prefect.settings import PREFECT_API_URL
@@ -19,8 +18,6 @@ from tasks.setup import resolve_data_root, resolve_presets, resolve_server, reso
 from tower.errors import InputError
 from tower.vram import GPU_PROFILES
 
-prefect_backend = flow_helpers.prefect_backend
-sims = flow_helpers.sims
 pytestmark = pytest.mark.usefixtures("prefect_backend")
 
 

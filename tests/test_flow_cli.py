@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import flow_helpers
 import pytest
 from flow_helpers import png_files, write_shot_list
 from prefect import get_client
@@ -19,8 +18,6 @@ from prefect.settings import PREFECT_API_URL
 
 from tasks.deployments import load_entrypoint, read_deployments
 
-prefect_backend = flow_helpers.prefect_backend
-sims = flow_helpers.sims
 pytestmark = pytest.mark.usefixtures("prefect_backend")
 TOWER = Path(sys.executable).with_name("tower")
 

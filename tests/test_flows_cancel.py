@@ -6,7 +6,6 @@ import threading
 import time
 from pathlib import Path
 
-import flow_helpers
 import polars as pl
 import pytest
 from flow_helpers import png_files, write_shot_list
@@ -18,8 +17,6 @@ from flows.render_episode import cancel_hook, render_episode
 from tower.comfyui import ComfyUIClient
 from tower.index import OutputIndex
 
-prefect_backend = flow_helpers.prefect_backend
-sims = flow_helpers.sims
 pytestmark = pytest.mark.usefixtures("prefect_backend")
 
 PARAMS = {"retries": 1, "retry_backoff_s": 0.01}

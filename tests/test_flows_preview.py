@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import flow_helpers
 import polars as pl
 import pytest
 import yaml
@@ -19,8 +18,6 @@ from tower.presets import BUILTIN_PRESETS
 from tower.shots import load_shot_list
 from tower.takes import resolve_takes
 
-prefect_backend = flow_helpers.prefect_backend
-sims = flow_helpers.sims
 pytestmark = pytest.mark.usefixtures("prefect_backend")
 
 FAST = {"retries": 0}

@@ -6,7 +6,6 @@ import threading
 import time
 from pathlib import Path
 
-import flow_helpers
 import polars as pl
 import pytest
 from flow_helpers import QueueWatch, png_files, write_shot_list
@@ -16,8 +15,6 @@ from tower.comfyui import ComfyUIClient
 from tower.index import OutputIndex
 from tower.metrics import MetricsStore, RunLog
 
-prefect_backend = flow_helpers.prefect_backend
-sims = flow_helpers.sims
 pytestmark = pytest.mark.usefixtures("prefect_backend")
 
 FAST = {"retries": 1, "retry_backoff_s": 0.01}
