@@ -30,7 +30,13 @@ from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks.comfyui_server import ComfyUIServer
-from tasks.render import flow_run_stopping, preflight_graphs, preflight_task, with_retry_policy
+from tasks.render import (
+    RunStopping,
+    flow_run_stopping,
+    preflight_graphs,
+    preflight_task,
+    with_retry_policy,
+)
 from tasks.setup import ensure_concurrency_limits
 from tower.comfyui import (
     ComfyUIError,
@@ -53,66 +59,77 @@ STATE_POLL_S = 0.5
 # Anything else (unreachable, timeouts, a node raising on that machine) gets one try
 # on each other server.
 NOT_THE_SERVERS_FAULT = (ComfyUIValidationError, ComfyUIPreflightError, ComfyUIOutOfMemory,
-                         ComfyUIInterrupted)
-
-
-@dataclass
-class DispatchResult:
-    """How the loop ended."""
-
-    cancelled: bool = False
+                         ComfyUIInterrupted, RunStopping)
 
 
 def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".strip()
 
 
+InFlight = dict[concurrent.futures.Future[Any], tuple[Assignment, PrefectFuture[Any]]]
+
+
+def _submit(runner: ThreadPoolTaskRunner, render: Task[..., list[BatchOutcome]],
+            pool: ServerPool, servers: Mapping[str, ComfyUIServer], ctx: RenderContext,
+            in_flight: InFlight) -> list[str]:
+    """Start a ``render`` task for every batch the pool hands out now; their prompt ids."""
+    started = []
+    for assignment in pool.next_assignments():
+        server = servers[assignment.server]
+        if assignment.moved:
+            get_run_logger().info("%s moves from %s to %s", assignment.batch.label,
+                                  assignment.batch.server, server.name)
+        with tags(f"{PROMPT_TAG}{assignment.batch.prompt_id}", f"{SERVER_TAG}{server.name}"):
+            future = runner.submit(render, parameters={
+                "server": server, "batch": assignment.batch, "ctx": ctx})
+        in_flight[future.wrapped_future] = (assignment, future)
+        started.append(assignment.batch.prompt_id)
+    return started
+
+
 def run_batches(pool: ServerPool, servers: Mapping[str, ComfyUIServer], ctx: RenderContext,
                 render: Task[..., list[BatchOutcome]], tally: RunTally, *,
-                flow_run_id: UUID | None, progress_key: str | None,
-                on_cancel: Callable[[list[str]], Any]) -> DispatchResult:
-    """Run every batch of ``pool``; return whether the run was cancelled meanwhile."""
-    logger = get_run_logger()
-    result = DispatchResult()
+                progress_key: str | None, on_cancel: Callable[[list[str]], Any]) -> bool:
+    """Run every batch of ``pool``; return True if the flow run was cancelled meanwhile.
+
+    On cancellation nothing new is submitted, ``on_cancel`` gets the prompt ids in
+    flight, and again, once they have all ended, every prompt id this run submitted
+    (a task that was waiting for a slot may have submitted in between).
+    """
     total = pool.waiting
     progress_id = create_progress_artifact(0.0, key=progress_key,
                                            description=f"{total} batches") if total else None
-    in_flight: dict[concurrent.futures.Future[Any], tuple[Assignment, PrefectFuture[Any]]] = {}
-    workers = total_depth([s.depth for s in pool.servers.values()])
-    last_poll = 0.0
-    with ThreadPoolTaskRunner(max_workers=workers) as runner:
-        while in_flight if result.cancelled else not pool.finished_all:
-            if not result.cancelled:
-                for assignment in pool.next_assignments():
-                    server = servers[assignment.server]
-                    if assignment.moved:
-                        logger.info("%s moves from %s to %s", assignment.batch.label,
-                                    assignment.batch.server, server.name)
-                    with tags(f"{PROMPT_TAG}{assignment.batch.prompt_id}",
-                              f"{SERVER_TAG}{server.name}"):
-                        future = runner.submit(render, parameters={
-                            "server": server, "batch": assignment.batch, "ctx": ctx})
-                    in_flight[future.wrapped_future] = (assignment, future)
+    in_flight: InFlight = {}
+    submitted: set[str] = set()
+    cancelled, last_poll = False, 0.0
+    with ThreadPoolTaskRunner(max_workers=total_depth(
+            [s.depth for s in pool.servers.values()])) as runner:
+        while in_flight if cancelled else not pool.finished_all:
+            if not cancelled:
+                submitted.update(_submit(runner, render, pool, servers, ctx, in_flight))
             done, _ = concurrent.futures.wait(list(in_flight), timeout=STATE_POLL_S,
                                               return_when=concurrent.futures.FIRST_COMPLETED)
             for wrapped in done:
-                assignment, future = in_flight.pop(wrapped)
-                _finish(pool, tally, assignment, future, logger)
+                _finish(pool, tally, *in_flight.pop(wrapped))
             if progress_id is not None and done:
                 finished = tally.batches_done + tally.batches_failed
                 update_progress_artifact(progress_id, min(100.0, 100.0 * finished / total))
-            if not result.cancelled and time.monotonic() - last_poll > STATE_POLL_S:
+            if not cancelled and time.monotonic() - last_poll > STATE_POLL_S:
                 last_poll = time.monotonic()
-                if flow_run_stopping(flow_run_id):
-                    result.cancelled = True
-                    logger.warning("flow run is being cancelled: removing its prompts")
+                cancelled = flow_run_stopping(ctx.flow_run_id)
+                if cancelled:
+                    get_run_logger().warning("flow run is being cancelled: removing its prompts")
                     _drop_waiting(pool)
                     on_cancel([a.batch.prompt_id for a, _ in in_flight.values()])
-    return result
+    if cancelled:
+        on_cancel(sorted(submitted))
+    return cancelled
 
 
 def _finish(pool: ServerPool, tally: RunTally, assignment: Assignment,
-            future: PrefectFuture[Any], logger: Any) -> None:
+            future: PrefectFuture[Any]) -> None:
+    """Feed one ended task into the pool (which may requeue it) and the tally."""
+    logger = get_run_logger()
     batch, server = assignment.batch, assignment.server
     outcome = future.result(raise_on_failure=False)
     if not isinstance(outcome, BaseException):
@@ -206,13 +223,12 @@ def render_plan(plan: Plan, run: RenderRun, tally: RunTally) -> tuple[ServerPool
         return pool, False
     preflight_task(run.servers, preflight_graphs([t for b in plan.batches for t in b.takes]))
     ensure_concurrency_limits(run.servers)
-    result = run_batches(pool, by_name, run.ctx, with_retry_policy(run.retries,
-                                                                   run.retry_backoff_s),
-                         tally, flow_run_id=run.ctx.flow_run_id,
-                         progress_key=run.progress_key,
-                         on_cancel=lambda prompts: cancel_prompts(run.servers, prompts))
+    cancelled = run_batches(pool, by_name, run.ctx,
+                            with_retry_policy(run.retries, run.retry_backoff_s), tally,
+                            progress_key=run.progress_key,
+                            on_cancel=lambda prompts: cancel_prompts(run.servers, prompts))
     ctx = run.ctx
     rows = (ctx.metrics.scan(since=ctx.now().date() - timedelta(days=1))
             .filter(pl.col("run_id") == ctx.run_id).collect())
     tally.retries = count_retries(rows, [b.batch_id for b in plan.batches])
-    return pool, result.cancelled
+    return pool, cancelled

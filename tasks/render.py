@@ -36,6 +36,10 @@ RETRY_BACKOFF_S = 10.0
 RETRY_JITTER = 0.5
 
 
+class RunStopping(RuntimeError):
+    """The flow run is being cancelled: a batch that got its slot is not submitted."""
+
+
 def retry_if_transient(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
     """Retry only what may work later (unreachable servers, timeouts), and never once
     the flow run is being cancelled: its prompts were deleted on purpose."""
@@ -46,7 +50,8 @@ def retry_if_transient(task: Task[..., Any], task_run: TaskRun, state: State[Any
     return False
 
 
-def flow_run_stopping(flow_run_id: UUID | None) -> bool:
+def flow_run_stopping(flow_run_id: UUID | str | None) -> bool:
+    """Is the flow run being (or already) cancelled?"""
     if flow_run_id is None:
         return False
     with get_client(sync_client=True) as client:
@@ -104,6 +109,9 @@ def render_batch(server: ComfyUIServer, batch: RenderBatch,
     attempt = current_task_run.run_count or 1
     limit = server.preview_limit_name if ctx.front else server.limit_name
     with concurrency(limit, occupy=1, strict=True), server.get_client() as client:
+        # The slot may have taken a while: do not queue anything for a cancelled run.
+        if flow_run_stopping(ctx.flow_run_id):
+            raise RunStopping(f"{batch.label}: flow run is being cancelled; not submitted")
         outcomes = execute_with_oom_split(client, batch, ctx, attempt=attempt)
     get_run_logger().info("%s @%s: %s", batch.label, server.name,
                           ", ".join(f"{o.batch.take_range} {o.status}" for o in outcomes))
