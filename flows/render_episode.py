@@ -22,6 +22,7 @@ from prefect.states import Cancelled, Completed, Failed, State
 
 from tasks.dispatch import RenderRun, cancel_prompts, prompts_of_flow_run, render_plan
 from tasks.planning import dedup_task, load_shot_list_task, plan_task, resolve_takes_task
+from tasks.render import preflight_graphs, preflight_task
 from tasks.reporting import publish_summary, reuse_similar_task
 from tasks.setup import (
     resolve_data_root,
@@ -119,6 +120,8 @@ def render_episode(shot_list: str, shots: list[str] | None = None, preset: str |
         tally.takes_deduped += len(reused)
     plan = plan_task(to_render, specs, presets, artifact_key("plan", episode))
     if dry_run:
+        if plan.batches:
+            preflight_task(pool_servers, preflight_graphs(to_render))
         return {"episode": episode, "dry_run": True, "batches": len(plan.batches),
                 "takes_to_render": plan.takes, "takes_deduped": tally.takes_deduped,
                 "plan": plan.rows(), "status": "completed"}

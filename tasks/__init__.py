@@ -1,1 +1,1 @@
-"""tasks."""
+"""Prefect tasks: thin wrappers of ``tower/`` with retries, logging and artifacts."""

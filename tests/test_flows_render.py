@@ -180,3 +180,10 @@ def test_errors_that_retrying_cannot_fix_fail_the_run_at_once(tmp_path, sims):
     assert metrics["attempt"].to_list() == [1] and metrics["status"].to_list() == ["failed"]
     runs = RunLog(data / "runs").scan().collect()
     assert runs["status"].to_list() == ["failed"] and runs["takes_failed"].to_list() == [2]
+
+
+def test_dry_run_still_checks_the_servers(tmp_path, sims):
+    sim = sims("dry-pre")
+    shot_list = write_shot_list(tmp_path, shots=1, takes=1, checkpoint="absent.safetensors")
+    state, _ = run(shot_list, tmp_path / "data", [f"dry-pre={sim.url}"], dry_run=True)
+    assert state.is_failed() and "absent.safetensors" in state.message
