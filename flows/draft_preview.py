@@ -33,6 +33,7 @@ from tasks.setup import (
 from tower.dispatch import DEFAULT_MAX_FAILURES
 from tower.index import OutputIndex
 from tower.metrics import MetricsStore
+from tower.outputs import shared_images
 from tower.preview import Preference, choose_preset, seconds_per_image
 from tower.render import RenderContext
 from tower.run_summary import RunTally, run_status
@@ -100,7 +101,7 @@ def draft_preview(shot_list: str | None = None, shots: list[str] | None = None,
 
     all_takes = resolve_takes_task(source, presets, choice.preset, shots, specs)
     dedup = dedup_task(all_takes, root, force=reuse == "none")
-    tally = RunTally(takes_requested=len(all_takes), takes_deduped=len(dedup.rendered))
+    tally = RunTally(takes_requested=len(all_takes), takes_deduped=dedup.deduplicated)
     shown = [(f"{t.shot_id} t{t.take}", root.renders / row.output_path)
              for t, row in dedup.rendered]
     to_render = dedup.to_render
@@ -118,7 +119,7 @@ def draft_preview(shot_list: str | None = None, shots: list[str] | None = None,
                         flow_run_id=flow_run_id, front=True)
     pool, cancelled = render_plan(plan, RenderRun(pool_servers, ctx, retries, retry_backoff_s,
                                                   DEFAULT_MAX_FAILURES), tally)
-    tally.images = shown + tally.images
+    tally.images = shown + tally.images + shared_images(dedup.same_as, root.renders)
     summary = publish_summary(
         tally, root=root, run_id=run_id, flow_run_id=flow_run_id, flow="draft_preview",
         episode=source.episode, preset=choice.preset, servers=[s.name for s in pool_servers],

@@ -34,6 +34,7 @@ from tasks.setup import (
 from tower.dispatch import DEFAULT_MAX_FAILURES
 from tower.index import OutputIndex
 from tower.metrics import MetricsStore
+from tower.outputs import shared_images
 from tower.render import RenderContext
 from tower.run_summary import RunTally, run_status
 from tower.shots import load_shot_list
@@ -113,7 +114,7 @@ def render_episode(shot_list: str, shots: list[str] | None = None, preset: str |
     episode = episode_list.episode
     takes = resolve_takes_task(episode_list, presets, preset, shots, specs)
     dedup = dedup_task(takes, root, force=force or reuse == "none")
-    tally = RunTally(takes_requested=len(takes), takes_deduped=len(dedup.rendered))
+    tally = RunTally(takes_requested=len(takes), takes_deduped=dedup.deduplicated)
     to_render, reused = dedup.to_render, []
     if reuse == "similar" and not force:
         to_render, reused = reuse_similar_task(to_render, root)
@@ -134,6 +135,7 @@ def render_episode(shot_list: str, shots: list[str] | None = None, preset: str |
     pool, cancelled = render_plan(plan, RenderRun(
         pool_servers, ctx, retries, retry_backoff_s, max_server_failures,
         progress_key=artifact_key("progress", episode)), tally)
+    tally.images += shared_images(dedup.same_as, root.renders)
 
     summary = publish_summary(
         tally, root=root, run_id=run_id, flow_run_id=flow_run_id, flow="render_episode",

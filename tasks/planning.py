@@ -9,7 +9,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tower.index import DedupResult, OutputIndex
+from tower.index import DedupResult, OutputIndex, collapse_duplicates
 from tower.planner import Plan, ServerSpec, apply_decode_policy, plan_batches
 from tower.presets import Preset
 from tower.shots import ShotList, read_shot_list
@@ -49,12 +49,17 @@ def resolve_takes_task(shot_list: ShotList, presets: Mapping[str, Preset],
 @task(name="dedup-takes", cache_policy=NO_CACHE)
 def dedup_task(takes: Sequence[ResolvedTake], data_root: DataRoot,
                force: bool = False) -> DedupResult:
-    """Split takes into already rendered (skipped) and to render; ``force`` renders all."""
+    """Split takes into already rendered (skipped) and to render; ``force`` renders all.
+
+    Takes that share an image with another take of the run are rendered once either way.
+    """
     if force:
-        return DedupResult([], list(takes), [])
-    result = OutputIndex(data_root.index).dedup(takes, data_root.renders)
-    get_run_logger().info("%d takes: %d already rendered, %d to render (%d files missing)",
-                          len(takes), len(result.rendered), len(result.to_render),
+        result = collapse_duplicates(takes)
+    else:
+        result = OutputIndex(data_root.index).dedup(takes, data_root.renders)
+    get_run_logger().info("%d takes: %d already rendered, %d share another take's image, "
+                          "%d to render (%d files missing)", len(takes), len(result.rendered),
+                          len(result.same_as), len(result.to_render),
                           len(result.missing_files))
     return result
 

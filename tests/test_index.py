@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
-from tower.index import IndexRow, OutputIndex, look_key, plan_compaction
+from tower.index import IndexRow, OutputIndex, collapse_duplicates, look_key, plan_compaction
 from tower.metrics import RunLog, RunRecord
 from tower.parquet_io import StoreError
 from tower.schemas import INDEX_SCHEMA
@@ -457,3 +457,12 @@ def test_every_take_lands_in_exactly_one_place(
     absent = {r.render_key for r, ok in zip(rows, on_disk, strict=False) if not ok}
     assert served <= present and (present - absent) & set(first_of) <= served
     assert [t.key for t in result.missing_files] == [k for k in keys if k in absent | present]
+
+
+def test_a_forced_rerender_still_renders_each_image_once() -> None:
+    takes = resolve_takes(load_shot_list(DEMO))
+    forced = collapse_duplicates(takes)
+    assert forced.rendered == [] and forced.missing_files == []
+    assert len(forced.to_render) == len({t.key for t in takes})
+    assert len({t.key for t in forced.to_render}) == len(forced.to_render)
+    assert forced.deduplicated == len(forced.same_as) == len(takes) - len(forced.to_render)

@@ -104,6 +104,11 @@ class DedupResult:
     missing_files: list[ResolvedTake]
     same_as: list[tuple[ResolvedTake, ResolvedTake]] = field(default_factory=list)
 
+    @property
+    def deduplicated(self) -> int:
+        """Takes that need no render of their own: served from the index or shared."""
+        return len(self.rendered) + len(self.same_as)
+
 
 @dataclass(frozen=True)
 class IndexStats:
@@ -273,6 +278,23 @@ class OutputIndex:
             bytes_by_episode=dict(zip(per_episode["episode"], per_episode["bytes"], strict=True)),
             rerendered=rows - unique, duplicates_avoided=avoided,
         )
+
+
+def collapse_duplicates(takes: Sequence[ResolvedTake]) -> DedupResult:
+    """Every take to render again (a forced re-render), yet each image only once.
+
+    Takes sharing a render key within the run go to ``same_as``, exactly as
+    :meth:`OutputIndex.dedup` places them; nothing is served from the index.
+    """
+    first: dict[str, ResolvedTake] = {}
+    same_as = []
+    for take in takes:
+        if take.key in first:
+            same_as.append((take, first[take.key]))
+        else:
+            first[take.key] = take
+    return DedupResult(rendered=[], to_render=list(first.values()), missing_files=[],
+                       same_as=same_as)
 
 
 def _split(takes: Sequence[ResolvedTake], wanted: pl.DataFrame, good: pl.DataFrame,
