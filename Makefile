@@ -23,7 +23,10 @@ stop: $(STAMP)
 	$(BIN)/tower server stop
 
 bench: $(STAMP)
-	$(BIN)/python bench/run_all.py
+	$(BIN)/python bench/bench_dedup_plan.py
+	$(BIN)/python bench/bench_concurrent_append.py
+	$(BIN)/python bench/bench_plan_quality.py
+	$(BIN)/python bench/bench_report.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache data

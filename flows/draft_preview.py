@@ -33,7 +33,7 @@ from tasks.setup import (
 from tower.dispatch import DEFAULT_MAX_FAILURES
 from tower.index import OutputIndex
 from tower.metrics import MetricsStore
-from tower.outputs import shared_images
+from tower.outputs import sheet_items
 from tower.preview import Preference, choose_preset, seconds_per_image
 from tower.render import RenderContext
 from tower.run_summary import RunTally, run_status
@@ -102,14 +102,12 @@ def draft_preview(shot_list: str | None = None, shots: list[str] | None = None,
     all_takes = resolve_takes_task(source, presets, choice.preset, shots, specs)
     dedup = dedup_task(all_takes, root, force=reuse == "none")
     tally = RunTally(takes_requested=len(all_takes), takes_deduped=dedup.deduplicated)
-    shown = [(f"{t.shot_id} t{t.take}", root.renders / row.output_path)
-             for t, row in dedup.rendered]
+    served = dedup.served_paths()
     to_render = dedup.to_render
     if reuse == "similar":
         to_render, reused = reuse_similar_task(to_render, root)
         tally.takes_deduped += len(reused)
-        shown += [(f"{t.shot_id} t{t.take}~", root.renders / row.output_path)
-                  for t, row in reused]
+        served |= {t.key: row.output_path for t, row in reused}
     plan = plan_task(to_render, specs, presets, artifact_key("preview-plan", source.episode))
 
     flow_run_id = current_flow_run.id
@@ -119,7 +117,7 @@ def draft_preview(shot_list: str | None = None, shots: list[str] | None = None,
                         flow_run_id=flow_run_id, front=True)
     pool, cancelled = render_plan(plan, RenderRun(pool_servers, ctx, retries, retry_backoff_s,
                                                   DEFAULT_MAX_FAILURES), tally)
-    tally.images = shown + tally.images + shared_images(dedup.same_as, root.renders)
+    tally.images = sheet_items(all_takes, root.renders, served)
     summary = publish_summary(
         tally, root=root, run_id=run_id, flow_run_id=flow_run_id, flow="draft_preview",
         episode=source.episode, preset=choice.preset, servers=[s.name for s in pool_servers],

@@ -34,7 +34,7 @@ from tasks.setup import (
 from tower.dispatch import DEFAULT_MAX_FAILURES
 from tower.index import OutputIndex
 from tower.metrics import MetricsStore
-from tower.outputs import shared_images
+from tower.outputs import sheet_items
 from tower.render import RenderContext
 from tower.run_summary import RunTally, run_status
 from tower.shots import load_shot_list
@@ -135,7 +135,8 @@ def render_episode(shot_list: str, shots: list[str] | None = None, preset: str |
     pool, cancelled = render_plan(plan, RenderRun(
         pool_servers, ctx, retries, retry_backoff_s, max_server_failures,
         progress_key=artifact_key("progress", episode)), tally)
-    tally.images += shared_images(dedup.same_as, root.renders)
+    served = dedup.served_paths() | {t.key: row.output_path for t, row in reused}
+    tally.images = sheet_items(takes, root.renders, served)
 
     summary = publish_summary(
         tally, root=root, run_id=run_id, flow_run_id=flow_run_id, flow="render_episode",

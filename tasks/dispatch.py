@@ -159,21 +159,14 @@ def cancel_prompts(servers: Iterable[ComfyUIServer], prompt_ids: Collection[str]
     Returns what was done per server (or why not), for the log.
     """
     report: dict[str, str] = {}
-    wanted = set(prompt_ids)
     for server in servers:
         try:
             with server.get_client() as client:
-                queue = client.queue()
-                pending = [pid for pid in queue.pending if pid in wanted]
-                if pending:
-                    client.cancel(pending)
-                running = [pid for pid in queue.running if pid in wanted]
-                for pid in running:
-                    client.interrupt(pid)
+                deleted, interrupted = client.withdraw(prompt_ids)
         except ComfyUIError as err:
             report[server.name] = f"could not clean up: {err}"
             continue
-        report[server.name] = f"deleted {len(pending)} waiting, interrupted {len(running)}"
+        report[server.name] = f"deleted {len(deleted)} waiting, interrupted {len(interrupted)}"
     return report
 
 

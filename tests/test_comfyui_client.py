@@ -392,6 +392,22 @@ def test_queue_order_cancel_and_interrupt(tmp_path: Path) -> None:
         assert client.find("b") == "unknown"
 
 
+def test_withdraw_stops_only_the_given_prompts(tmp_path: Path) -> None:
+    config = SimulatorConfig(time_scale=1.0, model_load_s=0.1, output_dir=tmp_path / "out")
+    with start_simulator(config) as server, ComfyUIClient(server.url) as client:
+        client.submit(graph_for(takes=8, seed=1), prompt_id="ours-running")
+        wait_until(lambda: client.find("ours-running") == "running")
+        client.submit(graph_for(seed=2), prompt_id="ours-waiting")
+        client.submit(graph_for(seed=3), prompt_id="theirs")
+        deleted, interrupted = client.withdraw(["ours-running", "ours-waiting", "gone"])
+        assert (deleted, interrupted) == (["ours-waiting"], ["ours-running"])
+        with pytest.raises(ComfyUIInterrupted):
+            client.wait("ours-running", timeout=10)
+        assert client.find("ours-waiting") == "unknown"
+        assert client.find("theirs") in {"queued", "running"}
+        client.withdraw(["theirs"])
+
+
 # -- files and secrets -------------------------------------------------------------
 
 

@@ -7,7 +7,6 @@ import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import flow_helpers
 import polars as pl
 import pytest
 from prefect.client.orchestration import get_client
@@ -20,8 +19,7 @@ from tower.shots import load_shot_list
 from tower.simulator import SimulatorServer
 from tower.takes import resolve_takes
 
-# One Prefect backend for the session, shared with the render flow's tests.
-prefect_backend = flow_helpers.prefect_backend
+# The session's one Prefect backend (tests/conftest.py), shared with the flow tests.
 pytestmark = pytest.mark.usefixtures("prefect_backend")
 
 

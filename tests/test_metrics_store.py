@@ -10,7 +10,6 @@ from dataclasses import asdict, replace
 from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 
-import flow_helpers
 import polars as pl
 import pyarrow as pa
 import pytest
@@ -304,9 +303,6 @@ def test_metrics_compact_command(tmp_path: Path) -> None:
     assert held.exit_code == 1 and "another compaction holds" in held.output
     empty = runner.invoke(app, ["metrics", "compact", "--data-root", str(tmp_path / "none")])
     assert empty.exit_code == 0 and not (tmp_path / "none").exists()
-
-
-prefect_backend = flow_helpers.prefect_backend
 
 
 @pytest.mark.usefixtures("prefect_backend")

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from tower.index import collapse_duplicates
-from tower.outputs import shared_images, take_output_path
+from tower.outputs import sheet_items, take_output_path
 from tower.shots import Shot, ShotList, load_shot_list
 from tower.storage import DataRoot
 from tower.takes import resolve_takes
@@ -38,13 +38,20 @@ def test_other_settings_of_the_same_take_get_their_own_file():
     assert take_output_path(take) == take_output_path(resolve_takes(SHOTS)[0])  # stable
 
 
-def test_shared_images_show_the_rendered_twin_once_it_exists(tmp_path: Path) -> None:
-    pairs = collapse_duplicates(resolve_takes(load_shot_list(DEMO_LIST))).same_as
-    assert pairs, "the demo list has shots sharing an image"
-    assert shared_images(pairs, tmp_path) == []  # nothing rendered yet: nothing shown
-    dup, twin = pairs[0]
-    path = tmp_path / take_output_path(twin)
-    path.parent.mkdir(parents=True)
-    path.write_bytes(b"png")
-    assert shared_images(pairs, tmp_path) == [
-        (f"{dup.shot_id} t{dup.take}={twin.shot_id}", path)]
+
+def test_sheet_shows_takes_in_list_order_with_shared_and_indexed_images(tmp_path: Path) -> None:
+    takes = resolve_takes(load_shot_list(DEMO_LIST))
+    dedup = collapse_duplicates(takes)
+    dup, twin = dedup.same_as[0]
+    assert sheet_items(takes, tmp_path, dedup.served_paths()) == []  # nothing rendered yet
+    for take in dedup.to_render[:-1]:  # the last take "failed": it is left out
+        path = tmp_path / take_output_path(take)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"png")
+    items = sheet_items(takes, tmp_path, dedup.served_paths())
+    expected = [t for t in takes if t != dedup.to_render[-1]]
+    assert [label.split(" =")[0] for label, _ in items] == [
+        f"{t.shot_id} t{t.take}" for t in expected]
+    shown = dict(items)
+    assert shown[f"{dup.shot_id} t{dup.take} ={twin.shot_id}"] == \
+        tmp_path / take_output_path(twin)

@@ -104,6 +104,19 @@ class DedupResult:
     missing_files: list[ResolvedTake]
     same_as: list[tuple[ResolvedTake, ResolvedTake]] = field(default_factory=list)
 
+    def served_paths(self) -> dict[str, str]:
+        """Render key -> output path (relative to the render root) of every image reused.
+
+        Keys served from the index point at their indexed file; keys shared inside the
+        run point at the file the first take of the key is rendered to.
+        """
+        from tower.outputs import take_output_path
+
+        paths = {take.key: row.output_path for take, row in self.rendered}
+        for _, first in self.same_as:
+            paths.setdefault(first.key, take_output_path(first))
+        return paths
+
     @property
     def deduplicated(self) -> int:
         """Takes that need no render of their own: served from the index or shared."""

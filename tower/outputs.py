@@ -8,7 +8,7 @@ decode) from overwriting one another.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from tower.takes import ResolvedTake
@@ -26,16 +26,23 @@ def take_output_path(take: ResolvedTake) -> str:
     return f"{take.episode}/{take.shot_id}/{take.shot_id}_t{take.take:02d}_{key}.png"
 
 
-def shared_images(pairs: Sequence[tuple[ResolvedTake, ResolvedTake]],
-                  render_root: Path) -> list[tuple[str, Path]]:
-    """Contact-sheet entries for takes that share another take's image.
 
-    ``pairs`` are (take, the take rendered in its place), as in ``DedupResult.same_as``;
-    a pair is shown only once its image exists, so a failed render shows nothing.
+def sheet_items(takes: Sequence[ResolvedTake], render_root: Path,
+                served: Mapping[str, str] | None = None) -> list[tuple[str, Path]]:
+    """Contact-sheet entries for ``takes`` in shot-list order, each with its image.
+
+    A take shows its own file when it has one, else the file ``served`` names for its
+    render key (an image indexed under another shot, or rendered for a take it shares
+    its key with); a take with neither (a failed render) is left out.
     """
-    shown = []
-    for take, rendered in pairs:
-        path = render_root / take_output_path(rendered)
+    served = served or {}
+    items = []
+    for take in takes:
+        path = render_root / take_output_path(take)
+        label = f"{take.shot_id} t{take.take}"
+        if not path.is_file() and take.key in served:
+            path = render_root / served[take.key]
+            label += f" ={path.parent.name}" if path.parent.name != take.shot_id else ""
         if path.is_file():
-            shown.append((f"{take.shot_id} t{take.take}={rendered.shot_id}", path))
-    return shown
+            items.append((label, path))
+    return items

@@ -237,6 +237,21 @@ class ComfyUIClient:
         """Interrupt the running prompt; with ``prompt_id``, only if that one is running."""
         self._post("/interrupt", {"prompt_id": prompt_id} if prompt_id else None)
 
+    def withdraw(self, prompt_ids: Iterable[str]) -> tuple[list[str], list[str]]:
+        """Stop ``prompt_ids`` on this server: delete those waiting, interrupt the one running.
+
+        Other clients' prompts are never touched. Returns ``(deleted, interrupted)``.
+        """
+        wanted = set(prompt_ids)
+        queue = self.queue()
+        pending = [pid for pid in queue.pending if pid in wanted]
+        if pending:
+            self.cancel(pending)
+        running = [pid for pid in queue.running if pid in wanted]
+        for pid in running:
+            self.interrupt(pid)
+        return pending, running
+
     def free(self, *, unload_models: bool = True, free_memory: bool = False) -> None:
         """Ask the server to unload models and/or free memory after the current prompt."""
         self._post("/free", {"unload_models": unload_models, "free_memory": free_memory})
