@@ -162,7 +162,7 @@ def run_demo(project_dir: Path, echo: Echo, *, shot_list: Path = DEMO_SHOT_LIST,
             raise DemoError(f"run {number} ended {run.state}; see {run.ui_url}")
         echo(f"Run {number} completed: {_counts(run.result)}{run.task_runs} task runs "
              f"recorded, {run.ui_url}")
-    report.contact_sheet = _find_contact_sheet(report.runs[0].result, data_root)
+    report.contact_sheet = _find_contact_sheet(report.runs[-1].result, data_root)
     return report
 
 
