@@ -338,7 +338,7 @@ def test_restart_mid_wait_raises_instead_of_hanging(slow_sim: SimulatorServer) -
 
 
 def test_server_gone_mid_wait_raises_after_a_short_grace(tmp_path: Path) -> None:
-    server = start_simulator(SimulatorConfig(time_scale=0.2, output_dir=tmp_path / "o"))
+    server = start_simulator(SimulatorConfig(time_scale=1.0, output_dir=tmp_path / "o"))
     with ComfyUIClient(server.url, connect_timeout=0.5) as client:
         thread, out = in_thread(client.render, graph_for(), prompt_id="orphan",
                                 timeout=30, stall_timeout=1.0)
