@@ -12,7 +12,6 @@ after the nightly render) is the ``daily-report`` deployment in ``prefect.yaml``
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from datetime import UTC, date, datetime
 
@@ -21,7 +20,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from blocks.comfyui_server import ComfyUIServer
-from tasks.setup import resolve_data_root, resolve_presets, resolve_servers, split_env_list
+from tasks.setup import resolve_data_root, resolve_presets, resolve_servers, server_entries
 from tower.compaction import CompactResult
 from tower.metrics import MetricsStore, RunLog, compact_closed_days
 from tower.parquet_io import StoreError
@@ -107,9 +106,9 @@ def daily_report(data_root: str | None = None, render_store: str | None = None,
     Returns the paths written, keyed ``markdown``, ``json`` and each chart's kind.
     """
     now = now or datetime.now(UTC)
-    data = resolve_data_root(data_root, render_store, os.environ.get("TOWER_DATA_ROOT"))
+    data = resolve_data_root(data_root, render_store)
     presets = resolve_presets(presets_file, presets_block)
-    entries = servers or split_env_list(os.environ.get("TOWER_SERVERS"))
+    entries = server_entries(servers)
 
     compact_task(data, day, since, now)
     report = build_report_task(data, day, since, now, presets)

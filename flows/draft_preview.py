@@ -11,7 +11,6 @@ never waits behind the nightly run.
 from __future__ import annotations
 
 import hashlib
-import os
 from datetime import UTC, date, datetime, timedelta
 from typing import Literal
 
@@ -24,18 +23,17 @@ from tasks.dispatch import RenderRun, render_plan
 from tasks.planning import dedup_task, load_shot_list_task, plan_task, resolve_takes_task
 from tasks.reporting import publish_summary, reuse_similar_task
 from tasks.setup import (
+    render_context,
     resolve_data_root,
     resolve_presets,
     resolve_servers,
+    server_entries,
     server_specs,
-    split_env_list,
 )
 from tower.dispatch import DEFAULT_MAX_FAILURES
-from tower.index import OutputIndex
 from tower.metrics import MetricsStore
 from tower.outputs import sheet_items
 from tower.preview import Preference, choose_preset, seconds_per_image
-from tower.render import RenderContext
 from tower.run_summary import RunTally, run_status
 from tower.shots import Shot, ShotList
 from tower.storage import DataRoot
@@ -85,8 +83,8 @@ def draft_preview(shot_list: str | None = None, shots: list[str] | None = None,
     logger = get_run_logger()
     if not prompt and not shot_list:
         raise ValueError("draft_preview needs a shot_list (with shots) or a prompt")
-    pool_servers = resolve_servers(servers or split_env_list(os.environ.get("TOWER_SERVERS")))
-    root = resolve_data_root(data_root, render_store, os.environ.get("TOWER_DATA_ROOT"))
+    pool_servers = resolve_servers(server_entries(servers))
+    root = resolve_data_root(data_root, render_store)
     presets = resolve_presets(presets_file, presets_block)
     specs = server_specs(pool_servers)
     source = free_prompt_list(prompt, takes) if prompt else load_shot_list_task(shot_list,
@@ -111,10 +109,8 @@ def draft_preview(shot_list: str | None = None, shots: list[str] | None = None,
     plan = plan_task(to_render, specs, presets, artifact_key("preview-plan", source.episode))
 
     flow_run_id = current_flow_run.id
-    run_id = f"preview-{started:%Y%m%dT%H%M%S}-{(flow_run_id or 'local')[:8]}"
-    ctx = RenderContext(data_root=root, index=OutputIndex(root.index),
-                        metrics=MetricsStore(root.metrics), run_id=run_id,
-                        flow_run_id=flow_run_id, front=True)
+    ctx = render_context(root, "preview", started, flow_run_id, front=True)
+    run_id = ctx.run_id
     pool, cancelled = render_plan(plan, RenderRun(pool_servers, ctx, retries, retry_backoff_s,
                                                   DEFAULT_MAX_FAILURES), tally)
     tally.images = sheet_items(all_takes, root.renders, served)

@@ -9,7 +9,6 @@ contact sheet and write the run log. A re-run renders only what is still missing
 
 from __future__ import annotations
 
-import os
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,20 +21,19 @@ from prefect.states import Cancelled, Completed, Failed, State
 
 from tasks.dispatch import RenderRun, cancel_prompts, prompts_of_flow_run, render_plan
 from tasks.planning import dedup_task, load_shot_list_task, plan_task, resolve_takes_task
-from tasks.render import preflight_graphs, preflight_task
+from tasks.render import preflight_task
 from tasks.reporting import publish_summary, reuse_similar_task
 from tasks.setup import (
+    render_context,
     resolve_data_root,
     resolve_presets,
     resolve_servers,
+    server_entries,
     server_specs,
-    split_env_list,
 )
 from tower.dispatch import DEFAULT_MAX_FAILURES
-from tower.index import OutputIndex
-from tower.metrics import MetricsStore
+from tower.graph import preflight_graphs
 from tower.outputs import sheet_items
-from tower.render import RenderContext
 from tower.run_summary import RunTally, run_status
 from tower.shots import load_shot_list
 
@@ -68,8 +66,7 @@ def cancel_hook(flow: object, flow_run: object, state: State) -> None:
     servers come from its parameters, its prompt ids from its plan artifact.
     """
     params = dict(getattr(flow_run, "parameters", {}) or {})
-    servers = resolve_servers(params.get("servers") or split_env_list(
-        os.environ.get("TOWER_SERVERS")))
+    servers = resolve_servers(server_entries(params.get("servers")))
     prompts = prompts_of_flow_run(flow_run.id)  # type: ignore[attr-defined]
     report = cancel_prompts(servers, prompts)
     flow_run_logger(flow_run).info("cancelled prompts: %s", report or "none in flight")  # type: ignore[arg-type]
@@ -105,8 +102,8 @@ def render_episode(shot_list: str, shots: list[str] | None = None, preset: str |
         The run summary; a Failed state carrying it when any batch finally failed.
     """
     started = datetime.now(UTC)
-    pool_servers = resolve_servers(servers or split_env_list(os.environ.get("TOWER_SERVERS")))
-    root = resolve_data_root(data_root, render_store, os.environ.get("TOWER_DATA_ROOT"))
+    pool_servers = resolve_servers(server_entries(servers))
+    root = resolve_data_root(data_root, render_store)
     presets = resolve_presets(presets_file, presets_block)
     specs = server_specs(pool_servers)
 
@@ -128,10 +125,8 @@ def render_episode(shot_list: str, shots: list[str] | None = None, preset: str |
                 "plan": plan.rows(), "status": "completed"}
 
     flow_run_id = current_flow_run.id
-    run_id = f"{episode}-{started:%Y%m%dT%H%M%S}-{(flow_run_id or 'local')[:8]}"
-    ctx = RenderContext(data_root=root, index=OutputIndex(root.index),
-                        metrics=MetricsStore(root.metrics), run_id=run_id,
-                        flow_run_id=flow_run_id)
+    ctx = render_context(root, episode, started, flow_run_id)
+    run_id = ctx.run_id
     pool, cancelled = render_plan(plan, RenderRun(
         pool_servers, ctx, retries, retry_backoff_s, max_server_failures,
         progress_key=artifact_key("progress", episode)), tally)

@@ -33,7 +33,6 @@ from blocks.comfyui_server import ComfyUIServer
 from tasks.render import (
     RunStopping,
     flow_run_stopping,
-    preflight_graphs,
     preflight_task,
     with_retry_policy,
 )
@@ -46,6 +45,7 @@ from tower.comfyui import (
     ComfyUIValidationError,
 )
 from tower.dispatch import Assignment, ServerPool, total_depth
+from tower.graph import preflight_graphs
 from tower.planner import Plan
 from tower.render import BatchOutcome, RenderContext
 from tower.run_summary import RunTally, count_retries

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
@@ -80,13 +79,3 @@ def plan_task(takes: Sequence[ResolvedTake], servers: Sequence[ServerSpec],
         create_table_artifact(rows, key=artifact_key,
                               description=f"{len(plan.batches)} batches, {plan.takes} takes")
     return plan
-
-
-def presets_from(path: str | None, block_presets: Mapping[str, Preset] | None = None,
-                 ) -> dict[str, Preset]:
-    """Presets for a run: a presets file when given, else a saved block's, else built-ins."""
-    from tower.presets import load_presets
-
-    if path:
-        return load_presets(Path(path))
-    return dict(block_presets) if block_presets else load_presets(None)

@@ -26,10 +26,9 @@ from prefect.tasks import exponential_backoff
 
 from blocks.comfyui_server import ComfyUIServer
 from tower.comfyui import ComfyUIError, ComfyUIPreflightError, is_transient
-from tower.graph import Graph, build_graph
+from tower.graph import Graph
 from tower.planner import RenderBatch
 from tower.render import BatchOutcome, RenderContext, execute_with_oom_split
-from tower.takes import ResolvedTake
 
 RENDER_RETRIES = 3
 RETRY_BACKOFF_S = 10.0
@@ -81,16 +80,6 @@ def preflight_task(servers: Sequence[ComfyUIServer], graphs: Sequence[Graph]) ->
                                     + "\n".join(f"- {p}" for p in problems))
     get_run_logger().info("preflight ok: %d servers, %d distinct graphs", len(servers),
                           len(graphs))
-
-
-def preflight_graphs(takes: Sequence[ResolvedTake]) -> list[Graph]:
-    """One single-take graph per distinct set of node classes and model/sampler choices."""
-    seen: dict[tuple[object, ...], Graph] = {}
-    for take in takes:
-        key = (take.checkpoint, take.sampler, take.scheduler, take.vae_tiled)
-        if key not in seen:
-            seen[key] = build_graph([take], f"{take.episode}/{take.shot_id}/preflight")
-    return list(seen.values())
 
 
 @task(name="render-batch", task_run_name="{batch.label} @{server.name}",

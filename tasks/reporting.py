@@ -32,7 +32,7 @@ def reuse_similar_task(takes: Sequence[ResolvedTake], root: DataRoot,
     return to_render, reused
 
 
-def contact_sheet_path(root: DataRoot, episode: str, run_id: str) -> str:
+def contact_sheet_path(episode: str, run_id: str) -> str:
     """Relative to the render root, so the sheet lives next to the episode's images."""
     return f"{episode}/{CONTACT_SHEETS}/{run_id}.png"
 
@@ -47,7 +47,7 @@ def publish_summary(tally: RunTally, *, root: DataRoot, run_id: str, flow_run_id
     finished = datetime.now(UTC)
     sheet = None
     if tally.images:
-        dest = root.renders / contact_sheet_path(root, episode, run_id)
+        dest = root.renders / contact_sheet_path(episode, run_id)
         sheet = str(make_contact_sheet(tally.images, dest, title=f"{title} {run_id}"))
     markdown = summary_markdown(title, tally, started=started, finished=finished,
                                 servers=servers, model_swaps=model_swaps,

@@ -8,7 +8,9 @@ first run needs nothing saved. Environment defaults are read by the flows, not h
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from pathlib import Path
 
 from prefect import get_client
@@ -16,11 +18,16 @@ from prefect.exceptions import ObjectAlreadyExists
 
 from blocks.comfyui_server import ComfyUIServer
 from blocks.render_store import RenderPresets, RenderStore
+from tower.index import OutputIndex
+from tower.metrics import MetricsStore
 from tower.planner import ServerSpec
 from tower.presets import Preset, load_presets
+from tower.render import RenderContext
 from tower.storage import DEFAULT_DATA_ROOT, DataRoot
 
 DEFAULT_SERVER_URL = "http://127.0.0.1:8188"
+SERVERS_ENV = "TOWER_SERVERS"
+DATA_ROOT_ENV = "TOWER_DATA_ROOT"
 
 
 def resolve_server(entry: str) -> ComfyUIServer:
@@ -58,14 +65,33 @@ def split_env_list(value: str | None) -> list[str] | None:
     return items or None
 
 
-def resolve_data_root(path: str | None, store_block: str | None,
-                      env_default: str | None) -> DataRoot:
-    """The data root: a path, else a saved RenderStore block, else the env default, else data/."""
+def server_entries(entries: Sequence[str] | None) -> list[str] | None:
+    """A flow's ``servers`` parameter, else ``TOWER_SERVERS``, else None."""
+    return list(entries) if entries else split_env_list(os.environ.get(SERVERS_ENV))
+
+
+def resolve_data_root(path: str | None, store_block: str | None) -> DataRoot:
+    """The data root: a path, else a saved RenderStore block, else ``TOWER_DATA_ROOT``,
+    else data/."""
     if path:
         return DataRoot(Path(path))
     if store_block:
         return RenderStore.load(store_block).get_data_root()
+    env_default = os.environ.get(DATA_ROOT_ENV)
     return DataRoot(Path(env_default) if env_default else DEFAULT_DATA_ROOT)
+
+
+def render_context(root: DataRoot, label: str, started: datetime, flow_run_id: str | None,
+                   *, front: bool = False) -> RenderContext:
+    """The stores and ids every batch of one run writes with.
+
+    The run id (``<label>-<start>-<flow run>``) is what index rows and metrics rows of
+    the run share.
+    """
+    run_id = f"{label}-{started:%Y%m%dT%H%M%S}-{(flow_run_id or 'local')[:8]}"
+    return RenderContext(data_root=root, index=OutputIndex(root.index),
+                         metrics=MetricsStore(root.metrics), run_id=run_id,
+                         flow_run_id=flow_run_id, front=front)
 
 
 def resolve_presets(presets_file: str | None, presets_block: str | None) -> dict[str, Preset]:

@@ -59,11 +59,12 @@ def test_unknown_block_names_and_duplicates_are_reported():
         resolve_servers(["a=http://h:1", "a=http://h:2"])
 
 
-def test_store_and_presets_blocks(tmp_path):
+def test_store_and_presets_blocks(tmp_path, monkeypatch):
+    monkeypatch.setenv("TOWER_DATA_ROOT", "y")
     RenderStore(data_root=str(tmp_path / "farm")).save("blk-store", overwrite=True)
-    assert resolve_data_root(None, "blk-store", None).root == tmp_path / "farm"
-    assert resolve_data_root("x", "blk-store", "y").root.name == "x"
-    assert resolve_data_root(None, None, "y").root.name == "y"
+    assert resolve_data_root(None, "blk-store").root == tmp_path / "farm"
+    assert resolve_data_root("x", "blk-store").root.name == "x"
+    assert resolve_data_root(None, None).root.name == "y"
     RenderPresets(presets={"draft": {"steps": 6}}).save("blk-presets", overwrite=True)
     assert resolve_presets(None, "blk-presets")["draft"].steps == 6
     RenderPresets(presets={"draft": {"steps": 0}}).save("blk-bad", overwrite=True)
