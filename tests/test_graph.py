@@ -16,6 +16,7 @@ from tower.graph import (
     build_graph,
     check_batch,
     noise_indices,
+    preflight_graphs,
     tile_overlap,
 )
 from tower.graph_check import check_graph
@@ -211,3 +212,15 @@ def test_checker_reads_both_spellings_of_an_enum() -> None:
     graph["sampler"]["inputs"]["scheduler"] = "beta"
     assert check_graph(graph, info) == [
         "sampler.scheduler: 'beta' is not one of the allowed values"]
+
+
+def test_preflight_checks_one_graph_per_distinct_model_sampler_and_decode() -> None:
+    takes = resolve_takes(load_shot_list(ROOT / "shot_lists" / "ep01_demo.yaml"))
+    takes.append(replace(takes[0], vae_tiled=True))
+    graphs = preflight_graphs(takes)
+    needs = {(t.checkpoint, t.sampler, t.scheduler, t.vae_tiled) for t in takes}
+    built = {(g["checkpoint"]["inputs"]["ckpt_name"], g["sampler"]["inputs"]["sampler_name"],
+              g["sampler"]["inputs"]["scheduler"], g["decode"]["class_type"] == "VAEDecodeTiled")
+             for g in graphs}
+    assert len(graphs) == len(needs) and built == needs
+    assert all(check_graph(g, FULL_INFO) == [] for g in graphs)

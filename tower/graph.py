@@ -108,3 +108,17 @@ def noise_indices(graph: Graph) -> list[int]:
     """
     inputs = graph["takes"]["inputs"]
     return list(range(inputs["batch_index"], inputs["batch_index"] + inputs["length"]))
+
+
+def preflight_graphs(takes: Sequence[ResolvedTake]) -> list[Graph]:
+    """One single-take graph per distinct checkpoint, sampler, scheduler and decode.
+
+    What a server must have for a run to succeed depends only on these, so preflight
+    checks a handful of graphs instead of every batch's.
+    """
+    seen: dict[tuple[object, ...], Graph] = {}
+    for take in takes:
+        key = (take.checkpoint, take.sampler, take.scheduler, take.vae_tiled)
+        if key not in seen:
+            seen[key] = build_graph([take], f"{take.episode}/{take.shot_id}/preflight")
+    return list(seen.values())
