@@ -22,6 +22,7 @@ from starlette.websockets import WebSocket
 
 from tower.simulator.engine import Engine
 from tower.simulator.faults import FaultMiddleware
+from tower.simulator.hub import ws_text
 from tower.simulator.responses import JSON_TYPE, ComfyJSON, empty, json_body, trouble
 from tower.simulator.system import MODEL_FOLDERS, system_stats
 from tower.simulator.validation import validate_prompt
@@ -194,8 +195,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     await websocket.accept()
     sid = websocket.query_params.get("clientId") or uuid.uuid4().hex
     conn = engine.hub.connect(sid, websocket)
-    conn.outbox.put_nowait(json.dumps(
-        {"type": "status", "data": {**engine.session.status(), "sid": sid}}))
+    conn.outbox.put_nowait(ws_text("status", {**engine.session.status(), "sid": sid}))
     pump = asyncio.create_task(conn.pump())
     try:
         while True:
@@ -215,7 +215,7 @@ def _client_message(conn: Any, text: str | None) -> None:
     with contextlib.suppress(ValueError, TypeError, AttributeError):
         message = json.loads(text or "")
         if message.get("type") == "feature_flags":
-            conn.outbox.put_nowait(json.dumps({"type": "feature_flags", "data": FEATURES}))
+            conn.outbox.put_nowait(ws_text("feature_flags", FEATURES))
 
 
 async def tower_busy(request: Request) -> Response:

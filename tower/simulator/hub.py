@@ -17,6 +17,11 @@ from typing import Any
 from starlette.websockets import WebSocket
 
 
+def ws_text(event: str, data: Any) -> str:
+    """The text frame ComfyUI sends for an event: ``{"type": event, "data": data}``."""
+    return json.dumps({"type": event, "data": data})
+
+
 class Connection:
     """One client socket with its own outgoing queue, so a slow client blocks no one."""
 
@@ -71,7 +76,7 @@ class Hub:
         """Queue ``{"type": event, "data": data}`` for ``sid`` (or everyone); thread-safe."""
         if self._loop is None or self._loop.is_closed():
             return
-        text = json.dumps({"type": event, "data": data})
+        text = ws_text(event, data)
         with contextlib.suppress(RuntimeError):  # loop closed while stopping
             self._loop.call_soon_threadsafe(self._dispatch, text, sid)
 
