@@ -92,12 +92,16 @@ def _delete_quietly(filesystem: pafs.FileSystem, path: str) -> None:
         filesystem.delete_file(path)
 
 
+def _entries(filesystem: pafs.FileSystem, folder: str) -> list[pafs.FileInfo]:
+    """Everything directly in ``folder``; nothing if it is not a directory."""
+    if filesystem.get_file_info(folder).type != pafs.FileType.Directory:
+        return []
+    return filesystem.get_file_info(pafs.FileSelector(folder, recursive=False))
+
+
 def list_data_files(filesystem: pafs.FileSystem, folder: str) -> list[pafs.FileInfo]:
     """Finished parts directly in ``folder``, sorted by name; none if it does not exist."""
-    info = filesystem.get_file_info(folder)
-    if info.type != pafs.FileType.Directory:
-        return []
-    found = filesystem.get_file_info(pafs.FileSelector(folder, recursive=False))
+    found = _entries(filesystem, folder)
     return sorted((f for f in found if f.type == pafs.FileType.File and is_data_file(f.base_name)),
                   key=lambda f: f.base_name)
 
@@ -108,9 +112,7 @@ def stale_temporaries(filesystem: pafs.FileSystem, folder: str, older_than: time
 
     Younger ones may belong to a write in progress and are left alone.
     """
-    if filesystem.get_file_info(folder).type != pafs.FileType.Directory:
-        return []
-    found = filesystem.get_file_info(pafs.FileSelector(folder, recursive=False))
+    found = _entries(filesystem, folder)
     cutoff = now - older_than
     return sorted(f.path for f in found
                   if f.type == pafs.FileType.File and f.base_name.startswith(TMP_PREFIX)
@@ -123,10 +125,7 @@ def _aware(moment: datetime) -> datetime:
 
 def list_subfolders(filesystem: pafs.FileSystem, folder: str) -> list[str]:
     """Names of the visible sub-folders of ``folder`` (partitions), sorted."""
-    info = filesystem.get_file_info(folder)
-    if info.type != pafs.FileType.Directory:
-        return []
-    found = filesystem.get_file_info(pafs.FileSelector(folder, recursive=False))
+    found = _entries(filesystem, folder)
     return sorted(f.base_name for f in found
                   if f.type == pafs.FileType.Directory and not f.base_name.startswith((".", "_")))
 
