@@ -163,8 +163,7 @@ class ComfyUIClient:
             raise ComfyUIProtocolError(f"{self.name}: {what}: answer is not JSON") from err
 
     def _post(self, path: str, body: Any | None = None) -> httpx.Response:
-        response = self._send("POST", path, json=body) if body is not None \
-            else self._send("POST", path)
+        response = self._send("POST", path, json=body)  # json=None sends no body
         if response.status_code != 200:
             raise self._status_error(response, f"POST {path}")
         return response
