@@ -12,7 +12,7 @@ the step costs to the sampling times measured in the metrics store.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import polars as pl
 
@@ -68,5 +68,4 @@ class TimeModel:
         for name, points in work.items():
             if len(points) >= min_points:
                 costs[name] = sum(s for _, s in points) / sum(u for u, _ in points)
-        return TimeModel(costs, self.load_s, self.decode_s_per_mp, self.tiled_decode_factor,
-                         self.batch_overhead_s, self.default_step_s_per_mp, self.default_load_s)
+        return replace(self, step_s_per_mp=costs)
