@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -35,20 +35,21 @@ def _takes(count: int, shot_id: str = "sh010"):
     return resolve_takes(shots)
 
 
-def _fill_data_root(root: Path, server: str) -> None:
+def _fill_data_root(root: Path, server: str, now: datetime = NOW) -> None:
+    """Metrics, runs and index rows of a server, stamped relative to ``now``."""
     write_metrics(root, [
         metric_row(0, server=server, checkpoint="anime-draft-sd15.safetensors",
-                   at=NOW - timedelta(hours=3)),
+                   at=now - timedelta(hours=3)),
         metric_row(1, server=server, checkpoint="anime-final-sd15.safetensors",
-                   at=NOW - timedelta(hours=2)),
+                   at=now - timedelta(hours=2)),
         metric_row(2, server=server, checkpoint="other.safetensors", status="failed",
-                   at=NOW - timedelta(hours=1)),
+                   at=now - timedelta(hours=1)),
     ])
-    write_runs(root, [run_row("old", start=NOW - timedelta(days=10), takes_requested=100,
+    write_runs(root, [run_row("old", start=now - timedelta(days=10), takes_requested=100,
                               takes_deduped=100),
-                      run_row("run-a", start=NOW - timedelta(hours=5), takes_requested=40,
+                      run_row("run-a", start=now - timedelta(hours=5), takes_requested=40,
                               takes_deduped=10),
-                      run_row("run-b", start=NOW - timedelta(hours=4), takes_requested=10,
+                      run_row("run-b", start=now - timedelta(hours=4), takes_requested=10,
                               takes_deduped=0, status="failed", takes_failed=3)])
     rows = [IndexRow.from_take(t, output_path=f"ep01/sh010/{t.take}.png", sha256="0" * 64,
                                size_bytes=2 * 1024 * 1024, rendered_at=T0, server=server,
@@ -149,7 +150,8 @@ def test_a_bare_url_finds_the_metrics_the_flows_recorded_for_it(simulator: Simul
 
 def test_status_command_takes_named_servers_from_the_environment(simulator: SimulatorServer,
                                                                  tmp_path: Path) -> None:
-    _fill_data_root(tmp_path, "gpu-a")
+    # `tower status` reads the real clock: stamp the data relative to it
+    _fill_data_root(tmp_path, "gpu-a", now=datetime.now(UTC))
     result = CliRunner().invoke(app, ["status"], env={
         "TOWER_SERVERS": f"gpu-a={simulator.url}, http://127.0.0.1:{_free_port()}",
         "TOWER_DATA_ROOT": str(tmp_path)})
