@@ -4,13 +4,15 @@ Everything the pipeline writes lives under one data root (renders, output index,
 metrics, reports). Paths that come from outside (a ComfyUI response, a shot id) are
 joined through :meth:`DataRoot.inside`, which refuses anything that would escape it.
 Files others read are written to a temporary name in the same folder and renamed, so
-a reader or a crash never sees half a file.
+a reader or a crash never sees half a file. They get the permissions a plain ``open()``
+would give under the process umask (0644 under the usual 022): a studio's compositors,
+review tools and other workers must be able to read what the pipeline renders.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -65,13 +67,26 @@ class DataRoot:
         return inside(self.root, relative)
 
 
+def _new_temporary(dest: Path) -> Path:
+    """Create an empty, uniquely named hidden file next to ``dest``.
+
+    ``tempfile.mkstemp`` would create it 0600 whatever the umask; mode 0666 here lets
+    the umask decide, as for any ordinary file.
+    """
+    while True:
+        tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+
+
 @contextmanager
 def atomic_path(dest: Path) -> Iterator[Path]:
     """Yield a temporary path next to ``dest``; rename it to ``dest`` if the block succeeds."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = _new_temporary(dest)
     try:
         yield tmp
         os.replace(tmp, dest)
