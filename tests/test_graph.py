@@ -12,11 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tower.graph import (
+    FRESH_INPUT,
     MAX_TAKE_INDEX,
     build_graph,
     check_batch,
+    is_link,
     noise_indices,
     preflight_graphs,
+    root_nodes,
     tile_overlap,
 )
 from tower.graph_check import check_graph
@@ -224,3 +227,68 @@ def test_preflight_checks_one_graph_per_distinct_model_sampler_and_decode() -> N
              for g in graphs}
     assert len(graphs) == len(needs) and built == needs
     assert all(check_graph(g, FULL_INFO) == [] for g in graphs)
+
+
+# -- forced graphs ------------------------------------------------------------------
+
+_FIXED = {"prompt": "Aoi on the rope bridge", "negative": "lowres", "seed": 7,
+          "checkpoint": "anime-draft-sd15.safetensors", "sampler": "euler",
+          "scheduler": "normal", "steps": 12, "cfg": 6.5, "width": 512, "height": 768,
+          "denoise": 1.0, "vae_tiled": False, "vae_tile_size": 512}
+# build_graph's output before forced graphs existed, byte for byte (json.dumps).
+_UNFORCED_JSON = (
+    '{"checkpoint": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": '
+    '"anime-draft-sd15.safetensors"}}, "positive": {"class_type": "CLIPTextEncode", "inputs": '
+    '{"text": "Aoi on the rope bridge", "clip": ["checkpoint", 1]}}, "negative": {"class_type": '
+    '"CLIPTextEncode", "inputs": {"text": "lowres", "clip": ["checkpoint", 1]}}, "latent": '
+    '{"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 768, "batch_size": '
+    '3}}, "takes": {"class_type": "LatentFromBatch", "inputs": {"samples": ["latent", 0], '
+    '"batch_index": 1, "length": 2}}, "sampler": {"class_type": "KSampler", "inputs": {"model": '
+    '["checkpoint", 0], "seed": 7, "steps": 12, "cfg": 6.5, "sampler_name": "euler", '
+    '"scheduler": "normal", "positive": ["positive", 0], "negative": ["negative", 0], '
+    '"latent_image": ["takes", 0], "denoise": 1.0}}, "decode": {"class_type": "VAEDecode", '
+    '"inputs": {"samples": ["sampler", 0], "vae": ["checkpoint", 2]}}, "save": {"class_type": '
+    '"SaveImage", "inputs": {"images": ["decode", 0], "filename_prefix": '
+    '"ep01/sh010/abcd1234"}}}')
+
+
+def _fixed_takes() -> list[ResolvedTake]:
+    return [replace(t, **_FIXED) for t in takes_of("draft", takes=3)][1:3]
+
+
+def test_a_graph_that_is_not_forced_is_byte_identical_to_before() -> None:
+    takes = _fixed_takes()
+    assert json.dumps(build_graph(takes, "ep01/sh010/abcd1234")) == _UNFORCED_JSON
+    assert json.dumps(build_graph(takes, "ep01/sh010/abcd1234", fresh=None)) == _UNFORCED_JSON
+    assert FRESH_INPUT not in _UNFORCED_JSON
+
+
+@pytest.mark.parametrize("tiled", [False, True])
+def test_a_forced_graph_carries_the_token_on_every_root_node_only(tiled: bool) -> None:
+    takes = [replace(t, vae_tiled=tiled) for t in _fixed_takes()]
+    plain = build_graph(takes, "ep01/sh010/abcd1234")
+    forced = build_graph(takes, "ep01/sh010/abcd1234", fresh="tower-abc-f123")
+    assert root_nodes(forced) == root_nodes(plain) == ["checkpoint", "latent"]
+    carrying = {node_id for node_id, node in forced.items() if FRESH_INPUT in node["inputs"]}
+    assert carrying == {"checkpoint", "latent"}
+    assert {forced[n]["inputs"][FRESH_INPUT] for n in carrying} == {"tower-abc-f123"}
+    for node in forced.values():
+        node["inputs"].pop(FRESH_INPUT, None)
+    assert forced == plain  # nothing else changes
+
+
+def test_a_forced_graph_still_passes_comfyuis_validation_rules() -> None:
+    graph = build_graph(takes_of("standard", takes=2), "ep01/sh010/x", fresh="tower-x-f1")
+    assert check_graph(graph, FULL_INFO) == []
+
+
+def test_every_node_is_downstream_of_a_root_so_the_token_reaches_every_cache_key() -> None:
+    graph = build_graph(takes_of("standard", takes=2), "ep01/sh010/x", fresh="t")
+    reached = set(root_nodes(graph))
+    while True:
+        more = {node_id for node_id, node in graph.items()
+                if any(is_link(v) and v[0] in reached for v in node["inputs"].values())}
+        if more <= reached:
+            break
+        reached |= more
+    assert reached == set(graph)

@@ -18,6 +18,7 @@ from tower.planner import (
     PlanningError,
     ServerSpec,
     apply_decode_policy,
+    force_token,
     plan_batches,
     split_batch,
 )
@@ -211,6 +212,46 @@ def test_split_batch_halves_for_an_oom_retry() -> None:
     assert split_batch(batch) == (left, right)
     with pytest.raises(ValueError, match="cannot be split"):
         split_batch(right)
+
+
+def test_force_token_is_stable_per_run_and_differs_between_runs() -> None:
+    run = "5f0c1a52-3f4e-4c55-9b1e-0d8b2b0d3e11"
+    assert force_token(run) == force_token(run)
+    assert force_token(run) != force_token(run.replace("5f", "6f", 1))
+    assert force_token(run).startswith("f") and len(force_token(run)) == 13
+    with pytest.raises(ValueError, match="run id"):
+        force_token("")
+
+
+def test_a_forced_plan_is_the_same_plan_under_prompt_ids_of_the_run_own() -> None:
+    takes = shot_takes("sh010", 5) + shot_takes("sh020", 3, preset="draft")
+    servers = [ServerSpec("a", BUDGET["12gb"]), ServerSpec("b", BUDGET["8gb"])]
+    plain = plan_batches(takes, servers, PRESETS)
+    token = force_token("run-1")
+    forced = plan_batches(takes, servers, PRESETS, fresh=token)
+    assert forced == plain.forced(token)
+    assert [replace(b, fresh=None) for b in forced.batches] == list(plain.batches)
+    assert (forced.model_swaps, forced.est_seconds) == (plain.model_swaps, plain.est_seconds)
+    assert all(b.fresh is None and b.cache_buster is None for b in plain.batches)
+    for before, after in zip(plain.batches, forced.batches, strict=True):
+        assert after.batch_id == before.batch_id  # same takes, same metrics/index identity
+        assert after.prompt_id == f"{before.prompt_id}-{token}"
+        assert after.cache_buster == after.prompt_id
+    other_run = plan_batches(takes, servers, PRESETS, fresh=force_token("run-2"))
+    assert not {b.prompt_id for b in other_run.batches} & {b.prompt_id for b in forced.batches}
+    assert plan_batches(takes, servers, PRESETS, fresh=token) == forced  # retries agree
+
+
+def test_oom_halves_of_a_forced_batch_stay_forced() -> None:
+    token = force_token("run-1")
+    plan = plan_batches(shot_takes("sh010", 4), [ServerSpec("a", BUDGET["12gb"])], PRESETS,
+                        fresh=token)
+    (batch,) = plan.batches
+    halves = split_batch(batch)
+    assert [h.fresh for h in halves] == [token, token]
+    assert [h.prompt_id for h in halves] == [f"tower-{h.batch_id}-{token}" for h in halves]
+    assert len({batch.prompt_id, *(h.prompt_id for h in halves)}) == 3
+    assert [q.fresh for q in split_batch(halves[0])] == [token, token]
 
 
 @pytest.mark.parametrize(("preset", "budgets", "tiled"), [

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from tower.takes import ResolvedTake
 
@@ -25,13 +25,19 @@ class ServerSpec:
 
 @dataclass(frozen=True)
 class RenderBatch:
-    """One ComfyUI prompt: consecutive takes of one shot, on one server."""
+    """One ComfyUI prompt: consecutive takes of one shot, on one server.
+
+    ``fresh`` is set on the batches of a forced run (:func:`force_token` of the flow
+    run): the batch then gets a prompt id and a graph of its own, so ComfyUI renders it
+    again instead of handing back the finished prompt or its node cache.
+    """
 
     batch_id: str
     server: str
     takes: tuple[ResolvedTake, ...]
     vram_estimate_mb: float
     est_seconds: float
+    fresh: str | None = None
 
     @property
     def first(self) -> ResolvedTake:
@@ -68,8 +74,22 @@ class RenderBatch:
 
     @property
     def prompt_id(self) -> str:
-        """The ComfyUI prompt id: fixed by the takes, so a resubmission is recognised."""
-        return f"tower-{self.batch_id}"
+        """The ComfyUI prompt id: fixed by the takes (and a forced run's token), so a
+        resubmission within the run is recognised and adopted, while a forced run never
+        adopts what an earlier run left under the plain id."""
+        if self.fresh is None:
+            return f"tower-{self.batch_id}"
+        return f"tower-{self.batch_id}-{self.fresh}"
+
+    @property
+    def cache_buster(self) -> str | None:
+        """The graph's ``tower_fresh`` value (:func:`tower.graph.build_graph`), or None.
+
+        The forced prompt id, not the bare run token: it differs between the batches of
+        one run, so no node of a forced batch (the checkpoint load included) is served
+        from a cache entry another batch left, yet a retry builds the same graph.
+        """
+        return None if self.fresh is None else self.prompt_id
 
     @property
     def take_range(self) -> str:
@@ -91,6 +111,18 @@ def batch_id_for(takes: Sequence[ResolvedTake]) -> str:
     return hashlib.sha256("\n".join(t.key for t in takes).encode()).hexdigest()[:16]
 
 
+def force_token(run_id: str) -> str:
+    """The token of a forced run: ``f`` and 12 hex digits of sha256 over ``run_id``.
+
+    ``run_id`` is the orchestrator's run id (Prefect's flow run id): unique per run, so
+    a forced run renders anew, and the same across task and flow retries of that run,
+    so a retry adopts the prompt an earlier attempt left instead of rendering twice.
+    """
+    if not run_id:
+        raise ValueError("a forced run needs its run id to derive its prompt ids")
+    return "f" + hashlib.sha256(run_id.encode()).hexdigest()[:12]
+
+
 @dataclass(frozen=True)
 class Plan:
     """Batches per server in render order, with each server's swaps and estimated time."""
@@ -98,6 +130,10 @@ class Plan:
     batches: tuple[RenderBatch, ...]
     model_swaps: dict[str, int] = field(default_factory=dict)
     est_seconds: dict[str, float] = field(default_factory=dict)
+
+    def forced(self, token: str) -> Plan:
+        """The same plan with every batch carrying a forced run's ``token``."""
+        return replace(self, batches=tuple(replace(b, fresh=token) for b in self.batches))
 
     def for_server(self, name: str) -> list[RenderBatch]:
         """The batches of server ``name``, in the order to submit them."""

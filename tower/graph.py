@@ -13,6 +13,28 @@ changing what a take looks like, and render keys ignore the split.
 Node ids are stable, readable names so that ComfyUI's errors (which name node ids)
 read well in logs: ``checkpoint``, ``positive``, ``negative``, ``latent``, ``takes``,
 ``sampler``, ``decode``, ``save``.
+
+Why a forced graph carries ``tower_fresh``: ComfyUI serves every node whose cache key
+it still holds from its node cache, so an identical graph never reads a checkpoint
+retrained under the same file name. ``POST /free {"free_memory": true}`` is no fix: the
+prompt worker resets the cache once, after the item it is running (``main.py``
+``prompt_worker`` reads the flags after ``execute``), not right before our prompt. A
+prompt queued ahead of ours (another run's identical graph) refills the cache in
+between, an idle worker can dequeue a prompt posted right after the ``/free`` before it
+reads the flag, and every other user of the server loses its cache too. So a forced
+graph adds one input that no node declares, ``tower_fresh`` (value: the batch's forced
+prompt id), to every *root* node (no link inputs: ``checkpoint`` and ``latent``).
+Evidence, ComfyUI 0.3.64 (``a125cd84``):
+
+- ``comfy_execution/caching.py`` ``CacheKeySetInputSignature.get_immediate_node_signature``
+  puts every key of the node's ``inputs`` in its cache key, declared or not, and
+  ``get_node_signature`` appends the signatures of all its ancestors; so the roots miss
+  the cache and every other node misses it through them.
+- ``execution.py`` ``validate_inputs`` only iterates the declared inputs (an undeclared
+  key is no error) and ``get_input_data`` only passes declared inputs (and links) to
+  the node function, so the node never sees the extra key.
+
+Graphs that are not forced are built exactly as before, byte for byte.
 """
 
 from __future__ import annotations
@@ -22,6 +44,8 @@ from typing import Any
 
 from tower.takes import ResolvedTake
 
+# The undeclared input that makes a forced graph miss ComfyUI's node cache.
+FRESH_INPUT = "tower_fresh"
 SAVE_NODE = "save"
 SAMPLER_NODE = "sampler"
 CHECKPOINT_NODE = "checkpoint"
@@ -66,14 +90,39 @@ def _decoder(take: ResolvedTake) -> dict[str, Any]:
     return {"class_type": "VAEDecodeTiled", "inputs": inputs}
 
 
-def build_graph(takes: Sequence[ResolvedTake], filename_prefix: str) -> Graph:
+def build_graph(takes: Sequence[ResolvedTake], filename_prefix: str,
+                fresh: str | None = None) -> Graph:
     """The API-format prompt (the ``prompt`` of ``POST /prompt``) for one render batch.
 
     Args:
         takes: consecutive takes of one shot with identical settings.
         filename_prefix: SaveImage prefix, e.g. ``ep01/sh030/b1a2b3c4``; ComfyUI adds a
             counter. The pipeline stores each take under its own name afterwards.
+        fresh: for a forced render, the value of ``tower_fresh`` on every root node, so
+            every node executes again (see the module docstring); None leaves the
+            graph as it always was.
     """
+    graph = _graph(takes, filename_prefix)
+    if fresh is not None:
+        for node_id in root_nodes(graph):
+            graph[node_id]["inputs"][FRESH_INPUT] = fresh
+    return graph
+
+
+def is_link(value: Any) -> bool:
+    """Whether an input value is a link ``[node_id, output_index]``, by ComfyUI's rule
+    (``comfy_execution/graph_utils.py`` ``is_link``)."""
+    return (isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)
+            and isinstance(value[1], int | float))
+
+
+def root_nodes(graph: Graph) -> list[str]:
+    """The nodes without link inputs: every other node's cache key includes theirs."""
+    return [node_id for node_id, node in graph.items()
+            if not any(is_link(value) for value in node["inputs"].values())]
+
+
+def _graph(takes: Sequence[ResolvedTake], filename_prefix: str) -> Graph:
     check_batch(takes)
     first = takes[0]
     start, count = first.take, len(takes)

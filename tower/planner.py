@@ -27,7 +27,9 @@ If a take does not fit any server even alone, its VAE decode switches to tiled
 (``preset.vae_tile_size``); if that does not fit either, :class:`PlanningError` says
 the estimate, the largest budget and what to change. Everything is deterministic:
 the same takes and servers give the same plan and the same batch ids (a hash of the
-takes' render keys), so submitting a plan twice is idempotent.
+takes' render keys), so submitting a plan twice is idempotent. A forced run passes its
+``fresh`` token (:func:`tower.batches.force_token`): the same plan, but every batch (and
+every OOM half) gets prompt ids and graphs of that run's own.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import groupby
 
-from tower.batches import Plan, RenderBatch, ServerSpec, batch_id_for
+from tower.batches import Plan, RenderBatch, ServerSpec, batch_id_for, force_token
 from tower.presets import Preset
 from tower.takes import ResolvedTake
 from tower.timing import TimeModel
@@ -44,7 +46,7 @@ from tower.vram import VramModel
 
 __all__ = [
     "Plan", "PlanningError", "RenderBatch", "ServerSpec", "TimeModel", "apply_decode_policy",
-    "batch_id_for", "plan_batches", "split_batch",
+    "batch_id_for", "force_token", "plan_batches", "split_batch",
 ]
 
 # The settings every take of one prompt shares (tower.graph.check_batch).
@@ -91,10 +93,11 @@ class _Models:
 
 def plan_batches(takes: Sequence[ResolvedTake], servers: Sequence[ServerSpec],
                  presets: Mapping[str, Preset], vram: VramModel | None = None,
-                 time_model: TimeModel | None = None) -> Plan:
+                 time_model: TimeModel | None = None, fresh: str | None = None) -> Plan:
     """Plan ``takes`` (usually dedup's ``to_render``) onto ``servers``.
 
     Every distinct take is planned exactly once; identical duplicates are planned once.
+    ``fresh`` (a forced run's token) goes on every batch; it changes no placement.
 
     Raises:
         PlanningError: no servers, duplicate server names, an unknown preset, or a take
@@ -105,7 +108,8 @@ def plan_batches(takes: Sequence[ResolvedTake], servers: Sequence[ServerSpec],
     chunks = [_fit_chunk(c, servers, presets, models) for c in _chunks(takes, presets)]
     order = _chunk_order(chunks)
     placed = _place(order, servers, models)
-    return _build_plan(placed, servers, models)
+    plan = _build_plan(placed, servers, models)
+    return plan if fresh is None else plan.forced(fresh)
 
 
 def _check_servers(servers: Sequence[ServerSpec]) -> None:
@@ -339,8 +343,10 @@ def split_batch(batch: RenderBatch,
                 vram: VramModel | None = None) -> tuple[RenderBatch, RenderBatch]:
     """Halves of ``batch`` (the first one larger when odd), for a retry after an OOM.
 
-    Both halves stay on the batch's server and get their own ids; the VRAM estimate is
-    recomputed (with ``vram`` when given) and the time split pro rata.
+    Both halves stay on the batch's server and get their own ids; a forced batch's
+    halves keep its ``fresh`` token, so they render anew too (under prompt ids of their
+    own). The VRAM estimate is recomputed (with ``vram`` when given) and the time split
+    pro rata.
 
     Raises:
         ValueError: for a batch of one take, which cannot be split.
@@ -356,7 +362,7 @@ def split_batch(batch: RenderBatch,
             batch_id=batch_id_for(part), server=batch.server, takes=tuple(part),
             vram_estimate_mb=model.estimate_mb(first.checkpoint, first.width, first.height,
                                                len(part), first.vae_tiled, first.vae_tile_size),
-            est_seconds=batch.est_seconds * len(part) / batch.size))
+            est_seconds=batch.est_seconds * len(part) / batch.size, fresh=batch.fresh))
     return halves[0], halves[1]
 
 

@@ -2,11 +2,14 @@
 
 A batch is rendered under its planned prompt id (so a retry adopts the prompt a
 previous attempt left on the server instead of rendering it twice), while a GPU
-sampler watches the device. Each image goes to its take's own path under the render
-root, then the batch's index rows and one metrics row are written before returning:
-a crash after that loses nothing. A failure also writes its metrics row (status
-``failed``, ``oom`` or ``interrupted``) and then re-raises, so the caller's retry
-policy decides what happens next. ``tasks/`` only adds retries and logging on top.
+sampler watches the device. A forced batch (``batch.fresh``) has a prompt id and a
+graph of its run's own (:func:`tower.graph.build_graph`), so every node executes anew
+even on a server that still holds the same render in its history and node cache.
+Each image goes to its take's own path under the render root, then the batch's index
+rows and one metrics row are written before returning: a crash after that loses
+nothing. A failure also writes its metrics row (status ``failed``, ``oom`` or
+``interrupted``) and then re-raises, so the caller's retry policy decides what happens
+next. ``tasks/`` only adds retries and logging on top.
 """
 
 from __future__ import annotations
@@ -172,7 +175,7 @@ def execute_batch(client: ComfyUIClient, batch: RenderBatch, ctx: RenderContext,
             ComfyUIProtocolError. Other errors (disk, stores) are recorded and re-raised too.
     """
     server = server_name(client, batch)
-    graph = build_graph(batch.takes, batch.filename_prefix)
+    graph = build_graph(batch.takes, batch.filename_prefix, fresh=batch.cache_buster)
     sampler = ctx.measure_gpu(client)
     result: RenderResult | None = None
     asked_at = ctx.now()
@@ -206,8 +209,8 @@ def execute_with_oom_split(client: ComfyUIClient, batch: RenderBatch, ctx: Rende
     """Render ``batch``, halving it (recursively) each time the GPU runs out of memory.
 
     The OOM attempt is recorded by :func:`execute_batch`; each half is a batch of its
-    own (its own id and prompt id). Takes keep their noise indices, so halves render
-    the same images the whole batch would have.
+    own (its own id and prompt id; a forced batch's halves stay forced). Takes keep
+    their noise indices, so halves render the same images the whole batch would have.
 
     Raises:
         ComfyUIOutOfMemory: a single take does not fit.
