@@ -28,7 +28,7 @@ from test_simulator_helpers import (
 )
 from websockets.exceptions import ConnectionClosed
 
-from tower.graph import build_graph
+from tower.graph import FRESH_INPUT, build_graph, root_nodes
 from tower.simulator import Faults, SimulatorConfig, SimulatorServer, start_simulator
 from tower.takes import ResolvedTake
 
@@ -428,3 +428,87 @@ def test_busy_port_fails_cleanly(simulator: SimulatorServer) -> None:
     assert threading.active_count() == before
     with client(simulator) as http:
         assert http.get("/queue").status_code == 200
+
+
+# -- forced renders: undeclared inputs, the node cache and /free ---------------------
+
+def _fresh(graph: dict[str, Any], token: str = "tower-x-f1") -> dict[str, Any]:
+    """``graph`` as tower.graph forces it: the token on every root node."""
+    forced = copy.deepcopy(graph)
+    for node_id in root_nodes(forced):
+        forced[node_id]["inputs"][FRESH_INPUT] = token
+    return forced
+
+
+def _entry_cached(entry: dict[str, Any]) -> list[str]:
+    return next(data["nodes"] for event, data in entry["status"]["messages"]
+                if event == "execution_cached")
+
+
+def test_an_undeclared_input_is_accepted_kept_and_never_passed_to_the_node(
+        simulator: SimulatorServer) -> None:
+    graph = _seeded(3)
+    graph["4"]["inputs"][FRESH_INPUT] = "tower-x-f1"
+    graph["3"]["inputs"][FRESH_INPUT] = "tower-x-f1"
+    simulator.faults.oom_above_batch = 0  # fail in KSampler to see what it was given
+    with client(simulator) as http:
+        body = submit(http, graph)
+        entry = wait_history(http, body["prompt_id"])
+    assert body["node_errors"] == {}
+    assert entry["prompt"][2]["4"]["inputs"][FRESH_INPUT] == "tower-x-f1"
+    error = _error(entry)
+    assert error["node_id"] == "3"
+    assert set(error["current_inputs"]) == {
+        "model", "seed", "steps", "cfg", "sampler_name", "scheduler", "positive", "negative",
+        "latent_image", "denoise"}
+
+
+def test_an_undeclared_input_is_part_of_the_cache_key_of_the_node_and_its_descendants(
+        simulator: SimulatorServer) -> None:
+    with client(simulator) as http, open_ws(simulator, "c") as ws:
+        next_message(ws)
+        _run(http, ws, _seeded(1), "c")
+        on_sampler = _seeded(1)
+        on_sampler["3"]["inputs"][FRESH_INPUT] = "tower-x-f1"
+        sampler_only, _ = _run(http, ws, on_sampler, "c")
+        _run(http, ws, _seeded(1), "c")
+        forced, entry = _run(http, ws, _fresh(_seeded(1)), "c")
+        again, _ = _run(http, ws, _fresh(_seeded(1)), "c")
+    assert _cached(sampler_only) == ["4", "6", "7", "5"]
+    assert _executing(sampler_only) == ["3", "8", "9"]
+    assert _cached(forced) == [] and _entry_cached(entry) == []
+    assert sorted(_executing(forced)) == sorted(_seeded(1))  # the checkpoint load included
+    assert _cached(again) == ["4", "6", "7", "5", "3", "8", "9"]  # same token: a cache hit
+
+
+def test_free_resets_the_cache_once_between_queue_items_not_right_before_the_next_prompt(
+        simulator: SimulatorServer) -> None:
+    """Why ``/free {free_memory}`` cannot force a re-render (contract README item 9, 15).
+
+    As ComfyUI's ``prompt_worker``, the simulator resets its cache once, after the item
+    running when the ``/free`` came. An identical graph queued before ours (another
+    run's) runs first, after the reset, and refills the cache: ours is then served
+    entirely from it, with no new file. A forced graph executes every node regardless.
+    """
+    graph = _seeded(5, prefix="ep01/shFree")
+    with client(simulator) as http:
+        wait_history(http, submit(http, graph)["prompt_id"])  # rendered once already
+        running = submit(http, long_graph(seed=11), client_id="other")
+        deadline = time.monotonic() + 10
+        while running["prompt_id"] not in {
+                item[1] for item in http.get("/queue").json()["queue_running"]}:
+            assert time.monotonic() < deadline, "the long prompt never started"
+            time.sleep(0.005)
+        theirs = submit(http, copy.deepcopy(graph), client_id="other")
+        assert http.post("/free", json={"free_memory": True}).status_code == 200
+        ours = submit(http, copy.deepcopy(graph), client_id="ours")
+        forced = submit(http, _fresh(graph), client_id="ours")
+        assert http.get("/queue").json()["queue_running"][0][1] == running["prompt_id"]
+        wait_idle(http)
+        entries = {name: wait_history(http, body["prompt_id"]) for name, body in
+                   (("theirs", theirs), ("ours", ours), ("forced", forced))}
+    assert _entry_cached(entries["theirs"]) == []  # the reset came after the long prompt
+    assert _entry_cached(entries["ours"]) == list(graph)  # ...and ours ran from cache
+    assert entries["ours"]["outputs"] == entries["theirs"]["outputs"]  # no new file
+    assert _entry_cached(entries["forced"]) == []
+    assert entries["forced"]["outputs"] != entries["theirs"]["outputs"]

@@ -21,6 +21,7 @@ from tower.cli import app
 from tower.simulator import Faults, costs
 from tower.simulator.catalog import Catalog
 from tower.simulator.config import DEFAULT_CHECKPOINTS
+from tower.simulator.executor import _signature
 from tower.simulator.images import UnsafePrefixError, save_path
 from tower.simulator.validation import validate_prompt
 
@@ -165,3 +166,21 @@ def test_sim_command_serves_until_interrupted(tmp_path: Path) -> None:
             process.kill()
             process.wait()
     assert (tmp_path / "out").is_dir()
+
+
+def test_validation_ignores_inputs_the_class_does_not_declare() -> None:
+    graph = _edit("4", tower_fresh="tower-x-f1")
+    graph["3"]["inputs"]["tower_fresh"] = ["not", "checked"]
+    result = validate_prompt(CATALOG, graph)
+    assert (result.ok, result.node_errors, result.outputs) == (True, {}, ["9"])
+    assert graph["4"]["inputs"]["tower_fresh"] == "tower-x-f1"  # kept, not coerced
+
+
+def test_the_cache_signature_covers_undeclared_inputs_and_ancestors() -> None:
+    plain = recorded_graph()
+    forced = _edit("4", tower_fresh="tower-x-f1")
+    changed = {nid for nid in plain if _signature(plain, nid) != _signature(forced, nid)}
+    assert changed == {"4", "6", "7", "3", "8", "9"}  # all but the latent, a root of its own
+    assert _signature(forced, "4") == _signature(copy.deepcopy(forced), "4")
+    assert CATALOG.declared("SaveImage") == {"images", "filename_prefix", "prompt",
+                                             "extra_pnginfo"}

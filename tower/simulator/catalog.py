@@ -50,6 +50,13 @@ class Catalog:
         spec = node.get("input", {})
         return {**spec.get("required", {}), **spec.get("optional", {})}
 
+    def declared(self, class_type: str) -> set[str]:
+        """Every input name the class declares: required, optional and hidden."""
+        node = self.get(class_type) or {}
+        spec = node.get("input", {})
+        return {name for part in ("required", "optional", "hidden")
+                for name in spec.get(part, {})}
+
     def required(self, class_type: str) -> dict[str, list[Any]]:
         node = self.get(class_type) or {}
         return dict(node.get("input", {}).get("required", {}))

@@ -4,6 +4,12 @@ It sends the same WebSocket messages in the same order and to the same audience 
 ComfyUI 0.3.64 (README facts 7, 9, 11, 12 of the contract recordings), keeps a
 ComfyUI-like node cache (only the latest prompt's nodes, keyed on their inputs), and
 returns the history entry. Sleeping is ``time_scale`` real seconds per simulated second.
+
+Inputs a node class does not declare are handled like ComfyUI's: they are part of the
+node's cache key (``CacheKeySetInputSignature.get_immediate_node_signature`` takes
+every input key) but never reach the node (``execution.get_input_data`` passes declared
+inputs and links only). So an undeclared key on a root node makes the whole graph miss
+the cache, which is how a forced render (``tower.graph``) executes every node again.
 """
 
 from __future__ import annotations
@@ -86,9 +92,14 @@ class Executor:
 
     def ensure_loaded(self, checkpoint: str) -> None:
         if self.machine.loaded != checkpoint:
-            self.machine.loaded = None
-            self._sleep(self.config.model_load_s)
-            self.machine.loaded = checkpoint
+            self.load_checkpoint(checkpoint)
+
+    def load_checkpoint(self, checkpoint: str) -> None:
+        """Read the checkpoint file and load it, even when the same name is loaded:
+        an executing CheckpointLoaderSimple reads its file anew in ComfyUI."""
+        self.machine.loaded = None
+        self._sleep(self.config.model_load_s)
+        self.machine.loaded = checkpoint
 
     def progress_steps(self, node_id: str, steps: int, step_s: float, vram_mb: float) -> None:
         self.machine.activations_mb = vram_mb
@@ -238,7 +249,7 @@ class _Run:
         ex = self.ex
         node = self.prompt[node_id]
         class_type = node["class_type"]
-        self.inputs = self._resolve(node["inputs"])
+        self.inputs = self._resolve(node["inputs"], ex.catalog.declared(class_type))
         if self.started is None:
             self.started = time.time()
         ex.report_state(node_id, 0.0, 1.0, "running")
@@ -261,12 +272,14 @@ class _Run:
         self.ex.send_to_client("executed", {"node": node_id, "display_node": node_id, "output": ui,
                                    "prompt_id": self.ex.running_id})
 
-    def _resolve(self, inputs: dict[str, Any]) -> dict[str, Any]:
+    def _resolve(self, inputs: dict[str, Any], declared: set[str]) -> dict[str, Any]:
+        """What the node function gets, as ``execution.get_input_data``: links resolved
+        (declared or not), constants only where the class declares them."""
         resolved = {}
         for name, value in inputs.items():
             if isinstance(value, list) and len(value) == 2 and value[0] in self.values:
                 resolved[name] = self.values[value[0]][value[1]]
-            else:
+            elif name in declared:
                 resolved[name] = value
         return resolved
 
@@ -282,7 +295,8 @@ class _Run:
 
 
 def _signature(prompt: dict[str, Any], node_id: str, seen: frozenset[str] = frozenset()) -> str:
-    """A node's cache key: its class and inputs, with links replaced by upstream keys."""
+    """A node's cache key: its class and every input, declared or not (as ComfyUI), with
+    links replaced by upstream keys, so a changed ancestor changes the key."""
     node = prompt[node_id]
     parts: dict[str, Any] = {}
     for name, value in sorted(node.get("inputs", {}).items()):

@@ -4,6 +4,8 @@ The simulator must refuse exactly what ComfyUI 0.3.64 refuses, with the same JSO
 client tested here handles the real server's 400s. Like ComfyUI, validation coerces
 values in place (``"steps": "4"`` becomes ``4``) and drops output nodes whose branch is
 invalid while still queueing the valid ones (a 200 with non-empty ``node_errors``).
+Like ``execution.validate_inputs``, only the inputs a class declares are checked: an
+undeclared key is no error and stays in the queued prompt untouched.
 Anything that makes ComfyUI raise (a prompt that is a string, a node that is a number)
 raises here too; the HTTP layer turns that into its text/plain 500.
 """
