@@ -77,7 +77,8 @@ def draft_preview(shot_list: str | None = None, shots: list[str] | None = None,
         time_budget_seconds, quality_preference: pick the best preset expected to
             finish in time (speed keeps half the budget spare, balanced a fifth).
         reuse: ``similar`` shows existing look-alike images instead of rendering;
-            ``exact`` only skips identical ones; ``none`` renders everything.
+            ``exact`` only skips identical ones; ``none`` renders everything anew, every
+            ComfyUI node executed again (like the nightly render's ``force``).
     """
     started = datetime.now(UTC)
     logger = get_run_logger()
@@ -98,7 +99,8 @@ def draft_preview(shot_list: str | None = None, shots: list[str] | None = None,
                 "?" if choice.expected_s is None else f"{choice.expected_s:.0f}")
 
     all_takes = resolve_takes_task(source, presets, choice.preset, shots, specs)
-    dedup = dedup_task(all_takes, root, force=reuse == "none")
+    forced = reuse == "none"
+    dedup = dedup_task(all_takes, root, force=forced)
     tally = RunTally(takes_requested=len(all_takes), takes_deduped=dedup.deduplicated)
     served = dedup.served_paths()
     to_render = dedup.to_render
@@ -106,9 +108,10 @@ def draft_preview(shot_list: str | None = None, shots: list[str] | None = None,
         to_render, reused = reuse_similar_task(to_render, root)
         tally.takes_deduped += len(reused)
         served |= {t.key: row.output_path for t, row in reused}
-    plan = plan_task(to_render, specs, presets, artifact_key("preview-plan", source.episode))
-
     flow_run_id = current_flow_run.id
+    plan = plan_task(to_render, specs, presets, artifact_key("preview-plan", source.episode),
+                     force_run_id=flow_run_id if forced else None)
+
     ctx = render_context(root, "preview", started, flow_run_id, front=True)
     run_id = ctx.run_id
     pool, cancelled = render_plan(plan, RenderRun(pool_servers, ctx, retries, retry_backoff_s,

@@ -90,9 +90,11 @@ def render_episode(shot_list: str, shots: list[str] | None = None, preset: str |
         servers: ComfyUIServer block names or URLs (``name=URL`` names one);
             default ``TOWER_SERVERS`` (comma-separated), else http://127.0.0.1:8188.
         dry_run: plan and preflight only; nothing is queued.
-        force: render every take again even if the index holds it.
+        force: render every take again even if the index holds it, every ComfyUI node
+            executed anew (nothing from the server's history or node cache).
         reuse: ``exact`` skips takes whose image exists; ``similar`` also takes any
-            existing image of a shot with the same look; ``none`` renders everything.
+            existing image of a shot with the same look; ``none`` renders everything,
+            like ``force``.
         data_root / render_store: a folder, or a saved RenderStore block; default
             ``TOWER_DATA_ROOT``, else ``data``.
         retries, retry_backoff_s: Prefect retries of a batch after a transient failure.
@@ -110,13 +112,16 @@ def render_episode(shot_list: str, shots: list[str] | None = None, preset: str |
     episode_list = load_shot_list_task(shot_list, presets)
     episode = episode_list.episode
     takes = resolve_takes_task(episode_list, presets, preset, shots, specs)
-    dedup = dedup_task(takes, root, force=force or reuse == "none")
+    forced = force or reuse == "none"
+    dedup = dedup_task(takes, root, force=forced)
     tally = RunTally(takes_requested=len(takes), takes_deduped=dedup.deduplicated)
     to_render, reused = dedup.to_render, []
     if reuse == "similar" and not force:
         to_render, reused = reuse_similar_task(to_render, root)
         tally.takes_deduped += len(reused)
-    plan = plan_task(to_render, specs, presets, artifact_key("plan", episode))
+    flow_run_id = current_flow_run.id
+    plan = plan_task(to_render, specs, presets, artifact_key("plan", episode),
+                     force_run_id=flow_run_id if forced else None)
     if dry_run:
         if plan.batches:
             preflight_task(pool_servers, preflight_graphs(to_render))
@@ -124,7 +129,6 @@ def render_episode(shot_list: str, shots: list[str] | None = None, preset: str |
                 "takes_to_render": plan.takes, "takes_deduped": tally.takes_deduped,
                 "plan": plan.rows(), "status": "completed"}
 
-    flow_run_id = current_flow_run.id
     ctx = render_context(root, episode, started, flow_run_id)
     run_id = ctx.run_id
     pool, cancelled = render_plan(plan, RenderRun(

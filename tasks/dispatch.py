@@ -175,7 +175,8 @@ def prompts_of_flow_run(flow_run_id: UUID | str) -> list[str]:
 
     Artifacts are written straight to the API (task-run records arrive later, through
     events), so a cancellation hook in another process sees the whole plan at once.
-    OOM-split halves have ids of their own that the plan does not list.
+    A forced run's table holds its forced prompt ids (``plan_task``), so those are found
+    too. OOM-split halves have ids of their own that the plan does not list.
     """
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(

@@ -9,7 +9,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from tower.index import DedupResult, OutputIndex, collapse_duplicates
-from tower.planner import Plan, ServerSpec, apply_decode_policy, plan_batches
+from tower.planner import Plan, ServerSpec, apply_decode_policy, force_token, plan_batches
 from tower.presets import Preset
 from tower.shots import ShotList, read_shot_list
 from tower.storage import DataRoot
@@ -65,13 +65,17 @@ def dedup_task(takes: Sequence[ResolvedTake], data_root: DataRoot,
 
 @task(name="plan-batches", cache_policy=NO_CACHE)
 def plan_task(takes: Sequence[ResolvedTake], servers: Sequence[ServerSpec],
-              presets: Mapping[str, Preset], artifact_key: str | None = None) -> Plan:
+              presets: Mapping[str, Preset], artifact_key: str | None = None,
+              force_run_id: str | None = None) -> Plan:
     """Plan the batches and publish the plan as a table artifact.
 
-    The table lists each batch's ComfyUI prompt id: a cancellation hook running in
-    another process reads it back to find the run's prompts.
+    ``force_run_id``, the flow run id of a forced run, gives every batch prompt ids and
+    graphs of that run's own, so ComfyUI renders them again (:mod:`tower.graph`). The
+    table lists each batch's ComfyUI prompt id, forced ones included: a cancellation
+    hook running in another process reads it back to find the run's prompts.
     """
-    plan = plan_batches(takes, servers, presets)
+    fresh = force_token(str(force_run_id)) if force_run_id is not None else None
+    plan = plan_batches(takes, servers, presets, fresh=fresh)
     get_run_logger().info("plan:\n%s", plan.table())
     if plan.batches:
         rows = [{**row, "prompt_id": batch.prompt_id}

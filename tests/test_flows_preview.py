@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import polars as pl
 import pytest
 import yaml
@@ -14,6 +15,8 @@ from flows.render_episode import render_episode
 from tower.comfyui import ComfyUIClient
 from tower.graph import build_graph
 from tower.index import OutputIndex
+from tower.metrics import MetricsStore
+from tower.planner import force_token
 from tower.presets import BUILTIN_PRESETS
 from tower.shots import load_shot_list
 from tower.takes import resolve_takes
@@ -95,3 +98,27 @@ def test_the_preset_is_chosen_from_history_within_the_budget(tmp_path, sims, bud
     rows = OutputIndex(data / "index").scan().collect().filter(
         pl.col("run_id") == summary["run_id"])
     assert rows["preset"].to_list() == [preset]
+
+
+def test_a_preview_that_reuses_nothing_renders_every_node_anew(tmp_path, sims):
+    sim = sims("fresh-preview")
+    data = tmp_path / "data"
+    shot_list = write_shot_list(tmp_path, shots=2, takes=2)
+    params = {"shot_list": str(shot_list), "shots": ["sh010"]}
+    first = preview(data, f"fresh-preview={sim.url}", reuse="exact", **params)
+    assert first["takes_rendered"] == 2
+    state = draft_preview(servers=[f"fresh-preview={sim.url}"], data_root=str(data),
+                          reuse="none", **params, **FAST, return_state=True)
+    assert state.is_completed(), state.message
+    summary = state.result()
+    assert summary["takes_rendered"] == 2 and summary["takes_deduped"] == 0
+    metrics = MetricsStore(data / "metrics").scan().collect()
+    assert metrics.filter(pl.col("run_id") == summary["run_id"])["status"].to_list() == ["ok"]
+    index = OutputIndex(data / "index").scan().collect()
+    [prompt_id] = set(index.filter(pl.col("run_id") == summary["run_id"])["prompt_id"])
+    assert prompt_id.endswith(force_token(str(state.state_details.flow_run_id)))
+    entry = httpx.get(f"{sim.url}/history/{prompt_id}", timeout=10).json()[prompt_id]
+    cached = [data["nodes"] for event, data in entry["status"]["messages"]
+              if event == "execution_cached"]
+    assert cached == [[]]
+    assert len(sim.busy_intervals()) == 2

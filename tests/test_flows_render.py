@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from pathlib import Path
 
+import httpx
 import polars as pl
 import pytest
 from flow_helpers import QueueWatch, png_files, write_shot_list
 
 from flows.render_episode import render_episode
+from tasks.dispatch import prompts_of_flow_run
 from tower.comfyui import ComfyUIClient
 from tower.index import OutputIndex
 from tower.metrics import MetricsStore, RunLog
+from tower.planner import force_token
+from tower.presets import BUILTIN_PRESETS
+from tower.shots import load_shot_list
+from tower.takes import resolve_takes
 
 pytestmark = pytest.mark.usefixtures("prefect_backend")
 
@@ -187,3 +194,47 @@ def test_dry_run_still_checks_the_servers(tmp_path, sims):
     shot_list = write_shot_list(tmp_path, shots=1, takes=1, checkpoint="absent.safetensors")
     state, _ = run(shot_list, tmp_path / "data", [f"dry-pre={sim.url}"], dry_run=True)
     assert state.is_failed() and "absent.safetensors" in state.message
+
+
+def server_cached_nodes(url: str, prompt_id: str) -> list[str]:
+    """``execution_cached`` nodes of a prompt, read from the server's ``/history``."""
+    entry = httpx.get(f"{url}/history/{prompt_id}", timeout=10).json()[prompt_id]
+    return next(data["nodes"] for event, data in entry["status"]["messages"]
+                if event == "execution_cached")
+
+
+def test_force_renders_every_batch_anew_on_a_server_that_still_has_it(tmp_path, sims):
+    sim = sims("force")
+    shot_list = write_shot_list(tmp_path, shots=3, takes=2)
+    data = tmp_path / "data"
+    state, first = run(shot_list, data, [f"force={sim.url}"])
+    assert state.is_completed(), state.message
+
+    state, forced = run(shot_list, data, [f"force={sim.url}"], force=True)
+
+    assert state.is_completed(), state.message
+    assert forced["takes_rendered"] == 6 and forced["takes_deduped"] == 0
+    metrics = MetricsStore(data / "metrics").scan().collect()
+    rows = metrics.filter(pl.col("run_id") == forced["run_id"])
+    assert rows["status"].to_list() == ["ok"] * 3
+    assert rows["cached_nodes"].to_list() == [0] * 3
+    index = index_frame(data)
+    plain_ids = set(index.filter(pl.col("run_id") == first["run_id"])["prompt_id"])
+    new = index.filter(pl.col("run_id") == forced["run_id"])
+    forced_ids = set(new["prompt_id"])
+    token = force_token(str(state.state_details.flow_run_id))
+    assert len(forced_ids) == 3 and not forced_ids & plain_ids
+    assert forced_ids == {f"{pid}-{token}" for pid in plain_ids}
+    for prompt_id in forced_ids:
+        assert server_cached_nodes(sim.url, prompt_id) == []
+    assert len(sim.busy_intervals()) == 6  # every batch executed twice, once per run
+    # images where they belong, indexed under the forced prompts (the newest rows win)
+    assert len(png_files(data / "renders")) == 6
+    for row in new.iter_rows(named=True):
+        path = data / "renders" / row["output_path"]
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == row["sha256"]
+    takes = resolve_takes(load_shot_list(shot_list), BUILTIN_PRESETS)
+    served = OutputIndex(data / "index").dedup(takes, data / "renders")
+    assert served.to_render == [] and {row.prompt_id for _, row in served.rendered} == forced_ids
+    # a cancellation hook finds the forced prompts in the plan artifact
+    assert set(prompts_of_flow_run(state.state_details.flow_run_id)) == forced_ids

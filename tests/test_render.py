@@ -6,6 +6,7 @@ import socket
 import threading
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
 from PIL import Image
 
@@ -22,7 +23,7 @@ from tower.gpu import GpuReading, GpuSampler
 from tower.index import OutputIndex
 from tower.metrics import MetricsStore
 from tower.outputs import take_output_path
-from tower.planner import RenderBatch, batch_id_for
+from tower.planner import RenderBatch, batch_id_for, force_token
 from tower.render import (
     RenderContext,
     _no_new_work,
@@ -254,3 +255,71 @@ def test_interrupted_render_is_recorded_as_interrupted(simulator, client, ctx):
     [row] = metrics_rows(ctx).iter_rows(named=True)
     assert (row["status"], row["error_type"]) == ("interrupted", "ComfyUIInterrupted")
     assert index_rows(ctx).height == 0 and rendered_files(ctx) == []
+
+
+# -- forced batches ------------------------------------------------------------------
+
+def server_cached_nodes(simulator, prompt_id: str) -> list[str]:
+    """``execution_cached`` nodes of a prompt, read from the server's ``/history``."""
+    entry = httpx.get(f"{simulator.url}/history/{prompt_id}", timeout=10).json()[prompt_id]
+    return next(data["nodes"] for event, data in entry["status"]["messages"]
+                if event == "execution_cached")
+
+
+def pixels_of(path) -> bytes:
+    with Image.open(path) as image:
+        return image.tobytes()
+
+
+def test_a_forced_batch_renders_anew_where_the_plain_one_is_adopted(simulator, client, ctx):
+    takes = takes_of(2)
+    plain = batch_of(takes)
+    first = execute_batch(client, plain, ctx)
+    pixels = [pixels_of(path) for path in first.images]
+    forced = dataclasses.replace(plain, fresh=force_token("flow-run-2"))
+
+    again = execute_batch(client, plain, ctx)
+    fresh = execute_batch(client, forced, ctx)
+
+    assert (first.status, again.status, fresh.status) == ("ok", "cached", "ok")
+    assert forced.prompt_id != plain.prompt_id
+    assert server_cached_nodes(simulator, forced.prompt_id) == []
+    assert fresh.metrics.cached_nodes == 0 and fresh.metrics.model_cache_hit is False
+    assert len(simulator.busy_intervals()) == 2  # the plain repeat rendered nothing
+    assert fresh.images == first.images  # same takes, same paths
+    assert [r.prompt_id for r in fresh.index_rows] == [forced.prompt_id] * 2
+    # Same pixels; the file differs only in the PNG's embedded prompt (it names the token).
+    assert [pixels_of(path) for path in fresh.images] == pixels
+    assert [r.sha256 for r in fresh.index_rows] == [
+        hashlib.sha256(path.read_bytes()).hexdigest() for path in fresh.images]
+    assert ctx.index.dedup(takes, ctx.data_root.renders).to_render == []
+
+
+def test_a_retry_of_a_forced_batch_in_the_same_run_adopts_its_prompt(simulator, client, ctx):
+    batch = dataclasses.replace(batch_of(takes_of(2)), fresh=force_token("flow-run-1"))
+    first = execute_batch(client, batch, ctx)
+    retried = dataclasses.replace(batch_of(takes_of(2)), fresh=force_token("flow-run-1"))
+
+    with ComfyUIClient(simulator.url, name="sim-a") as other:  # e.g. a retry in a new process
+        again = execute_batch(other, retried, ctx, attempt=2)
+
+    assert retried.prompt_id == batch.prompt_id
+    assert (first.status, again.status) == ("ok", "cached")
+    assert len(simulator.busy_intervals()) == 1  # rendered once
+    assert index_rows(ctx).height == 2
+    assert metrics_rows(ctx)["attempt"].to_list() == [1, 2]
+
+
+def test_oom_halves_of_a_forced_batch_render_anew_too(simulator, client, ctx):
+    takes = takes_of(2)
+    execute_batch(client, batch_of(takes), ctx)  # the server now holds every take
+    simulator.faults.oom_above_batch = 1
+    forced = dataclasses.replace(batch_of(takes), fresh=force_token("flow-run-3"))
+
+    outcomes = execute_with_oom_split(client, forced, ctx)
+
+    assert [o.status for o in outcomes] == ["ok", "ok"]
+    assert all(o.batch.fresh == forced.fresh for o in outcomes)
+    for outcome in outcomes:
+        assert outcome.batch.prompt_id.endswith(forced.fresh)
+        assert server_cached_nodes(simulator, outcome.batch.prompt_id) == []
