@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from tower.errors import InputError
-from tower.flow_cli import render_command, serve_command
+from tower.flow_cli import daily_report_command, preview_command, render_command, serve_command
 from tower.presets import load_presets
 from tower.report_cli import report_command, status_command
 from tower.server_cli import demo, server_app
@@ -18,7 +21,49 @@ from tower.simulator.cli import sim
 from tower.store_cli import index_app, metrics_app, plan_command
 from tower.takes import resolve_takes
 
-app = typer.Typer(help="Tower: batch rendering of anime episodes on ComfyUI.",
+
+class OneLineErrors(TyperGroup):
+    """Usage errors as one line on stderr: ``tower render: error: Invalid value for ...``.
+
+    A mistyped option should say which option and what is wrong in a line that reads
+    well in a terminal, a cron mail or a CI log; Typer's default is a usage line, a hint
+    and a boxed panel. Everything else (help, exit codes, Ctrl-C) is unchanged.
+    """
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True,
+             **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except typer.TyperException as err:
+            typer.echo(error_line(err, prog_name, args), err=True)
+            sys.exit(err.exit_code)
+        except typer.Abort:
+            typer.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def error_line(err: typer.TyperException, prog_name: str | None,
+               args: Sequence[str] | None) -> str:
+    """``<command>: error: <message>``, whitespace folded so it stays one line.
+
+    Errors raised inside a command carry no context; they are named after the
+    subcommand on the command line.
+    """
+    ctx = getattr(err, "ctx", None)
+    if ctx is not None:
+        command = ctx.command_path
+    else:
+        words = list(sys.argv[1:] if args is None else args)
+        command = " ".join([prog_name or "tower", *words[:1]])
+    message = " ".join(err.format_message().split()).replace("Value error, ", "")
+    return f"{command}: error: {message}"
+
+
+app = typer.Typer(cls=OneLineErrors, help="Tower: batch rendering of anime episodes on ComfyUI.",
                   no_args_is_help=True, add_completion=False)
 app.command("sim")(sim)
 
@@ -71,6 +116,8 @@ app.command("plan")(plan_command)
 app.add_typer(index_app, name="index")
 app.add_typer(metrics_app, name="metrics")
 app.command("render")(render_command)
+app.command("preview")(preview_command)
+app.command("daily-report")(daily_report_command)
 app.command("serve")(serve_command)
 
 

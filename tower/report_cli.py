@@ -1,13 +1,16 @@
 """``tower report`` and ``tower status``: the daily report and the farm's state in a terminal.
 
 The command bodies live here; :mod:`tower.cli` only registers them. The clock is read
-here, at the edge, and passed into the report and status functions.
+here, at the edge, and passed into the report and status functions. ``tower report``
+spells its window and presets options like the daily-report flow's parameters (from
+:mod:`tower.flow_options`), so it reads the same as ``tower daily-report``, which runs
+that flow. Nothing here imports Prefect.
 """
 
 from __future__ import annotations
 
 import os
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -15,6 +18,7 @@ import typer
 
 from tower.comfyui import ComfyUIClient
 from tower.errors import InputError
+from tower.flow_options import Day, PresetsFile, Since
 from tower.presets import load_presets
 from tower.report import build_report, write_report
 from tower.report_data import ReportDataError
@@ -31,30 +35,23 @@ DataRootOption = Annotated[Path, typer.Option("--data-root", envvar="TOWER_DATA_
                                               help="the pipeline's data root")]
 
 
-def _day(value: str | None, option: str) -> date | None:
-    if value is None:
-        return None
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise typer.BadParameter(f"{value!r} is not a date (YYYY-MM-DD)", param_hint=option) \
-            from None
-
-
 def report_command(
-    day: Annotated[Optional[str], typer.Option("--date", help="one UTC day, YYYY-MM-DD")] = None,  # noqa: UP045
-    since: Annotated[Optional[str], typer.Option("--since", help="from a day until now")] = None,  # noqa: UP045
+    day: Day = None,
+    since: Since = None,
     data_root: DataRootOption = DEFAULT_DATA_ROOT,
     write: Annotated[bool, typer.Option("--write/--no-write",
                                         help="also write reports/<day>.md, .json and charts")]
     = False,
-    presets: Annotated[Optional[Path], typer.Option("--presets", help="YAML presets file")]  # noqa: UP045
-    = None,
+    presets_file: PresetsFile = None,
 ) -> None:
-    """Print the performance report for the last 24 hours, one day, or since a day."""
+    """Print the performance report for the last 24 hours, one day, or since a day.
+
+    The quick look: reads the data root, needs no Prefect, writes only with
+    --write. `tower daily-report` runs the scheduled flow instead.
+    """
     try:
-        window = report_window(datetime.now(UTC), _day(day, "--date"), _day(since, "--since"))
-        known = load_presets(presets)
+        window = report_window(datetime.now(UTC), day, since)
+        known = load_presets(Path(presets_file) if presets_file else None)
         data = DataRoot(data_root)
         report = build_report(data, window, known)
     except (ValueError, ReportDataError) as err:
