@@ -89,7 +89,9 @@ def test_bad_rows_are_refused_by_name_and_nothing_is_written(
 def test_temporary_files_left_by_a_crash_are_ignored(tmp_path: Path) -> None:
     index = OutputIndex(tmp_path / "index")
     index.append([row_for(make_take())])
-    (tmp_path / "index" / ".tmp-part-20261127T000000000000Z-1-dead.parquet").write_bytes(b"PAR1")
+    fresh = tmp_path / "index" / ".tmp-part-20261127T000000000000Z-1-dead.parquet"
+    fresh.write_bytes(b"PAR1")
+    os.utime(fresh, (time.time(), time.time()))   # written now by this process's clock
     (tmp_path / "index" / "notes.txt").write_text("not data")
     assert index.scan().collect().height == 1
     old = tmp_path / "index" / ".tmp-part-20261126T000000000000Z-2-beef.parquet"
