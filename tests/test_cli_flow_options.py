@@ -109,6 +109,12 @@ def test_a_bad_value_is_one_line_naming_the_option(tmp_path, args: list[str], op
     assert result.stdout == ""
 
 
+def test_a_bare_command_group_still_shows_its_help() -> None:
+    result = tower("index")
+    assert result.returncode == 2
+    assert "compact" in result.stdout + result.stderr and "error:" not in result.stderr
+
+
 @pytest.mark.usefixtures("prefect_backend")
 def test_saved_blocks_and_servers_are_checked_before_the_flow_starts(tmp_path) -> None:
     for args, option, why in [

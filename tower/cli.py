@@ -38,12 +38,26 @@ class OneLineErrors(TyperGroup):
         try:
             code = super().main(args, prog_name, complete_var, False, **extra)
         except typer.TyperException as err:
-            typer.echo(error_line(err, prog_name, args), err=True)
+            show_error(err, prog_name, args)
             sys.exit(err.exit_code)
         except typer.Abort:
             typer.echo("Aborted!", err=True)
             sys.exit(1)
         sys.exit(code if isinstance(code, int) else 0)
+
+
+def show_error(err: typer.TyperException, prog_name: str | None,
+               args: Sequence[str] | None) -> None:
+    """One line on stderr; but a command group run bare shows its help, as Typer does.
+
+    Typer tells that case by the class name too (the class is not exported).
+    """
+    if type(err).__name__ == "NoArgsIsHelpError":
+        help_text = err.format_message()  # empty where Rich has printed the help already
+        if help_text:
+            typer.echo(help_text, err=True)
+        return
+    typer.echo(error_line(err, prog_name, args), err=True)
 
 
 def error_line(err: typer.TyperException, prog_name: str | None,
