@@ -53,6 +53,21 @@ def test_tower_render_exits_1_with_the_reason(tmp_path, sims):
     assert "missing.safetensors" in result.stderr
 
 
+def test_tower_render_reports_a_broken_shot_list_line_by_line_before_any_run(tmp_path):
+    shot_list = tmp_path / "ep09.yaml"
+    shot_list.write_text("episode: ep09\nshots:\n  - id: sh010\n    prompt: rain\n"
+                         "    takes: 0\n  - id: sh020\n    preset: ultra\n    prompt: x\n",
+                         encoding="utf-8")
+    result = tower("render", str(shot_list), "--server", "http://127.0.0.1:9",
+                   "--data-root", str(tmp_path / "data"))
+    assert result.returncode == 1
+    assert f"{shot_list}:5" in result.stderr and "takes" in result.stderr
+    assert f"{shot_list}:7" in result.stderr and "ultra" in result.stderr
+    assert "2 problem(s) found." in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "data").exists()
+
+
 def _wait_for_deployments(names: list[str], timeout: float = 90.0) -> dict:
     found = {}
     deadline = time.monotonic() + timeout

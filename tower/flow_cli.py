@@ -53,6 +53,7 @@ from tower.flow_options import (
 )
 from tower.presets import load_presets
 from tower.report_model import report_window
+from tower.shots import read_shot_list
 
 DEFAULT_PREFECT_YAML = Path("prefect.yaml")
 
@@ -104,6 +105,27 @@ def check_saved(params: dict[str, Any], *, default_server: bool) -> None:
             check()
         except Exception as err:  # any failure to load is the option's problem
             raise typer.BadParameter(one_line(err), param_hint=where) from None
+    check_shot_list(params)
+
+
+def check_shot_list(params: dict[str, Any]) -> None:
+    """Validate the shot list with the presets the run will use, before any flow starts.
+
+    Every problem is printed with its file, line and field, as ``tower validate`` does,
+    and the command exits 1: a broken list never becomes a failed run with a traceback.
+    """
+    if not params.get("shot_list"):
+        return
+    from tasks.setup import resolve_presets
+
+    presets = resolve_presets(params.get("presets_file"), params.get("presets_block"))
+    try:
+        read_shot_list(params["shot_list"], presets)
+    except InputError as err:
+        for problem in err.problems:
+            typer.echo(str(problem), err=True)
+        typer.echo(f"{len(err.problems)} problem(s) found.", err=True)
+        raise typer.Exit(1) from None
 
 
 def run_flow(flow: Any, params: dict[str, Any]) -> tuple[Any, Any]:
