@@ -22,9 +22,9 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tower.index import IndexRow, OutputIndex
-from tower.presets import BUILTIN_PRESETS
-from tower.takes import ResolvedTake
+from tower.shotlist.presets import BUILTIN_PRESETS
+from tower.spec.takes import ResolvedTake
+from tower.store.index import IndexRow, OutputIndex
 
 
 def batch_rows(writer: int, batch: int, takes: int) -> list[IndexRow]:

@@ -27,12 +27,12 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tower.index import OutputIndex
-from tower.planner import ServerSpec, apply_decode_policy, plan_batches
-from tower.presets import BUILTIN_PRESETS
-from tower.schemas import INDEX_SCHEMA
-from tower.storage import DataRoot
-from tower.takes import ResolvedTake
+from tower.planning.planner import ServerSpec, apply_decode_policy, plan_batches
+from tower.shotlist.presets import BUILTIN_PRESETS
+from tower.spec.takes import ResolvedTake
+from tower.store.files import DataRoot
+from tower.store.index import OutputIndex
+from tower.store.schemas import INDEX_SCHEMA
 
 SERVERS = [ServerSpec("gpu-a", 10000, "anime-final-sd15.safetensors"),
            ServerSpec("gpu-b", 10000), ServerSpec("gpu-c", 6500)]

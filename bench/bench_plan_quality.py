@@ -25,11 +25,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tower.planner import Plan, ServerSpec, apply_decode_policy, plan_batches
-from tower.presets import BUILTIN_PRESETS
-from tower.shots import load_shot_list
-from tower.takes import ResolvedTake, resolve_takes
-from tower.vram import GPU_PROFILES
+from tower.planning.planner import Plan, ServerSpec, apply_decode_policy, plan_batches
+from tower.planning.vram import GPU_PROFILES
+from tower.shotlist.presets import BUILTIN_PRESETS
+from tower.shotlist.shots import load_shot_list
+from tower.spec.takes import ResolvedTake, resolve_takes
 
 REPO = Path(__file__).resolve().parents[1]
 XL = "animagine-xl-3.1.safetensors"

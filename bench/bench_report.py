@@ -33,11 +33,11 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tower.metrics import MetricsStore, RunLog, compact_closed_days
-from tower.report import build_report, write_report
-from tower.report_model import Window, report_window
-from tower.schemas import METRICS_SCHEMA, RUNS_SCHEMA
-from tower.storage import DataRoot
+from tower.report.build import build_report, write_report
+from tower.report.model import Window, report_window
+from tower.store.files import DataRoot
+from tower.store.metrics import MetricsStore, RunLog, compact_closed_days
+from tower.store.schemas import METRICS_SCHEMA, RUNS_SCHEMA
 
 END = datetime(2026, 11, 27, 6, 0, tzinfo=UTC)
 SERVERS = ("gpu-a", "gpu-b", "gpu-c", "gpu-d")

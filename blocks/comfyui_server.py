@@ -9,9 +9,9 @@ from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from tower.comfyui import ComfyUIClient
-from tower.dispatch import DEFAULT_QUEUE_DEPTH
-from tower.names import check_name
-from tower.vram import GPU_PROFILES
+from tower.planning.vram import GPU_PROFILES
+from tower.runtime.pool import DEFAULT_QUEUE_DEPTH
+from tower.shotlist.names import check_name
 
 DEFAULT_VRAM_PROFILE = "12gb"
 

@@ -8,8 +8,8 @@ from typing import Any
 from prefect.blocks.core import Block
 from pydantic import Field
 
-from tower.presets import Preset, apply_overrides
-from tower.storage import DEFAULT_DATA_ROOT, DataRoot
+from tower.shotlist.presets import Preset, apply_overrides
+from tower.store.files import DEFAULT_DATA_ROOT, DataRoot
 
 
 class RenderStore(Block):

@@ -1,6 +1,6 @@
 """The scheduled daily report: yesterday's numbers as files, a Prefect artifact and a log.
 
-Thin on purpose: every figure comes from :mod:`tower.report`; this flow picks the
+Thin on purpose: every figure comes from :mod:`tower.report.build`; this flow picks the
 window (from ``now``, which a test can pin), first compacts the closed days it reads
 (their many per-batch parts become a few files), writes the files atomically under the
 data root, publishes the markdown as an artifact, and adds the farm's status when
@@ -21,15 +21,22 @@ from prefect.cache_policies import NO_CACHE
 
 from blocks.comfyui_server import ComfyUIServer
 from tasks.setup import resolve_data_root, resolve_presets, resolve_servers, server_entries
-from tower.compaction import CompactResult
-from tower.metrics import MetricsStore, RunLog, compact_closed_days
-from tower.parquet_io import StoreError
-from tower.presets import Preset
-from tower.report import Report, ReportFiles, build_report, chart_names, chart_window, write_report
-from tower.report_model import report_window
-from tower.report_render import render_markdown
-from tower.status import gather_status, render_status
-from tower.storage import DataRoot
+from tower.report.build import (
+    Report,
+    ReportFiles,
+    build_report,
+    chart_names,
+    chart_window,
+    write_report,
+)
+from tower.report.model import report_window
+from tower.report.render import render_markdown
+from tower.report.status import gather_status, render_status
+from tower.shotlist.presets import Preset
+from tower.store.compaction import CompactResult
+from tower.store.files import DataRoot
+from tower.store.metrics import MetricsStore, RunLog, compact_closed_days
+from tower.store.parquet_io import StoreError
 
 ARTIFACT_KEY = "daily-report"
 

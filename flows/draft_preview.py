@@ -2,7 +2,7 @@
 
 The preset is draft unless a time budget is given, in which case the best preset
 expected to finish within it is chosen from the metrics history
-(:func:`tower.preview.choose_preset`). Images the index already holds are reused, and
+(:func:`tower.planning.preview.choose_preset`). Images the index already holds are reused, and
 with ``reuse="similar"`` so are images of the same look under another seed. Batches go
 to the FRONT of each server's queue and hold a preview slot of their own, so a preview
 never waits behind the nightly run.
@@ -30,13 +30,13 @@ from tasks.setup import (
     server_entries,
     server_specs,
 )
-from tower.dispatch import DEFAULT_MAX_FAILURES
-from tower.metrics import MetricsStore
-from tower.outputs import sheet_items
-from tower.preview import Preference, choose_preset, seconds_per_image
-from tower.run_summary import RunTally, run_status
-from tower.shots import Shot, ShotList
-from tower.storage import DataRoot
+from tower.planning.preview import Preference, choose_preset, seconds_per_image
+from tower.runtime.pool import DEFAULT_MAX_FAILURES
+from tower.runtime.summary import RunTally, run_status
+from tower.shotlist.shots import Shot, ShotList
+from tower.spec.outputs import sheet_items
+from tower.store.files import DataRoot
+from tower.store.metrics import MetricsStore
 
 HISTORY_DAYS = 30
 PREVIEW_EPISODE = "preview"

@@ -31,11 +31,11 @@ from tasks.setup import (
     server_entries,
     server_specs,
 )
-from tower.dispatch import DEFAULT_MAX_FAILURES
-from tower.graph import preflight_graphs
-from tower.outputs import sheet_items
-from tower.run_summary import RunTally, run_status
-from tower.shots import load_shot_list
+from tower.runtime.pool import DEFAULT_MAX_FAILURES
+from tower.runtime.summary import RunTally, run_status
+from tower.shotlist.shots import load_shot_list
+from tower.spec.graph import preflight_graphs
+from tower.spec.outputs import sheet_items
 
 Reuse = Literal["exact", "similar", "none"]
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from tower.storage import atomic_write_text
+from tower.store.files import atomic_write_text
 
 EPISODES = 12
 SHOTS = 250

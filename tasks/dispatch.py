@@ -1,6 +1,6 @@
 """The dispatch loop: batches go out to servers as slots free up, outcomes come back.
 
-The pool (:mod:`tower.dispatch`) decides; this loop submits ``render_batch`` runs in
+The pool (:mod:`tower.runtime.pool`) decides; this loop submits ``render_batch`` runs in
 a thread pool sized to the sum of the servers' queue depths, feeds outcomes back into
 the pool and the tally, updates the progress artifact, and watches the flow run's own
 state so that a cancellation asked for in the UI stops it even when the flow runs in
@@ -44,11 +44,11 @@ from tower.comfyui import (
     ComfyUIPreflightError,
     ComfyUIValidationError,
 )
-from tower.dispatch import Assignment, ServerPool, total_depth
-from tower.graph import preflight_graphs
-from tower.planner import Plan
-from tower.render import BatchOutcome, RenderContext
-from tower.run_summary import RunTally, count_retries
+from tower.planning.planner import Plan
+from tower.runtime.execute import BatchOutcome, RenderContext
+from tower.runtime.pool import Assignment, ServerPool, total_depth
+from tower.runtime.summary import RunTally, count_retries
+from tower.spec.graph import preflight_graphs
 
 PROMPT_TAG = "prompt:"
 SERVER_TAG = "server:"

@@ -8,12 +8,12 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tower.index import DedupResult, OutputIndex, collapse_duplicates
-from tower.planner import Plan, ServerSpec, apply_decode_policy, force_token, plan_batches
-from tower.presets import Preset
-from tower.shots import ShotList, read_shot_list
-from tower.storage import DataRoot
-from tower.takes import ResolvedTake, resolve_takes
+from tower.planning.planner import Plan, ServerSpec, apply_decode_policy, force_token, plan_batches
+from tower.shotlist.presets import Preset
+from tower.shotlist.shots import ShotList, read_shot_list
+from tower.spec.takes import ResolvedTake, resolve_takes
+from tower.store.files import DataRoot
+from tower.store.index import DedupResult, OutputIndex, collapse_duplicates
 
 
 @task(name="load-shot-list", task_run_name="load {path}", cache_policy=NO_CACHE)
@@ -70,7 +70,7 @@ def plan_task(takes: Sequence[ResolvedTake], servers: Sequence[ServerSpec],
     """Plan the batches and publish the plan as a table artifact.
 
     ``force_run_id``, the flow run id of a forced run, gives every batch prompt ids and
-    graphs of that run's own, so ComfyUI renders them again (:mod:`tower.graph`). The
+    graphs of that run's own, so ComfyUI renders them again (:mod:`tower.spec.graph`). The
     table lists each batch's ComfyUI prompt id, forced ones included: a cancellation
     hook running in another process reads it back to find the run's prompts.
     """

@@ -26,9 +26,9 @@ from prefect.tasks import exponential_backoff
 
 from blocks.comfyui_server import ComfyUIServer
 from tower.comfyui import ComfyUIError, ComfyUIPreflightError, is_transient
-from tower.graph import Graph
-from tower.planner import RenderBatch
-from tower.render import BatchOutcome, RenderContext, execute_with_oom_split
+from tower.planning.planner import RenderBatch
+from tower.runtime.execute import BatchOutcome, RenderContext, execute_with_oom_split
+from tower.spec.graph import Graph
 
 RENDER_RETRIES = 3
 RETRY_BACKOFF_S = 10.0

@@ -10,13 +10,13 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tower.contact_sheet import make_contact_sheet
-from tower.index import IndexRow, OutputIndex
-from tower.metrics import RunLog, RunRecord
-from tower.preview import reuse_similar
-from tower.run_summary import RunTally, summary_markdown
-from tower.storage import DataRoot
-from tower.takes import ResolvedTake
+from tower.planning.preview import reuse_similar
+from tower.runtime.contact_sheet import make_contact_sheet
+from tower.runtime.summary import RunTally, summary_markdown
+from tower.spec.takes import ResolvedTake
+from tower.store.files import DataRoot
+from tower.store.index import IndexRow, OutputIndex
+from tower.store.metrics import RunLog, RunRecord
 
 CONTACT_SHEETS = "contact-sheets"
 

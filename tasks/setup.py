@@ -18,12 +18,12 @@ from prefect.exceptions import ObjectAlreadyExists
 
 from blocks.comfyui_server import ComfyUIServer
 from blocks.render_store import RenderPresets, RenderStore
-from tower.index import OutputIndex
-from tower.metrics import MetricsStore
-from tower.planner import ServerSpec
-from tower.presets import Preset, load_presets
-from tower.render import RenderContext
-from tower.storage import DEFAULT_DATA_ROOT, DataRoot
+from tower.planning.planner import ServerSpec
+from tower.runtime.execute import RenderContext
+from tower.shotlist.presets import Preset, load_presets
+from tower.store.files import DEFAULT_DATA_ROOT, DataRoot
+from tower.store.index import OutputIndex
+from tower.store.metrics import MetricsStore
 
 DEFAULT_SERVER_URL = "http://127.0.0.1:8188"
 SERVERS_ENV = "TOWER_SERVERS"

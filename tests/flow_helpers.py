@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -9,11 +12,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from prefect.settings import PREFECT_API_URL
 
 from tower.comfyui import ComfyUIClient
 from tower.simulator import SimulatorConfig, SimulatorServer, start_simulator
 
 TIME_SCALE = 0.002
+TOWER = Path(sys.executable).with_name("tower")
 
 
 @pytest.fixture(scope="session")
@@ -88,3 +93,10 @@ class QueueWatch:
 
 def png_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*.png") if "contact-sheets" not in p.parts)
+
+
+def tower(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the installed ``tower`` command against the test session's Prefect server."""
+    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    return subprocess.run([str(TOWER), *args], capture_output=True, text=True, env=env,
+                          timeout=180, check=False)

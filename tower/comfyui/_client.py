@@ -50,7 +50,7 @@ from tower.comfyui._results import build_result
 from tower.comfyui._retry import retry_delay, should_retry_status
 from tower.comfyui._wait import Waiter, WaitSpec
 from tower.comfyui._ws import EventSocket, ws_url
-from tower.storage import atomic_path
+from tower.store.files import atomic_path
 
 logger = logging.getLogger("tower.comfyui")
 

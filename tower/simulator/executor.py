@@ -9,7 +9,7 @@ Inputs a node class does not declare are handled like ComfyUI's: they are part o
 node's cache key (``CacheKeySetInputSignature.get_immediate_node_signature`` takes
 every input key) but never reach the node (``execution.get_input_data`` passes declared
 inputs and links only). So an undeclared key on a root node makes the whole graph miss
-the cache, which is how a forced render (``tower.graph``) executes every node again.
+the cache, which is how a forced render (``tower.spec.graph``) executes every node again.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A take's pixels depend only on (checkpoint, positive prompt, seed, noise index, size),
 never on the batch it was rendered in, mirroring ComfyUI with ``LatentFromBatch``
-(see ``tower/graph.py``). Pixels are random colour blocks of 8x8 (one per latent
+(see ``tower/spec/graph.py``). Pixels are random colour blocks of 8x8 (one per latent
 cell), drawn from a generator seeded with a hash of those values: cheap to make, and
 any change to the inputs changes the image.
 """
@@ -21,7 +21,7 @@ from typing import Any
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from tower.storage import atomic_write_bytes, inside
+from tower.store.files import atomic_write_bytes, inside
 
 LATENT_SCALE = 8
 

@@ -1,0 +1,250 @@
+"""``tower render``, ``tower preview``, ``tower daily-report`` and ``tower serve``.
+
+The first three run a Prefect flow now, in this process, with the same parameters a
+deployment run takes: their options are declared once in :mod:`tower.cli.options`
+(checked against the flows' signatures by a test), and only the options given are
+passed on, so each flow keeps its own defaults. They print the flow's result and exit
+1 with the reason when the run does not complete.
+
+Option values that need a look at a file or at Prefect's saved blocks (a presets file,
+a RenderStore or RenderPresets block, the servers) are resolved here before the flow
+starts, with the same functions the flow uses, so a typo ends in one line naming the
+option instead of a failed flow run in the Prefect UI.
+
+Prefect and the flows are imported inside the commands only, so the rest of ``tower``
+(and its tests) never loads it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from pydantic import ValidationError
+
+from tower.cli.options import (
+    DataRootPath,
+    Day,
+    DryRun,
+    Force,
+    MaxServerFailures,
+    OptionalShotListPath,
+    PresetName,
+    PresetsBlockName,
+    PresetsFile,
+    Prompt,
+    QualityPreference,
+    RenderStoreName,
+    Retries,
+    RetryBackoff,
+    Reuse,
+    Servers,
+    ShotListPath,
+    Shots,
+    Since,
+    Takes,
+    TimeBudget,
+    given,
+    hint,
+)
+from tower.report.model import report_window
+from tower.shotlist.errors import InputError
+from tower.shotlist.presets import load_presets
+from tower.shotlist.shots import read_shot_list
+
+DEFAULT_PREFECT_YAML = Path("prefect.yaml")
+
+
+def one_line(err: BaseException) -> str:
+    """An error's message on one line (pydantic and InputError messages span several)."""
+    if isinstance(err, InputError):
+        return "; ".join(str(problem) for problem in err.problems)
+    if isinstance(err, ValidationError):
+        return "; ".join(f"{'.'.join(map(str, e['loc'])) or e['type']}: {e['msg']}"
+                         for e in err.errors())
+    text = " ".join(str(err).split())
+    return text or type(err).__name__
+
+
+def check_presets_file(params: dict[str, Any]) -> None:
+    """Load the presets file now: a bad one is reported as the option's error."""
+    path = params.get("presets_file")
+    if not path:
+        return
+    try:
+        load_presets(Path(path))
+    except InputError as err:
+        raise typer.BadParameter(one_line(err), param_hint=hint("presets_file")) from None
+
+
+def check_saved(params: dict[str, Any], *, default_server: bool) -> None:
+    """Resolve the servers and the saved blocks the flow will use (needs Prefect).
+
+    Mirrors the flow's precedence: a RenderStore block only counts without
+    ``--data-root``, a RenderPresets block only without ``--presets-file``; servers not
+    given come from ``$TOWER_SERVERS`` (else, where ``default_server``, the local one).
+    """
+    from tasks.setup import resolve_data_root, resolve_presets, resolve_servers, server_entries
+
+    entries = server_entries(params.get("servers"))
+    checks: list[tuple[str, Callable[[], object]]] = []
+    if entries or default_server:
+        where = hint("servers") if params.get("servers") else "$TOWER_SERVERS"
+        checks.append((where, lambda: resolve_servers(entries)))
+    if params.get("render_store") and not params.get("data_root"):
+        checks.append((hint("render_store"),
+                       lambda: resolve_data_root(None, params["render_store"])))
+    if params.get("presets_block") and not params.get("presets_file"):
+        checks.append((hint("presets_block"),
+                       lambda: resolve_presets(None, params["presets_block"])))
+    for where, check in checks:
+        try:
+            check()
+        except Exception as err:  # any failure to load is the option's problem
+            raise typer.BadParameter(one_line(err), param_hint=where) from None
+    check_shot_list(params)
+
+
+def check_shot_list(params: dict[str, Any]) -> None:
+    """Validate the shot list with the presets the run will use, before any flow starts.
+
+    Every problem is printed with its file, line and field, as ``tower validate`` does,
+    and the command exits 1: a broken list never becomes a failed run with a traceback.
+    """
+    if not params.get("shot_list"):
+        return
+    from tasks.setup import resolve_presets
+
+    presets = resolve_presets(params.get("presets_file"), params.get("presets_block"))
+    try:
+        read_shot_list(params["shot_list"], presets)
+    except InputError as err:
+        for problem in err.problems:
+            typer.echo(str(problem), err=True)
+        typer.echo(f"{len(err.problems)} problem(s) found.", err=True)
+        raise typer.Exit(1) from None
+
+
+def run_flow(flow: Any, params: dict[str, Any]) -> tuple[Any, Any]:
+    """Run ``flow`` here; its final state and result (a failed run's summary too)."""
+    state = flow(**params, return_state=True)
+    return state, state.result(raise_on_failure=False)
+
+
+def exit_unless_completed(state: Any) -> None:
+    """Exit 1 with the state's reason when the run did not complete."""
+    if not state.is_completed():
+        typer.echo(f"{state.name}: {state.message}", err=True)
+        raise typer.Exit(1)
+
+
+def print_plan(result: dict[str, Any]) -> None:
+    for row in result.get("plan", []):
+        typer.echo(f"{row['server']:<16} {row['shot']:<16} {row['takes']:<7} {row['preset']:<9}"
+                   f" {row['vram_estimate_mb']:>7} MB {row['est_seconds']:>7} s")
+    typer.echo(f"{result['batches']} batches, {result['takes_to_render']} takes to render, "
+               f"{result['takes_deduped']} already rendered")
+
+
+def print_preview(result: dict[str, Any]) -> None:
+    """The summary, the preset chosen and why, then one image path a line (easy to open)."""
+    typer.echo(result["markdown"])
+    expected = result.get("expected_s")
+    typer.echo(f"preset {result['preset']}: {result['preset_reason']}"
+               + ("" if expected is None else f" (expected {expected:.0f} s)"))
+    for path in result.get("images", []):
+        typer.echo(path)
+
+
+def render_command(
+    shot_list: ShotListPath, shots: Shots = None, preset: PresetName = None,
+    servers: Servers = None, dry_run: DryRun = False, force: Force = False,
+    reuse: Reuse = None, data_root: DataRootPath = None, render_store: RenderStoreName = None,
+    presets_file: PresetsFile = None, presets_block: PresetsBlockName = None,
+    retries: Retries = None, retry_backoff_s: RetryBackoff = None,
+    max_server_failures: MaxServerFailures = None,
+) -> None:
+    """Render an episode now, in this process, against real ComfyUI servers."""
+    params = given(locals())  # every parameter here is a render_episode parameter
+    check_presets_file(params)
+    from flows.render_episode import render_episode
+
+    check_saved(params, default_server=True)
+    state, result = run_flow(render_episode, params)
+    if isinstance(result, dict) and result.get("dry_run"):
+        print_plan(result)
+    elif isinstance(result, dict) and "markdown" in result:
+        typer.echo(result["markdown"])
+    exit_unless_completed(state)
+
+
+def preview_command(
+    shot_list: OptionalShotListPath = None, shots: Shots = None, prompt: Prompt = None,
+    takes: Takes = None, servers: Servers = None, time_budget_seconds: TimeBudget = None,
+    quality_preference: QualityPreference = None, reuse: Reuse = None,
+    data_root: DataRootPath = None, render_store: RenderStoreName = None,
+    presets_file: PresetsFile = None, presets_block: PresetsBlockName = None,
+    retries: Retries = None, retry_backoff_s: RetryBackoff = None,
+) -> None:
+    """Preview a few shots (or a free prompt) now, ahead of queued work.
+
+    Prints the summary, the preset chosen (and why), then the image paths.
+    """
+    params = given(locals())  # every parameter here is a draft_preview parameter
+    if not params.get("shot_list") and not params.get("prompt"):
+        raise typer.BadParameter("give a shot list (and --shot ids) or a prompt",
+                                 param_hint="'SHOT_LIST' / '--prompt'")
+    check_presets_file(params)
+    from flows.draft_preview import draft_preview
+
+    check_saved(params, default_server=True)
+    state, result = run_flow(draft_preview, params)
+    if isinstance(result, dict) and "markdown" in result:
+        print_preview(result)
+    exit_unless_completed(state)
+
+
+def daily_report_command(
+    data_root: DataRootPath = None, render_store: RenderStoreName = None, day: Day = None,
+    since: Since = None, servers: Servers = None, presets_file: PresetsFile = None,
+    presets_block: PresetsBlockName = None,
+) -> None:
+    """Run the daily-report flow now: file the report, publish it to Prefect.
+
+    The scheduled job run by hand (to redo a morning's report, or to file one
+    for another day), named like its deployment in the Prefect UI. A command
+    of its own rather than a flag on `tower report`: that one is the quick
+    look, which needs no Prefect and writes nothing unless asked; this one
+    compacts the closed days it reads, files the report under reports/,
+    publishes it as a Prefect artifact with the farm's status (--server) and
+    takes saved blocks. Prints the files written.
+    """
+    params = given(locals())  # every parameter here is a daily_report parameter
+    try:
+        report_window(datetime.now(UTC), day, since)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="'--day' / '--since'") from None
+    check_presets_file(params)
+    from flows.daily_report import daily_report
+
+    check_saved(params, default_server=False)
+    state, result = run_flow(daily_report, params)
+    if isinstance(result, dict):
+        for kind, path in result.items():
+            typer.echo(f"{kind}: {path}")
+    exit_unless_completed(state)
+
+
+def serve_command(
+    prefect_yaml: Annotated[Path, typer.Option(help="deployments file")] = DEFAULT_PREFECT_YAML,
+    limit: Annotated[Optional[int], typer.Option(help="max concurrent flow runs")] = None,  # noqa: UP045
+) -> None:
+    """Serve the nightly, daily-report and draft-preview deployments from this process."""
+    from prefect import serve
+
+    from tasks.deployments import runner_deployments
+
+    serve(*runner_deployments(prefect_yaml), pause_on_shutdown=False, limit=limit)

@@ -1,0 +1,171 @@
+"""``tower plan``, ``tower index compact|stats`` and ``tower metrics compact``.
+
+The planner, the output index and the metrics store by hand.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from tower.planning.planner import PlanningError, ServerSpec, apply_decode_policy, plan_batches
+from tower.planning.vram import GPU_PROFILES, VramModel
+from tower.shotlist.errors import InputError
+from tower.shotlist.presets import load_presets
+from tower.shotlist.shots import read_shot_list
+from tower.spec.takes import resolve_takes
+from tower.store.compaction import CompactResult
+from tower.store.files import DEFAULT_DATA_ROOT, DataRoot
+from tower.store.index import OutputIndex
+from tower.store.metrics import MetricsStore, RunLog
+from tower.store.parquet_io import StoreError
+
+DEFAULT_SERVERS = "local=12gb"
+
+DataRootOption = Annotated[Path, typer.Option("--data-root", help="data root folder")]
+index_app = typer.Typer(help="Maintain the output index.", no_args_is_help=True)
+metrics_app = typer.Typer(help="Maintain the metrics store and run log.",
+                          no_args_is_help=True)
+
+
+def parse_servers(text: str) -> list[ServerSpec]:
+    """``name=budget_mb`` or ``name=<profile>`` (8gb, 12gb, ...), comma separated.
+
+    Raises:
+        typer.BadParameter: naming the entry that is wrong.
+    """
+    servers = []
+    for entry in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = entry.partition("=")
+        if not sep or not name.strip():
+            raise typer.BadParameter(f"{entry!r}: expected name=budget_mb or name=<profile>")
+        value = value.strip().lower()
+        if value in GPU_PROFILES:
+            budget = float(GPU_PROFILES[value].budget_mb)
+        else:
+            try:
+                budget = float(value)
+            except ValueError:
+                raise typer.BadParameter(
+                    f"{entry!r}: budget must be MB or one of {', '.join(GPU_PROFILES)}") from None
+        servers.append(ServerSpec(name.strip(), budget))
+    if not servers:
+        raise typer.BadParameter("at least one server is needed")
+    return servers
+
+
+def _fail(message: str) -> None:
+    typer.echo(message, err=True)
+    raise typer.Exit(1)
+
+
+def plan_command(
+    shot_list: Annotated[str, typer.Argument(help="shot list (.yaml/.csv/.json)")],
+    servers: Annotated[str, typer.Option(
+        "--servers", help="name=budget_mb or name=<profile>, comma separated")] = DEFAULT_SERVERS,
+    data_root: DataRootOption = DEFAULT_DATA_ROOT,
+    presets: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        "--presets", help="YAML presets file")] = None,
+    preset: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        "--preset", help="render every shot at this preset")] = None,
+) -> None:
+    """Print the render plan of a shot list, skipping takes the output index already has.
+
+    The VRAM model is calibrated from the metrics under the data root when there are
+    enough measured batches.
+    """
+    specs = parse_servers(servers)
+    try:
+        known = load_presets(presets)
+        loaded = read_shot_list(shot_list, known)
+        takes = resolve_takes(loaded.shot_list, known, preset_override=preset)
+    except InputError as err:
+        _fail("\n".join(str(p) for p in err.problems))
+        return
+    except KeyError as err:
+        _fail(str(err.args[0]))
+        return
+    root = DataRoot(data_root)
+    try:
+        vram = VramModel.calibrated(MetricsStore(root.metrics).scan())
+        for family, fit in sorted(vram.fits.items()):
+            typer.echo(f"VRAM model for {family} calibrated from {fit.points} measured batches")
+        takes = apply_decode_policy(takes, specs, known, vram)
+        if root.index.is_dir():
+            result = OutputIndex(root.index).dedup(takes, render_root=root.renders)
+            typer.echo(f"{len(result.rendered)} of {len(takes)} takes already rendered"
+                       f" ({len(result.missing_files)} indexed but missing on disk),"
+                       f" {len(result.same_as)} share an image with another take")
+            takes = result.to_render
+        plan = plan_batches(takes, specs, known, vram)
+    except (PlanningError, StoreError) as err:
+        _fail(str(err))
+        return
+    typer.echo(plan.table())
+
+
+@index_app.command("compact")
+def compact_command(
+    data_root: DataRootOption = DEFAULT_DATA_ROOT,
+    target_rows: Annotated[int, typer.Option(help="rows per merged file", min=1)] = 1_000_000,
+) -> None:
+    """Merge the index's small part files; every row is kept."""
+    try:
+        result = OutputIndex(DataRoot(data_root).index).compact(target_rows)
+    except StoreError as err:
+        _fail(str(err))
+        return
+    typer.echo(describe_compaction(result))
+
+
+def describe_compaction(result: CompactResult) -> str:
+    """One line saying what a compaction did."""
+    return (f"{result.rows} rows: {result.parts_before} parts -> {result.parts_after}"
+            f" ({len(result.merged)} merged files written, {result.removed} parts removed"
+            f", {result.stale_temporaries} stale temporaries cleared)")
+
+
+@metrics_app.command("compact")
+def metrics_compact_command(
+    data_root: DataRootOption = DEFAULT_DATA_ROOT,
+    before: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        "--before", help="only days before this one (YYYY-MM-DD); default: every day")] = None,
+) -> None:
+    """Merge each day's small metrics and run-log part files; every row is kept."""
+    try:
+        until = date.fromisoformat(before) if before is not None else None
+    except ValueError:
+        raise typer.BadParameter(f"expected YYYY-MM-DD, got {before!r}",
+                                 param_hint="--before") from None
+    root = DataRoot(data_root)
+    try:
+        metrics = MetricsStore(root.metrics).compact(before=until)
+        runs = RunLog(root.runs).compact(before=until)
+    except StoreError as err:
+        _fail(str(err))
+        return
+    typer.echo(f"metrics: {describe_compaction(metrics)}")
+    typer.echo(f"runs: {describe_compaction(runs)}")
+
+
+@index_app.command("stats")
+def stats_command(data_root: DataRootOption = DEFAULT_DATA_ROOT) -> None:
+    """Rows, bytes and takes per episode and preset in the output index."""
+    root = DataRoot(data_root)
+    try:
+        stats = OutputIndex(root.index).stats(run_log=RunLog(root.runs))
+    except StoreError as err:
+        _fail(str(err))
+        return
+    typer.echo(f"{stats.rows} rows in {stats.parts} parts, {stats.unique_keys} unique images,"
+               f" {stats.total_bytes / 1e6:.1f} MB")
+    typer.echo(f"re-rendered: {stats.rerendered}, served from the index: "
+               f"{stats.duplicates_avoided if stats.duplicates_avoided is not None else 0}")
+    for episode, rows in stats.by_episode.items():
+        typer.echo(f"  episode {episode}: {rows} takes,"
+                   f" {stats.bytes_by_episode[episode] / 1e6:.1f} MB")
+    for name, rows in stats.by_preset.items():
+        typer.echo(f"  preset {name}: {rows} takes")

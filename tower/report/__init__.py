@@ -1,0 +1,1 @@
+"""The daily report and the farm's status, computed from the stores."""

@@ -1,0 +1,227 @@
+"""Executing one render batch end to end, with nothing Prefect in it.
+
+A batch is rendered under its planned prompt id (so a retry adopts the prompt a
+previous attempt left on the server instead of rendering it twice), while a GPU
+sampler watches the device. A forced batch (``batch.fresh``) has a prompt id and a
+graph of its run's own (:func:`tower.spec.graph.build_graph`), so every node executes anew
+even on a server that still holds the same render in its history and node cache.
+Each image goes to its take's own path under the render root, then the batch's index
+rows and one metrics row are written before returning: a crash after that loses
+nothing. A failure also writes its metrics row (status ``failed``, ``oom`` or
+``interrupted``) and then re-raises, so the caller's retry policy decides what happens
+next. ``tasks/`` only adds retries and logging on top.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from tower.comfyui import (
+    ComfyUIClient,
+    ComfyUIInterrupted,
+    ComfyUIOutOfMemory,
+    ComfyUIProtocolError,
+    DownloadedFile,
+    ProgressEvent,
+    RenderResult,
+)
+from tower.planning.planner import RenderBatch, split_batch
+from tower.runtime.gpu import GpuSampler, GpuSummary, sampler_for
+from tower.spec.graph import CHECKPOINT_NODE, build_graph
+from tower.spec.outputs import take_output_path
+from tower.spec.takes import ResolvedTake
+from tower.store.files import DataRoot, inside
+from tower.store.index import IndexRow, OutputIndex
+from tower.store.metrics import BatchMetrics, MetricsStore
+
+MAX_ERROR_CHARS = 2000
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class RenderContext:
+    """Where a run writes and how it renders; shared by every batch of the run."""
+
+    data_root: DataRoot
+    index: OutputIndex
+    metrics: MetricsStore
+    run_id: str
+    flow_run_id: str | None = None
+    vram_budget_mb: float | None = None
+    front: bool = False
+    timeout_s: float | None = None
+    measure_gpu: Callable[[ComfyUIClient], GpuSampler] = sampler_for
+    on_progress: Callable[[ProgressEvent], None] | None = None
+    now: Callable[[], datetime] = field(default=_utc_now, repr=False)
+
+
+@dataclass
+class BatchOutcome:
+    """What one batch left behind: images on disk, the rows written for it."""
+
+    batch: RenderBatch
+    status: str  # "ok" | "cached" | "failed" | "oom" | "interrupted"
+    images: list[Path]
+    index_rows: list[IndexRow]
+    metrics: BatchMetrics
+    error: str | None = None
+
+
+def failure_status(err: BaseException) -> str:
+    """The metrics status of a failed attempt."""
+    if isinstance(err, ComfyUIOutOfMemory):
+        return "oom"
+    if isinstance(err, ComfyUIInterrupted):
+        return "interrupted"
+    return "failed"
+
+
+def server_name(client: ComfyUIClient, batch: RenderBatch) -> str:
+    """The name rows record: the client's own name, else the server the batch was planned for."""
+    return getattr(client, "name", None) or batch.server
+
+
+def _base_metrics(batch: RenderBatch, ctx: RenderContext, server: str, attempt: int,
+                  result: RenderResult | None, gpu: GpuSummary | None) -> dict[str, object]:
+    """The metrics fields known once the render has ended, whatever its outcome."""
+    first = batch.takes[0]
+    fields: dict[str, object] = {
+        "run_id": ctx.run_id, "flow_run_id": ctx.flow_run_id, "batch_id": batch.batch_id,
+        "server": server, "episode": batch.episode, "preset": batch.preset,
+        "checkpoint": batch.checkpoint, "width": first.width, "height": first.height,
+        "takes": batch.size, "batch_size": batch.size, "vae_tiled": batch.vae_tiled,
+        "attempt": attempt, "vram_estimated_mb": batch.vram_estimate_mb,
+        "vram_budget_mb": ctx.vram_budget_mb,
+        "finished_at": (result.finished_at if result and result.finished_at else ctx.now()),
+    }
+    if gpu is not None and gpu.measured:
+        fields |= {"vram_peak_mb": gpu.vram_peak_mb, "gpu_util_mean": gpu.util_mean}
+    if result is not None:
+        fields |= {
+            "queued_at": result.queued_at, "started_at": result.started_at,
+            "queue_wait_s": result.queue_wait_s, "execution_s": result.execution_s,
+            "model_load_s": result.model_load_s, "sampling_s": result.sampling_s,
+            "vae_decode_s": result.vae_decode_s, "cached_nodes": len(result.cached_nodes),
+            "model_cache_hit": CHECKPOINT_NODE in result.cached_nodes,
+        }
+    return fields
+
+
+def _record_failure(err: BaseException, batch: RenderBatch, ctx: RenderContext, server: str,
+                    attempt: int, result: RenderResult | None,
+                    gpu: GpuSummary | None) -> BatchMetrics:
+    result = result or getattr(err, "result", None)
+    row = BatchMetrics(**_base_metrics(batch, ctx, server, attempt, result, gpu),
+                       status=failure_status(err), images=0,
+                       error_type=type(err).__name__,
+                       error_message=str(err)[:MAX_ERROR_CHARS] or type(err).__name__)
+    ctx.metrics.append([row])
+    return row
+
+
+def _download_all(client: ComfyUIClient, batch: RenderBatch, result: RenderResult,
+                  ctx: RenderContext) -> list[tuple[ResolvedTake, str, DownloadedFile]]:
+    """Image i to take i's path under the render root."""
+    if len(result.images) != batch.size:
+        raise ComfyUIProtocolError(
+            f"prompt {result.prompt_id} of batch {batch.label} produced "
+            f"{len(result.images)} images for {batch.size} takes")
+    files = []
+    for take, ref in zip(batch.takes, result.images, strict=True):
+        relative = take_output_path(take)
+        dest = inside(ctx.data_root.renders, relative)
+        files.append((take, relative, client.download(ref, dest)))
+    return files
+
+
+def _no_new_work(result: RenderResult, asked_at: datetime) -> bool:
+    """Whether the server did nothing for this call: all nodes cached, or the prompt was
+    adopted after it had already finished (a retry of an attempt that rendered it).
+
+    A prompt adopted while queued or running is real work whose earlier attempt left no
+    successful metrics row, so it counts as ``ok``.
+    """
+    if result.cached:
+        return True
+    return result.adopted and result.finished_at is not None and result.finished_at <= asked_at
+
+
+def _new_rows(rows: Sequence[IndexRow], ctx: RenderContext, takes: Sequence[ResolvedTake],
+              ) -> list[IndexRow]:
+    """The rows the index does not already hold with the same image (for re-executions)."""
+    known = {row.render_key: row.sha256
+             for _, row in ctx.index.dedup(takes, ctx.data_root.renders).rendered}
+    return [row for row in rows if known.get(row.render_key) != row.sha256]
+
+
+def execute_batch(client: ComfyUIClient, batch: RenderBatch, ctx: RenderContext, *,
+                  attempt: int = 1) -> BatchOutcome:
+    """Render ``batch`` on ``client``, store its images, index rows and metrics row.
+
+    Status ``cached`` means the server did no new work (every node cached, or the prompt
+    had already finished under this id); its index rows are only written where the index
+    lacks them.
+
+    Raises:
+        ComfyUIError: after writing the attempt's metrics row (``failed``/``oom``/
+            ``interrupted``); a result with a wrong number of images is a
+            ComfyUIProtocolError. Other errors (disk, stores) are recorded and re-raised too.
+    """
+    server = server_name(client, batch)
+    graph = build_graph(batch.takes, batch.filename_prefix, fresh=batch.cache_buster)
+    sampler = ctx.measure_gpu(client)
+    result: RenderResult | None = None
+    asked_at = ctx.now()
+    try:
+        with sampler:
+            result = client.render(graph, prompt_id=batch.prompt_id, front=ctx.front,
+                                   timeout=ctx.timeout_s, on_progress=ctx.on_progress)
+        started = time.monotonic()
+        files = _download_all(client, batch, result, ctx)
+        download_s = time.monotonic() - started
+    except Exception as err:
+        _record_failure(err, batch, ctx, server, attempt, result, sampler.summary())
+        raise
+    status = "cached" if _no_new_work(result, asked_at) else "ok"
+    rendered_at = result.finished_at or ctx.now()
+    rows = [IndexRow.from_take(take, output_path=relative, sha256=file.sha256,
+                               size_bytes=file.size, rendered_at=rendered_at, server=server,
+                               prompt_id=result.prompt_id, run_id=ctx.run_id)
+            for take, relative, file in files]
+    to_write = _new_rows(rows, ctx, batch.takes) if status == "cached" else rows
+    ctx.index.append(to_write)
+    metrics = BatchMetrics(**_base_metrics(batch, ctx, server, attempt, result, sampler.summary()),
+                           status=status, download_s=download_s, images=len(files),
+                           bytes_downloaded=sum(file.size for _, _, file in files))
+    ctx.metrics.append([metrics])
+    return BatchOutcome(batch, status, [file.path for _, _, file in files], rows, metrics)
+
+
+def execute_with_oom_split(client: ComfyUIClient, batch: RenderBatch, ctx: RenderContext, *,
+                           attempt: int = 1) -> list[BatchOutcome]:
+    """Render ``batch``, halving it (recursively) each time the GPU runs out of memory.
+
+    The OOM attempt is recorded by :func:`execute_batch`; each half is a batch of its
+    own (its own id and prompt id; a forced batch's halves stay forced). Takes keep
+    their noise indices, so halves render the same images the whole batch would have.
+
+    Raises:
+        ComfyUIOutOfMemory: a single take does not fit.
+        ComfyUIError: any other failure, as :func:`execute_batch`.
+    """
+    try:
+        return [execute_batch(client, batch, ctx, attempt=attempt)]
+    except ComfyUIOutOfMemory:
+        if batch.size <= 1:
+            raise
+    outcomes: list[BatchOutcome] = []
+    for half in split_batch(batch):
+        outcomes += execute_with_oom_split(client, half, ctx, attempt=attempt)
+    return outcomes

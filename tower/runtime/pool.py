@@ -1,0 +1,211 @@
+"""Which server gets the next render batch: the pool policy of one flow run.
+
+The planner assigns every batch to a server up front. At run time the pool keeps each
+server's ComfyUI queue at its depth (one batch sampling, the next one waiting, so the
+GPU never idles between batches), lets a server that ran out of work take batches
+from the busiest other one, and takes a server that keeps failing out of rotation for
+the rest of the run, handing its waiting batches to the servers still in it.
+
+Pure and single-threaded by design: the flow calls :meth:`ServerPool.next_assignments`
+and :meth:`ServerPool.finished` from its own loop, so the policy can be tested with
+plain tables of events and no clock, threads or servers.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+DEFAULT_QUEUE_DEPTH = 2
+# Consecutive batch failures (after task retries) that take a server out of rotation.
+DEFAULT_MAX_FAILURES = 2
+
+
+class Dispatchable(Protocol):
+    """What the pool needs to know about a batch (``tower.planning.planner.RenderBatch`` fits)."""
+
+    @property
+    def batch_id(self) -> str: ...
+
+    @property
+    def server(self) -> str: ...
+
+    @property
+    def vram_estimate_mb(self) -> float: ...
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """Send ``batch`` to ``server`` now (``server`` may differ from the planned one)."""
+
+    batch: Dispatchable
+    server: str
+
+    @property
+    def moved(self) -> bool:
+        return self.server != self.batch.server
+
+
+@dataclass
+class ServerState:
+    """One server's standing in the pool."""
+
+    name: str
+    depth: int
+    vram_budget_mb: float | None = None
+    waiting: deque[Dispatchable] = field(default_factory=deque)
+    in_flight: set[str] = field(default_factory=set)
+    consecutive_failures: int = 0
+    in_rotation: bool = True
+    done: int = 0
+    failed: int = 0
+    reason: str | None = None
+
+    @property
+    def free_slots(self) -> int:
+        return max(0, self.depth - len(self.in_flight)) if self.in_rotation else 0
+
+    def fits(self, batch: Dispatchable) -> bool:
+        return self.vram_budget_mb is None or batch.vram_estimate_mb <= self.vram_budget_mb
+
+
+class ServerPool:
+    """Hands out batches to servers and reacts to their outcomes.
+
+    Args:
+        batches: the plan's batches, in the order each server should run them.
+        depths: max batches in flight per server (its ComfyUI queue depth).
+        vram_budgets: per-server VRAM budget; a batch only moves to a server it fits.
+        max_failures: consecutive final failures that take a server out of rotation.
+
+    Raises:
+        ValueError: a batch is planned for a server not in ``depths``, or a depth < 1.
+    """
+
+    def __init__(self, batches: Iterable[Dispatchable], depths: Mapping[str, int], *,
+                 vram_budgets: Mapping[str, float | None] | None = None,
+                 max_failures: int = DEFAULT_MAX_FAILURES) -> None:
+        budgets = vram_budgets or {}
+        bad = {name: depth for name, depth in depths.items() if depth < 1}
+        if bad:
+            raise ValueError(f"queue depth must be at least 1: {bad}")
+        self.servers = {name: ServerState(name, depth, budgets.get(name))
+                        for name, depth in depths.items()}
+        self.max_failures = max_failures
+        self.failed_batches: dict[str, str] = {}
+        self._tried: dict[str, set[str]] = {}
+        for batch in batches:
+            if batch.server not in self.servers:
+                raise ValueError(f"batch {batch.batch_id} is planned for unknown server "
+                                 f"{batch.server!r}; servers: {', '.join(self.servers)}")
+            self.servers[batch.server].waiting.append(batch)
+
+    @property
+    def active(self) -> list[ServerState]:
+        return [s for s in self.servers.values() if s.in_rotation]
+
+    @property
+    def out_of_rotation(self) -> dict[str, str]:
+        """Servers taken out, with why."""
+        return {s.name: s.reason or "" for s in self.servers.values() if not s.in_rotation}
+
+    @property
+    def in_flight(self) -> int:
+        return sum(len(s.in_flight) for s in self.servers.values())
+
+    @property
+    def waiting(self) -> int:
+        return sum(len(s.waiting) for s in self.servers.values())
+
+    @property
+    def finished_all(self) -> bool:
+        """Nothing waiting and nothing in flight: the run's rendering is over."""
+        return self.waiting == 0 and self.in_flight == 0
+
+    def next_assignments(self) -> list[Assignment]:
+        """Fill every free slot: own queue first, else work taken from the busiest server."""
+        assignments: list[Assignment] = []
+        progress = True
+        while progress:
+            progress = False
+            for server in self.active:
+                if server.free_slots == 0:
+                    continue
+                batch = server.waiting.popleft() if server.waiting else self._steal_for(server)
+                if batch is None:
+                    continue
+                server.in_flight.add(batch.batch_id)
+                self._tried.setdefault(batch.batch_id, set()).add(server.name)
+                assignments.append(Assignment(batch, server.name))
+                progress = True
+        return assignments
+
+    def _steal_for(self, thief: ServerState) -> Dispatchable | None:
+        """The last waiting batch of the server with the longest backlog that fits ``thief``.
+
+        Only batches the victim cannot start right away are taken, so stealing never
+        leaves the victim idle.
+        """
+        victims = sorted((s for s in self.servers.values()
+                          if s is not thief and len(s.waiting) > s.free_slots),
+                         key=lambda s: len(s.waiting), reverse=True)
+        for victim in victims:
+            for batch in reversed(victim.waiting):
+                if thief.fits(batch):
+                    victim.waiting.remove(batch)
+                    return batch
+        return None
+
+    def finished(self, batch: Dispatchable, server: str, *, ok: bool,
+                 server_fault: bool = False, error: str = "") -> bool:
+        """Record how ``batch`` ended on ``server``; return True if it was requeued.
+
+        Args:
+            ok: the batch rendered.
+            server_fault: it failed in a way another server may not (unreachable,
+                timed out, protocol trouble), so it is worth sending elsewhere.
+            error: a short description, kept for the batches that finally failed.
+        """
+        state = self.servers[server]
+        state.in_flight.discard(batch.batch_id)
+        if ok:
+            state.done += 1
+            state.consecutive_failures = 0
+            return False
+        state.failed += 1
+        state.consecutive_failures += 1
+        if state.in_rotation and state.consecutive_failures >= self.max_failures:
+            self.take_out(server, f"{state.consecutive_failures} batches failed in a row: "
+                                  f"{error}".rstrip(": "))
+        if server_fault and self._requeue(batch):
+            return True
+        self.failed_batches[batch.batch_id] = error
+        return False
+
+    def take_out(self, server: str, reason: str) -> None:
+        """Stop sending work to ``server``; its waiting batches go to the others."""
+        state = self.servers[server]
+        state.in_rotation = False
+        state.reason = reason
+        orphans = list(state.waiting)
+        state.waiting.clear()
+        for batch in orphans:
+            if not self._requeue(batch, count_try=False):
+                self.failed_batches[batch.batch_id] = f"no server left to render it ({reason})"
+
+    def _requeue(self, batch: Dispatchable, *, count_try: bool = True) -> bool:
+        tried = self._tried.get(batch.batch_id, set()) if count_try else set()
+        candidates = [s for s in self.active if s.name not in tried]
+        if not candidates:
+            return False
+        fitting = [s for s in candidates if s.fits(batch)] or candidates
+        target = min(fitting, key=lambda s: (len(s.waiting) + len(s.in_flight)) / s.depth)
+        target.waiting.append(batch)
+        return True
+
+
+def total_depth(depths: Sequence[int]) -> int:
+    """Worker threads a flow run needs: one per batch that may be in flight at once."""
+    return max(1, sum(depths))

@@ -1,0 +1,184 @@
+"""Quality presets: the render settings a shot is drawn at.
+
+The three built-in presets come from the studio's optimisation guide. A presets file
+(YAML) may override any field of a built-in preset or add new ones, optionally
+extending an existing preset. Presets are plain data: render keys are computed from
+the resolved values (steps, sampler, size...), never from a preset's name, so editing a
+preset changes the keys of exactly the takes whose pixels would change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from tower.shotlist.documents import Document, parse, read_text
+from tower.shotlist.errors import (
+    InputError,
+    Number,
+    Problem,
+    Whole,
+    format_pydantic_error,
+    suggest,
+)
+from tower.shotlist.names import check_name
+
+DRAFT_CHECKPOINT = "anime-draft-sd15.safetensors"
+FINAL_CHECKPOINT = "anime-final-sd15.safetensors"
+
+
+class Preset(BaseModel):
+    """Everything a preset fixes about a render, besides the prompt and the seed."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    steps: Whole = Field(ge=1, le=10000)
+    width: Whole = Field(ge=64, le=4096, multiple_of=8)
+    height: Whole = Field(ge=64, le=4096, multiple_of=8)
+    sampler: str = Field(min_length=1)
+    scheduler: str = Field(min_length=1)
+    cfg: Number = Field(ge=0.0, le=100.0)
+    checkpoint: str = Field(min_length=1)
+    denoise: Number = Field(default=1.0, gt=0.0, le=1.0)
+    vae_tiled: bool = False
+    vae_tile_size: Whole = Field(default=512, ge=64, le=4096, multiple_of=32)
+    max_batch: Whole = Field(default=4, ge=1, le=64)
+    description: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_an_id(cls, value: str) -> str:
+        return check_name(value)
+
+
+# dpm_fast only takes sigma_min/sigma_max from the schedule (k-diffusion's
+# sample_dpm_fast builds its own steps), so the scheduler barely matters for drafts;
+# "normal" is ComfyUI's default and keeps the graph unsurprising to read.
+BUILTIN_PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset(
+            name="draft", steps=8, width=512, height=512, sampler="dpm_fast",
+            scheduler="normal", cfg=5.0, checkpoint=DRAFT_CHECKPOINT, max_batch=8,
+            description="quick iterations, previews",
+        ),
+        Preset(
+            name="standard", steps=15, width=768, height=768, sampler="dpmpp_2m",
+            scheduler="karras", cfg=6.5, checkpoint=FINAL_CHECKPOINT, max_batch=4,
+            description="production work",
+        ),
+        Preset(
+            name="high", steps=25, width=1024, height=1024, sampler="dpmpp_2m_sde",
+            scheduler="karras", cfg=7.5, checkpoint=FINAL_CHECKPOINT, max_batch=2,
+            description="final outputs",
+        ),
+    )
+}
+
+
+def apply_overrides(
+    overrides: Mapping[str, Mapping[str, Any]],
+    base: Mapping[str, Preset] = BUILTIN_PRESETS,
+    source: str = "<presets>",
+    doc: Document | None = None,
+) -> dict[str, Preset]:
+    """Return ``base`` with ``overrides`` applied, reporting every problem at once.
+
+    A name that is already a preset is overridden field by field; a new name needs
+    ``extends: <preset>`` (a built-in or one defined earlier in the file) or every
+    required field. ``doc``, when given, supplies line numbers for the problems.
+    """
+    presets = dict(base)
+    problems: list[Problem] = []
+    for name, raw in overrides.items():
+        if not isinstance(name, str):  # YAML reads `1:` or `null:` as a number or None
+            problems += _located([Problem(source, None, f"preset {name}", None,
+                                          "preset names must be text; put it in quotes")],
+                                 doc, name)
+            continue
+        found = _override_one(name, raw, presets, source)
+        if isinstance(found, Preset):
+            presets[found.name] = found
+        else:
+            problems += _located(found, doc, name)
+    if problems:
+        raise InputError(sorted(problems, key=lambda p: p.line or 0))
+    return presets
+
+
+# An entry of a presets file: any preset field but the name (its key), plus ``extends``.
+_OVERRIDABLE = frozenset({"extends", *Preset.model_fields} - {"name"})
+_REQUIRED = tuple(name for name, info in Preset.model_fields.items()
+                  if info.is_required() and name != "name")
+
+
+def _override_one(name: str, raw: Any, presets: Mapping[str, Preset],
+                  source: str) -> Preset | list[Problem]:
+    """The preset ``raw`` defines, or every problem with it."""
+    where = f"preset {name}"
+    if not isinstance(raw, Mapping):
+        return [Problem(source, None, where, None, "must be a mapping of fields")]
+    try:
+        check_name(name)
+    except ValueError as err:
+        return [Problem(source, None, where, None, f"preset name {err}")]
+    problems = [Problem(source, None, where, str(key), "unknown field"
+                        + suggest(key, _OVERRIDABLE - {"extends"}))
+                for key in raw if key not in _OVERRIDABLE]
+    fields = {k: v for k, v in raw.items() if k in _OVERRIDABLE and k != "extends"}
+    parent_name = raw.get("extends") or (name if name in presets else None)
+    parent = presets.get(parent_name) if isinstance(parent_name, str) else None
+    if parent_name is not None and parent is None:
+        problems.append(Problem(source, None, where, "extends",
+                                f"unknown preset {parent_name!r}; "
+                                f"known: {', '.join(sorted(presets))}"))
+        return problems
+    missing = [f for f in _REQUIRED if f not in fields] if parent is None else []
+    if missing:
+        problems.append(Problem(source, None, where, None,
+                                "a new preset needs 'extends: <preset>' or every field; "
+                                f"missing: {', '.join(missing)}"))
+        return problems
+    merged = {**(parent.model_dump() if parent else {}), **fields, "name": name}
+    try:
+        preset = Preset.model_validate(merged)
+    except ValidationError as err:
+        return problems + format_pydantic_error(err, source, where)
+    return problems or preset
+
+
+def _located(problems: list[Problem], doc: Document | None, name: Any) -> list[Problem]:
+    """Give each problem the line of its field (or of its preset) in the file."""
+    if doc is None:
+        return problems
+    base = ("presets", name) if ("presets",) in doc.lines else (name,)
+    return [replace(p, line=doc.line_of(*base, *(p.field.split(".") if p.field else ())))
+            for p in problems]
+
+
+def load_presets(path: str | Path | None) -> dict[str, Preset]:
+    """Built-in presets, overridden by the YAML file at ``path`` when given.
+
+    The file maps preset names to fields, either at the top level or under a
+    ``presets:`` key. It is read with the same guards as shot lists (size, binary,
+    YAML bombs) and every problem is reported at once, with its line.
+
+    Raises:
+        InputError: the file is missing, unreadable or holds invalid presets.
+    """
+    if path is None:
+        return dict(BUILTIN_PRESETS)
+    source, text = read_text(path)
+    doc = parse(source, text, "yaml")
+    data = doc.data
+    if isinstance(data, Mapping) and "presets" in data:
+        data = data["presets"]
+    if not isinstance(data, Mapping):
+        raise InputError([Problem(source, 1, None, None,
+                                  "must map preset names to their fields")])
+    return apply_overrides(data, source=source, doc=doc)

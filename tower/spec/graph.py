@@ -1,0 +1,173 @@
+"""The ComfyUI API-format graph that renders a contiguous slice of a shot's takes.
+
+Why ``LatentFromBatch``: ComfyUI draws the noise of latent index k as the k-th sample
+of the seed's generator when the latent carries batch indices (``comfy/sample.py``
+``prepare_noise`` with ``noise_inds``). The graph therefore builds an empty latent
+batch of ``start + n`` images and slices out ``start .. start+n-1``: take k gets the
+same noise whether it is rendered alone, in a batch of 4, or in a batch of 2 starting
+at index 2, and so the same image (on ComfyUI 0.3.64 a batch of 4 and two batches of
+2 gave bit-identical pixels; a take rendered alone differed from its batched twin by
+at most 1/255 in a handful of pixels). The planner can split takes freely without
+changing what a take looks like, and render keys ignore the split.
+
+Node ids are stable, readable names so that ComfyUI's errors (which name node ids)
+read well in logs: ``checkpoint``, ``positive``, ``negative``, ``latent``, ``takes``,
+``sampler``, ``decode``, ``save``.
+
+Why a forced graph carries ``tower_fresh``: ComfyUI serves every node whose cache key
+it still holds from its node cache, so an identical graph never reads a checkpoint
+retrained under the same file name. ``POST /free {"free_memory": true}`` is no fix: the
+prompt worker resets the cache once, after the item it is running (``main.py``
+``prompt_worker`` reads the flags after ``execute``), not right before our prompt. A
+prompt queued ahead of ours (another run's identical graph) refills the cache in
+between, an idle worker can dequeue a prompt posted right after the ``/free`` before it
+reads the flag, and every other user of the server loses its cache too. So a forced
+graph adds one input that no node declares, ``tower_fresh`` (value: the batch's forced
+prompt id), to every *root* node (no link inputs: ``checkpoint`` and ``latent``).
+Evidence, ComfyUI 0.3.64 (``a125cd84``):
+
+- ``comfy_execution/caching.py`` ``CacheKeySetInputSignature.get_immediate_node_signature``
+  puts every key of the node's ``inputs`` in its cache key, declared or not, and
+  ``get_node_signature`` appends the signatures of all its ancestors; so the roots miss
+  the cache and every other node misses it through them.
+- ``execution.py`` ``validate_inputs`` only iterates the declared inputs (an undeclared
+  key is no error) and ``get_input_data`` only passes declared inputs (and links) to
+  the node function, so the node never sees the extra key.
+
+Graphs that are not forced are built exactly as before, byte for byte.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from tower.spec.takes import ResolvedTake
+
+# The undeclared input that makes a forced graph miss ComfyUI's node cache.
+FRESH_INPUT = "tower_fresh"
+SAVE_NODE = "save"
+SAMPLER_NODE = "sampler"
+CHECKPOINT_NODE = "checkpoint"
+DECODE_NODE = "decode"
+# Upper bounds of LatentFromBatch's batch_index (63) and length (64) in ComfyUI.
+MAX_TAKE_INDEX = 63
+
+Graph = dict[str, dict[str, Any]]
+
+_RENDER_FIELDS = (
+    "episode", "shot_id", "prompt", "negative", "seed", "checkpoint", "sampler",
+    "scheduler", "steps", "cfg", "width", "height", "denoise", "vae_tiled", "vae_tile_size",
+)
+
+
+def check_batch(takes: Sequence[ResolvedTake]) -> None:
+    """Raise ValueError unless ``takes`` are consecutive takes sharing every setting."""
+    if not takes:
+        raise ValueError("a render batch needs at least one take")
+    first = takes[0]
+    for offset, take in enumerate(takes):
+        if take.take != first.take + offset:
+            raise ValueError(f"takes must be consecutive: got {[t.take for t in takes]}")
+        for name in _RENDER_FIELDS:
+            if getattr(take, name) != getattr(first, name):
+                raise ValueError(f"take {take.take} differs from take {first.take} in {name}")
+    if takes[-1].take > MAX_TAKE_INDEX:
+        raise ValueError(f"take index {takes[-1].take} exceeds {MAX_TAKE_INDEX}")
+
+
+def tile_overlap(tile_size: int) -> int:
+    """Tile overlap for tiled VAE decode: an eighth of the tile, in steps of 32, at most 64."""
+    return min(64, tile_size // 8) // 32 * 32
+
+
+def _decoder(take: ResolvedTake) -> dict[str, Any]:
+    inputs: dict[str, Any] = {"samples": [SAMPLER_NODE, 0], "vae": [CHECKPOINT_NODE, 2]}
+    if not take.vae_tiled:
+        return {"class_type": "VAEDecode", "inputs": inputs}
+    inputs |= {"tile_size": take.vae_tile_size, "overlap": tile_overlap(take.vae_tile_size),
+               "temporal_size": 64, "temporal_overlap": 8}
+    return {"class_type": "VAEDecodeTiled", "inputs": inputs}
+
+
+def build_graph(takes: Sequence[ResolvedTake], filename_prefix: str,
+                fresh: str | None = None) -> Graph:
+    """The API-format prompt (the ``prompt`` of ``POST /prompt``) for one render batch.
+
+    Args:
+        takes: consecutive takes of one shot with identical settings.
+        filename_prefix: SaveImage prefix, e.g. ``ep01/sh030/b1a2b3c4``; ComfyUI adds a
+            counter. The pipeline stores each take under its own name afterwards.
+        fresh: for a forced render, the value of ``tower_fresh`` on every root node, so
+            every node executes again (see the module docstring); None leaves the
+            graph as it always was.
+    """
+    graph = _graph(takes, filename_prefix)
+    if fresh is not None:
+        for node_id in root_nodes(graph):
+            graph[node_id]["inputs"][FRESH_INPUT] = fresh
+    return graph
+
+
+def is_link(value: Any) -> bool:
+    """Whether an input value is a link ``[node_id, output_index]``, by ComfyUI's rule
+    (``comfy_execution/graph_utils.py`` ``is_link``)."""
+    return (isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)
+            and isinstance(value[1], int | float))
+
+
+def root_nodes(graph: Graph) -> list[str]:
+    """The nodes without link inputs: every other node's cache key includes theirs."""
+    return [node_id for node_id, node in graph.items()
+            if not any(is_link(value) for value in node["inputs"].values())]
+
+
+def _graph(takes: Sequence[ResolvedTake], filename_prefix: str) -> Graph:
+    check_batch(takes)
+    first = takes[0]
+    start, count = first.take, len(takes)
+    return {
+        CHECKPOINT_NODE: {"class_type": "CheckpointLoaderSimple",
+                          "inputs": {"ckpt_name": first.checkpoint}},
+        "positive": {"class_type": "CLIPTextEncode",
+                     "inputs": {"text": first.prompt, "clip": [CHECKPOINT_NODE, 1]}},
+        "negative": {"class_type": "CLIPTextEncode",
+                     "inputs": {"text": first.negative, "clip": [CHECKPOINT_NODE, 1]}},
+        "latent": {"class_type": "EmptyLatentImage",
+                   "inputs": {"width": first.width, "height": first.height,
+                              "batch_size": start + count}},
+        "takes": {"class_type": "LatentFromBatch",
+                  "inputs": {"samples": ["latent", 0], "batch_index": start, "length": count}},
+        SAMPLER_NODE: {"class_type": "KSampler",
+                       "inputs": {"model": [CHECKPOINT_NODE, 0], "seed": first.seed,
+                                  "steps": first.steps, "cfg": first.cfg,
+                                  "sampler_name": first.sampler, "scheduler": first.scheduler,
+                                  "positive": ["positive", 0], "negative": ["negative", 0],
+                                  "latent_image": ["takes", 0], "denoise": first.denoise}},
+        DECODE_NODE: _decoder(first),
+        SAVE_NODE: {"class_type": "SaveImage",
+                    "inputs": {"images": [DECODE_NODE, 0], "filename_prefix": filename_prefix}},
+    }
+
+
+def noise_indices(graph: Graph) -> list[int]:
+    """The noise indices (take numbers) a graph renders, read back from the graph.
+
+    Used by tests and by the simulator: take k is drawn with noise index k.
+    """
+    inputs = graph["takes"]["inputs"]
+    return list(range(inputs["batch_index"], inputs["batch_index"] + inputs["length"]))
+
+
+def preflight_graphs(takes: Sequence[ResolvedTake]) -> list[Graph]:
+    """One single-take graph per distinct checkpoint, sampler, scheduler and decode.
+
+    What a server must have for a run to succeed depends only on these, so preflight
+    checks a handful of graphs instead of every batch's.
+    """
+    seen: dict[tuple[object, ...], Graph] = {}
+    for take in takes:
+        key = (take.checkpoint, take.sampler, take.scheduler, take.vae_tiled)
+        if key not in seen:
+            seen[key] = build_graph([take], f"{take.episode}/{take.shot_id}/preflight")
+    return list(seen.values())

@@ -1,0 +1,66 @@
+"""Render keys: the identity of one take's image.
+
+A key is sha256 over a canonical JSON encoding of everything that changes the pixels
+and nothing that does not. Shot ids, episodes and how takes are split into batches
+are deliberately absent: two shots with identical parameters share a key, which is
+what lets the output index avoid rendering the same image twice. Batch splits do not
+matter because the render graph gives take k the same noise in any batch (see
+``tower.spec.graph``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Protocol
+
+# Bump when the render graph changes in a way that changes pixels.
+GRAPH_VERSION = "tower-graph-1"
+
+KEY_FIELDS = (
+    "checkpoint", "prompt", "negative", "seed", "take", "steps", "cfg", "sampler",
+    "scheduler", "width", "height", "denoise", "vae_tiled", "vae_tile_size",
+)
+
+
+class KeyParams(Protocol):
+    """What a render key is computed from (a ResolvedTake satisfies it)."""
+
+    checkpoint: str
+    prompt: str
+    negative: str
+    seed: int
+    take: int
+    steps: int
+    cfg: float
+    sampler: str
+    scheduler: str
+    width: int
+    height: int
+    denoise: float
+    vae_tiled: bool
+    vae_tile_size: int
+
+
+def key_payload(params: KeyParams) -> dict[str, Any]:
+    """The canonical mapping hashed into a key.
+
+    Floats are written with ``repr`` (shortest round-trip form, stable across Python
+    versions) so ``6.5`` and ``6.50`` hash alike; the tile size only counts when the
+    decode is tiled, since it is unused otherwise.
+    """
+    payload: dict[str, Any] = {name: getattr(params, name) for name in KEY_FIELDS}
+    payload["cfg"] = repr(float(params.cfg))
+    payload["denoise"] = repr(float(params.denoise))
+    payload["seed"] = str(params.seed)
+    payload["vae"] = f"tiled:{params.vae_tile_size}" if params.vae_tiled else "full"
+    del payload["vae_tiled"], payload["vae_tile_size"]
+    payload["graph"] = GRAPH_VERSION
+    return payload
+
+
+def render_key(params: KeyParams) -> str:
+    """The 64-hex sha256 render key of one take."""
+    encoded = json.dumps(key_payload(params), sort_keys=True, ensure_ascii=False,
+                         separators=(",", ":"))
+    return hashlib.sha256(encoded.encode("utf-8")).hexdigest()

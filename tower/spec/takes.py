@@ -1,0 +1,124 @@
+"""Resolution: a shot list becomes a flat list of takes, each fully specified.
+
+A resolved take carries everything needed to render it and to hash it, so nothing
+downstream (dedup, planner, graph builder, index) looks back at presets or defaults.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, replace
+from functools import cached_property
+
+from tower.shotlist.presets import BUILTIN_PRESETS, Preset
+from tower.shotlist.shots import Shot, ShotList
+from tower.spec.keys import render_key
+
+
+@dataclass(frozen=True)
+class ResolvedTake:
+    """One image to render: take ``take`` of shot ``shot_id`` with all settings fixed."""
+
+    episode: str
+    shot_id: str
+    take: int
+    prompt: str
+    negative: str
+    seed: int
+    preset: str
+    checkpoint: str
+    sampler: str
+    scheduler: str
+    steps: int
+    cfg: float
+    width: int
+    height: int
+    denoise: float = 1.0
+    vae_tiled: bool = False
+    vae_tile_size: int = 512
+
+    @cached_property
+    def key(self) -> str:
+        """The render key (sha256 hex) of this take's image."""
+        return render_key(self)
+
+    @property
+    def label(self) -> str:
+        return f"{self.episode} {self.shot_id} t{self.take}"
+
+    def with_tiled_decode(self, tile_size: int) -> ResolvedTake:
+        """The same take decoded with tiled VAE (a different key: pixels may differ)."""
+        return replace(self, vae_tiled=True, vae_tile_size=tile_size)
+
+
+def derive_seed(episode: str, shot_id: str) -> int:
+    """A stable seed in 0..2^64-1 for shots that do not set one, so re-runs match."""
+    digest = hashlib.sha256(f"{episode}/{shot_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
+def full_prompt(prefix: str, prompt: str, suffix: str) -> str:
+    """The style prefix and suffix joined around the shot's prompt."""
+    return ", ".join(part.strip() for part in (prefix, prompt, suffix) if part.strip())
+
+
+def resolve_shot(shot_list: ShotList, shot: Shot, preset: Preset) -> list[ResolvedTake]:
+    """All takes of one shot at ``preset``; the shot's own fields beat the list's defaults.
+
+    Text is stripped of surrounding spaces (which a spreadsheet adds or drops freely),
+    so a list gives the same takes whether it was kept as YAML or exported to CSV.
+    """
+    defaults = shot_list.defaults
+    seed = shot.seed if shot.seed is not None else derive_seed(shot_list.episode, shot.id)
+    takes = shot.takes or defaults.takes
+    base = ResolvedTake(
+        episode=shot_list.episode,
+        shot_id=shot.id,
+        take=0,
+        prompt=full_prompt(defaults.style_prefix, shot.prompt, defaults.style_suffix),
+        negative=(shot.negative if shot.negative is not None else defaults.negative).strip(),
+        seed=seed,
+        preset=preset.name,
+        checkpoint=shot.checkpoint or defaults.checkpoint or preset.checkpoint,
+        sampler=preset.sampler,
+        scheduler=preset.scheduler,
+        steps=preset.steps,
+        cfg=preset.cfg,
+        width=shot.width or defaults.width or preset.width,
+        height=shot.height or defaults.height or preset.height,
+        denoise=preset.denoise,
+        vae_tiled=preset.vae_tiled,
+        vae_tile_size=preset.vae_tile_size,
+    )
+    return [replace(base, take=k) for k in range(takes)]
+
+
+def resolve_takes(
+    shot_list: ShotList,
+    presets: Mapping[str, Preset] = BUILTIN_PRESETS,
+    preset_override: str | None = None,
+    shots: Collection[str] | None = None,
+) -> list[ResolvedTake]:
+    """Every take of the list (or of ``shots``), in shot-list order.
+
+    Args:
+        preset_override: render every shot at this preset instead of its own.
+        shots: only these shot ids; an id not in the list is an error, not a no-op.
+
+    Raises:
+        KeyError: for an unknown preset override or shot id.
+    """
+    if preset_override is not None and preset_override not in presets:
+        raise KeyError(f"unknown preset {preset_override!r}; known: {', '.join(sorted(presets))}")
+    if shots is not None:
+        missing = set(shots) - {s.id for s in shot_list.shots}
+        if missing:
+            raise KeyError(f"shots not in {shot_list.episode}: {', '.join(sorted(missing))}")
+    resolved: list[ResolvedTake] = []
+    for shot in shot_list.shots:
+        if shots is not None and shot.id not in shots:
+            continue
+        name = preset_override or shot.preset or shot_list.defaults.preset
+        resolved += resolve_shot(shot_list, shot, presets[name])
+    return resolved

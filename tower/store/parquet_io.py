@@ -1,0 +1,253 @@
+"""Crash-safe, append-only Parquet datasets: one new part file per write.
+
+Both Parquet stores (the output index and the metrics/run logs) write through here, so
+the crash-safety rules live in one place:
+
+* A write is one new part file named ``part-<UTC timestamp>-<pid>-<uuid>.parquet``. It is
+  written under a hidden temporary name (``.tmp-...``) in the same folder and then
+  renamed; a crash leaves either the whole part or a hidden temporary that readers skip.
+* Names never collide, so any number of processes may append at the same time without
+  locks and without losing rows.
+* Readers list the folder and ignore hidden names (``.`` or ``_`` prefix) and anything
+  that is not ``*.parquet``; :mod:`tower.store.compaction` merges small parts and tells
+  readers which ones a merged file supersedes.
+
+Everything goes through a :class:`pyarrow.fs.FileSystem` (local by default), so a
+dataset may live on any filesystem pyarrow supports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, is_dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+PART_PREFIX = "part-"
+PARQUET_SUFFIX = ".parquet"
+TMP_PREFIX = ".tmp-"
+COMPRESSION = "zstd"
+
+
+class StoreError(RuntimeError):
+    """A Parquet dataset could not be read or written; the message names the file."""
+
+
+def resolve_location(
+    path: Path | str, filesystem: pafs.FileSystem | None
+) -> tuple[pafs.FileSystem, str]:
+    """The filesystem and the path string to use on it (local paths made absolute)."""
+    if filesystem is None:
+        return pafs.LocalFileSystem(), Path(path).absolute().as_posix()
+    return filesystem, str(path).rstrip("/")
+
+
+def is_local(filesystem: pafs.FileSystem) -> bool:
+    return isinstance(filesystem, pafs.LocalFileSystem)
+
+
+def part_name(prefix: str = PART_PREFIX, now: datetime | None = None) -> str:
+    """A part name unique across processes: time, pid and a random uuid."""
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%S%fZ")
+    return f"{prefix}{stamp}-{os.getpid()}-{uuid.uuid4().hex}{PARQUET_SUFFIX}"
+
+
+def is_data_file(name: str) -> bool:
+    """True for a finished part; temporaries and hidden files are not data."""
+    return name.endswith(PARQUET_SUFFIX) and not name.startswith((".", "_"))
+
+
+def write_table_atomic(
+    filesystem: pafs.FileSystem, dest: str, table: pa.Table,
+    metadata: Mapping[str, str] | None = None,
+) -> None:
+    """Write ``table`` to ``dest`` through a hidden temporary and one rename."""
+    folder, name = dest.rsplit("/", 1)
+    tmp = f"{folder}/{TMP_PREFIX}{name}"
+    if metadata:
+        merged = {**(table.schema.metadata or {}), **{k.encode(): v.encode()
+                                                      for k, v in metadata.items()}}
+        table = table.replace_schema_metadata(merged)
+    try:
+        filesystem.create_dir(folder, recursive=True)
+        pq.write_table(table, tmp, filesystem=filesystem, compression=COMPRESSION)
+        filesystem.move(tmp, dest)
+    except (OSError, pa.ArrowException) as err:
+        _delete_quietly(filesystem, tmp)
+        raise StoreError(f"could not write {dest}: {err}") from err
+
+
+def _delete_quietly(filesystem: pafs.FileSystem, path: str) -> None:
+    with contextlib.suppress(OSError, pa.ArrowException):
+        filesystem.delete_file(path)
+
+
+def _entries(filesystem: pafs.FileSystem, folder: str) -> list[pafs.FileInfo]:
+    """Everything directly in ``folder``; nothing if it is not a directory."""
+    if filesystem.get_file_info(folder).type != pafs.FileType.Directory:
+        return []
+    return filesystem.get_file_info(pafs.FileSelector(folder, recursive=False))
+
+
+def list_data_files(filesystem: pafs.FileSystem, folder: str) -> list[pafs.FileInfo]:
+    """Finished parts directly in ``folder``, sorted by name; none if it does not exist."""
+    found = _entries(filesystem, folder)
+    return sorted((f for f in found if f.type == pafs.FileType.File and is_data_file(f.base_name)),
+                  key=lambda f: f.base_name)
+
+
+def stale_temporaries(filesystem: pafs.FileSystem, folder: str, older_than: timedelta,
+                      now: datetime) -> list[str]:
+    """Temporaries in ``folder`` last written before ``now - older_than``: crash leftovers.
+
+    Younger ones may belong to a write in progress and are left alone.
+    """
+    found = _entries(filesystem, folder)
+    cutoff = now - older_than
+    return sorted(f.path for f in found
+                  if f.type == pafs.FileType.File and f.base_name.startswith(TMP_PREFIX)
+                  and f.mtime is not None and _aware(f.mtime) < cutoff)
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def list_subfolders(filesystem: pafs.FileSystem, folder: str) -> list[str]:
+    """Names of the visible sub-folders of ``folder`` (partitions), sorted."""
+    found = _entries(filesystem, folder)
+    return sorted(f.base_name for f in found
+                  if f.type == pafs.FileType.Directory and not f.base_name.startswith((".", "_")))
+
+
+def rows_to_table(rows: Sequence[Any] | pa.Table, schema: pa.Schema, what: str) -> pa.Table:
+    """Dataclass rows (or a table) as a table of exactly ``schema``.
+
+    Raises:
+        StoreError: naming the column that is missing or has the wrong type.
+    """
+    if isinstance(rows, pa.Table):
+        table = _fill_missing_nullable(rows, schema, what)
+        try:
+            return table.select(schema.names).cast(schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as err:
+            raise StoreError(f"{what}: table does not match the schema: {err}") from err
+    records = [_as_record(row) for row in rows]
+    _check_aware(records, schema, what)
+    try:
+        return pa.Table.from_pylist(records, schema=schema)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as err:
+        raise StoreError(f"{what}: rows do not match the schema: {err}") from err
+
+
+def _check_aware(records: Sequence[Mapping[str, Any]], schema: pa.Schema, what: str) -> None:
+    """Refuse naive datetimes: pyarrow would silently read them as UTC."""
+    stamps = [f.name for f in schema if pa.types.is_timestamp(f.type)]
+    for number, record in enumerate(records):
+        for name in stamps:
+            value = record.get(name)
+            if isinstance(value, datetime) and value.tzinfo is None:
+                raise StoreError(f"{what}: row {number}: {name} must be timezone-aware (UTC),"
+                                 f" got {value.isoformat()}")
+
+
+def _as_record(row: Any) -> dict[str, Any]:
+    if is_dataclass(row) and not isinstance(row, type):
+        return asdict(row)
+    if isinstance(row, Mapping):
+        return dict(row)
+    raise StoreError(f"expected a row dataclass or mapping, got {type(row).__name__}")
+
+
+def _fill_missing_nullable(table: pa.Table, schema: pa.Schema, what: str) -> pa.Table:
+    for field in schema:
+        if field.name in table.column_names:
+            continue
+        if not field.nullable:
+            raise StoreError(f"{what}: column {field.name!r} is missing")
+        table = table.append_column(field.name, pa.nulls(table.num_rows, field.type))
+    return table
+
+
+def check_not_null(table: pa.Table, schema: pa.Schema, what: str) -> None:
+    """Refuse nulls in non-nullable columns (pyarrow does not check on construction)."""
+    for field in schema:
+        if not field.nullable and table.column(field.name).null_count:
+            raise StoreError(f"{what}: column {field.name!r} must not be null")
+
+
+def check_utc(table: pa.Table, what: str) -> None:
+    """Refuse naive datetimes: every timestamp column must be UTC."""
+    for field in table.schema:
+        if pa.types.is_timestamp(field.type) and field.type.tz not in ("UTC", "+00:00"):
+            raise StoreError(f"{what}: column {field.name!r} must be a UTC timestamp")
+
+
+def empty_frame(schema: pa.Schema) -> pl.LazyFrame:
+    """A lazy frame with no rows and the polars form of ``schema``."""
+    return pl.from_arrow(schema.empty_table()).lazy()  # type: ignore[union-attr]
+
+
+def scan_files(filesystem: pafs.FileSystem, files: Sequence[str],
+               schema: pa.Schema) -> pl.LazyFrame:
+    """A lazy scan of ``files``, columns in ``schema`` order.
+
+    Local files go through polars' own reader (projection and predicate pushdown);
+    other filesystems through a pyarrow dataset, which polars scans lazily as well.
+    """
+    if not files:
+        return empty_frame(schema)
+    if is_local(filesystem):
+        frame = pl.scan_parquet(list(files), hive_partitioning=False,
+                                schema=polars_schema(schema), missing_columns="insert",
+                                extra_columns="ignore")
+    else:
+        dataset = ds.dataset(list(files), schema=schema, format="parquet",
+                             filesystem=filesystem)
+        frame = pl.scan_pyarrow_dataset(dataset)
+    return frame.select(schema.names)
+
+
+def polars_schema(schema: pa.Schema) -> pl.Schema:
+    """The polars form of a pyarrow schema."""
+    return pl.from_arrow(schema.empty_table()).schema  # type: ignore[union-attr]
+
+
+def read_metadata(filesystem: pafs.FileSystem, path: str) -> pq.FileMetaData:
+    """The footer of one part (row count, key-value metadata)."""
+    try:
+        with filesystem.open_input_file(path) as handle:
+            return pq.read_metadata(handle)
+    except (OSError, pa.ArrowException) as err:
+        raise StoreError(f"could not read {path}: {err}") from err
+
+
+def read_parts(filesystem: pafs.FileSystem, files: Sequence[str], schema: pa.Schema) -> pa.Table:
+    """Several parts as one table of exactly ``schema``, read in one multi-threaded pass.
+
+    Much cheaper per file than :func:`read_table` in a loop when the parts are small
+    (one render batch each), which is what compaction reads.
+
+    Raises:
+        StoreError: a part could not be read (the message names the parts).
+    """
+    try:
+        frame = scan_files(filesystem, files, schema).collect()
+    except (OSError, pa.ArrowException, pl.exceptions.PolarsError) as err:
+        raise StoreError(f"could not read the {len(files)} parts from {files[0]} to"
+                         f" {files[-1]}: {err}") from err
+    return rows_to_table(frame.to_arrow(), schema, f"parts from {files[0]}")
+
+
+def paths(files: Iterable[pafs.FileInfo]) -> list[str]:
+    return [f.path for f in files]
