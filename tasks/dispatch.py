@@ -30,22 +30,12 @@ from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks.comfyui_server import ComfyUIServer
-from tasks.render import (
-    RunStopping,
-    flow_run_stopping,
-    preflight_task,
-    with_retry_policy,
-)
+from tasks.render import flow_run_stopping, preflight_task, with_retry_policy
 from tasks.setup import ensure_concurrency_limits
-from tower.comfyui import (
-    ComfyUIError,
-    ComfyUIInterrupted,
-    ComfyUIOutOfMemory,
-    ComfyUIPreflightError,
-    ComfyUIValidationError,
-)
+from tower.comfyui import ComfyUIError
 from tower.planning.planner import Plan
 from tower.runtime.execute import BatchOutcome, RenderContext
+from tower.runtime.failures import classify
 from tower.runtime.pool import Assignment, ServerPool, total_depth
 from tower.runtime.summary import RunTally, count_retries
 from tower.spec.graph import preflight_graphs
@@ -55,11 +45,6 @@ SERVER_TAG = "server:"
 # Keys of the plan table artifacts, whose rows list the batch ids of a run.
 PLAN_KEY_PREFIXES = ("plan-", "preview-plan-")
 STATE_POLL_S = 0.5
-# Failures another server would repeat, or that were asked for: never sent elsewhere.
-# Anything else (unreachable, timeouts, a node raising on that machine) gets one try
-# on each other server.
-NOT_THE_SERVERS_FAULT = (ComfyUIValidationError, ComfyUIPreflightError, ComfyUIOutOfMemory,
-                         ComfyUIInterrupted, RunStopping)
 
 
 def _error_text(exc: BaseException) -> str:
@@ -137,7 +122,7 @@ def _finish(pool: ServerPool, tally: RunTally, assignment: Assignment,
         tally.add(outcome, server)
         return
     error = _error_text(outcome)
-    server_fault = not isinstance(outcome, NOT_THE_SERVERS_FAULT)
+    server_fault = classify(outcome).elsewhere
     if pool.finished(batch, server, ok=False, server_fault=server_fault, error=error):
         logger.warning("%s failed on %s (%s); sending it to another server", batch.label,
                        server, error)

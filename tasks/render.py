@@ -3,10 +3,10 @@
 ``render_batch`` holds one slot of the server's global concurrency limit while its
 batch is on the server, so every flow run together keeps at most ``max_queue_depth``
 batches there. Prefect retries it, with exponential backoff and jitter, only for
-transient failures (unreachable server, timeouts); the client itself only retries a
-refused connection briefly, so the two layers do not multiply. Out-of-memory splits
-the batch inside the runtime, and everything else (validation, execution errors)
-fails at once with ComfyUI's own message.
+failures :func:`tower.runtime.failures.classify` calls transient (unreachable server,
+timeouts); that module also says how many attempts a batch gets in all. Out-of-memory
+splits the batch inside the runtime, and everything else (validation, execution
+errors) fails at once with ComfyUI's own message.
 """
 
 from __future__ import annotations
@@ -25,18 +25,15 @@ from prefect.states import State
 from prefect.tasks import exponential_backoff
 
 from blocks.comfyui_server import ComfyUIServer
-from tower.comfyui import ComfyUIError, ComfyUIPreflightError, is_transient
+from tower.comfyui import ComfyUIError, ComfyUIPreflightError
 from tower.planning.planner import RenderBatch
 from tower.runtime.execute import BatchOutcome, RenderContext, execute_with_oom_split
+from tower.runtime.failures import RunStopping, classify
 from tower.spec.graph import Graph
 
 RENDER_RETRIES = 3
 RETRY_BACKOFF_S = 10.0
 RETRY_JITTER = 0.5
-
-
-class RunStopping(RuntimeError):
-    """The flow run is being cancelled: a batch that got its slot is not submitted."""
 
 
 def retry_if_transient(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
@@ -45,7 +42,7 @@ def retry_if_transient(task: Task[..., Any], task_run: TaskRun, state: State[Any
     try:
         state.result()
     except Exception as exc:
-        return is_transient(exc) and not flow_run_stopping(task_run.flow_run_id)
+        return classify(exc).transient and not flow_run_stopping(task_run.flow_run_id)
     return False
 
 

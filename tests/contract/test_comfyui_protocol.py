@@ -9,23 +9,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import httpx
 import pytest
 from paths import CONTRACT
-from websockets.exceptions import ConnectionClosedError
 
 from tower.comfyui import (
-    ComfyUIError,
     ComfyUIExecutionError,
     ComfyUIInterrupted,
     ComfyUIOutOfMemory,
     ComfyUIPreflightError,
     ComfyUIProtocolError,
-    ComfyUITimeout,
-    ComfyUIUnavailable,
-    ComfyUIValidationError,
     ImageRef,
-    is_transient,
     retry_delay,
     should_retry_status,
 )
@@ -306,28 +299,6 @@ def test_preflight_lists_everything_missing_at_once() -> None:
 def test_preflight_passes_for_available_values() -> None:
     info = recorded("object_info_full.json")
     check_graphs(info, [graph("anime-final-sd15.safetensors", "dpmpp_2m", "karras")], "s")
-
-
-@pytest.mark.parametrize(("exc", "transient"), [
-    (ComfyUIUnavailable("down"), True),
-    (ComfyUIUnavailable("500", status_code=500), True),
-    (ComfyUITimeout("stalled"), True),
-    (httpx.ConnectError("refused"), True),
-    (httpx.ReadTimeout("slow"), True),
-    (ConnectionClosedError(None, None), True),
-    (ConnectionRefusedError(), True),
-    (ComfyUIValidationError("bad graph"), False),
-    (ComfyUIExecutionError("node raised", prompt_id="p"), False),
-    (ComfyUIOutOfMemory("oom", prompt_id="p"), False),
-    (ComfyUIInterrupted("stop", prompt_id="p"), False),
-    (ComfyUIPreflightError("missing"), False),
-    (ComfyUIProtocolError("unsafe"), False),
-    (ComfyUIError("other"), False),
-    (ValueError("bug"), False),
-    (KeyError("bug"), False),
-])
-def test_is_transient(exc: BaseException, transient: bool) -> None:
-    assert is_transient(exc) is transient
 
 
 @pytest.mark.parametrize(("attempt", "delay"), [

@@ -25,7 +25,6 @@ from tower.runtime.execute import (
     _no_new_work,
     execute_batch,
     execute_with_oom_split,
-    failure_status,
 )
 from tower.runtime.gpu import GpuReading, GpuSampler
 from tower.shotlist.shots import Shot, ShotList
@@ -224,17 +223,6 @@ def test_no_new_work(cached, adopted, finished_at, no_new_work):
     result = RenderResult(prompt_id="p", status="success", cached=cached, adopted=adopted,
                           finished_at=finished_at)
     assert _no_new_work(result, NOW) is no_new_work
-
-
-@pytest.mark.parametrize(("err", "status"), [
-    (ComfyUIOutOfMemory("oom", prompt_id="p"), "oom"),
-    (ComfyUIInterrupted("stop", prompt_id="p"), "interrupted"),
-    (ComfyUIExecutionError("boom", prompt_id="p"), "failed"),
-    (ComfyUIUnavailable("down"), "failed"),
-    (OSError("disk full"), "failed"),
-])
-def test_failure_status(err, status):
-    assert failure_status(err) == status
 
 
 def test_interrupted_render_is_recorded_as_interrupted(simulator, client, ctx):

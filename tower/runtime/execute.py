@@ -22,7 +22,6 @@ from pathlib import Path
 
 from tower.comfyui import (
     ComfyUIClient,
-    ComfyUIInterrupted,
     ComfyUIOutOfMemory,
     ComfyUIProtocolError,
     DownloadedFile,
@@ -30,6 +29,7 @@ from tower.comfyui import (
     RenderResult,
 )
 from tower.planning.planner import RenderBatch, split_batch
+from tower.runtime.failures import classify
 from tower.runtime.gpu import GpuSampler, GpuSummary, sampler_for
 from tower.spec.graph import CHECKPOINT_NODE, build_graph
 from tower.spec.outputs import take_output_path
@@ -74,15 +74,6 @@ class BatchOutcome:
     error: str | None = None
 
 
-def failure_status(err: BaseException) -> str:
-    """The metrics status of a failed attempt."""
-    if isinstance(err, ComfyUIOutOfMemory):
-        return "oom"
-    if isinstance(err, ComfyUIInterrupted):
-        return "interrupted"
-    return "failed"
-
-
 def server_name(client: ComfyUIClient, batch: RenderBatch) -> str:
     """The name rows record: the client's own name, else the server the batch was planned for."""
     return getattr(client, "name", None) or batch.server
@@ -119,7 +110,7 @@ def _record_failure(err: BaseException, batch: RenderBatch, ctx: RenderContext, 
                     gpu: GpuSummary | None) -> BatchMetrics:
     result = result or getattr(err, "result", None)
     row = BatchMetrics(**_base_metrics(batch, ctx, server, attempt, result, gpu),
-                       status=failure_status(err), images=0,
+                       status=classify(err).status, images=0,
                        error_type=type(err).__name__,
                        error_message=str(err)[:MAX_ERROR_CHARS] or type(err).__name__)
     ctx.metrics.append([row])

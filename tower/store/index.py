@@ -216,7 +216,7 @@ class OutputIndex:
         return _split(takes, wanted, good, gone)
 
     def default_render_root(self) -> str:
-        """``renders`` beside the index folder, as laid out by :class:`tower.store.files.DataRoot`."""
+        """``renders`` beside the index folder, as :class:`tower.store.files.DataRoot` lays out."""
         return str(PurePosixPath(self.root).parent / "renders")
 
     def _files_ok(self, hits: pl.DataFrame, render_root: Path | str | None) -> list[bool]:

@@ -1,0 +1,50 @@
+"""The one failure table: metrics status, retry on the same server, try on another."""
+
+from __future__ import annotations
+
+import errno
+
+import httpx
+import pytest
+from websockets.exceptions import ConnectionClosedError
+
+from tower.comfyui import (
+    ComfyUIError,
+    ComfyUIExecutionError,
+    ComfyUIInterrupted,
+    ComfyUIOutOfMemory,
+    ComfyUIPreflightError,
+    ComfyUIProtocolError,
+    ComfyUITimeout,
+    ComfyUIUnavailable,
+    ComfyUIValidationError,
+)
+from tower.runtime.failures import Failure, RunStopping, classify
+
+
+@pytest.mark.parametrize(("exc", "status", "transient", "elsewhere"), [
+    # the server could not be asked: later, and elsewhere, may work
+    (ComfyUIUnavailable("down"), "failed", True, True),
+    (ComfyUIUnavailable("500", status_code=500), "failed", True, True),
+    (ComfyUITimeout("stalled"), "failed", True, True),
+    (httpx.ConnectError("refused"), "failed", True, True),
+    (httpx.ReadTimeout("slow"), "failed", True, True),
+    (ConnectionClosedError(None, None), "failed", True, True),
+    (ConnectionRefusedError(), "failed", True, True),
+    (OSError(errno.ENOSPC, "no space left on device"), "failed", True, True),
+    # it answered, about this machine: not again here, but another server may manage
+    (ComfyUIExecutionError("node raised", prompt_id="p"), "failed", False, True),
+    (ComfyUIProtocolError("unsafe path"), "failed", False, True),
+    (ComfyUIError("other"), "failed", False, True),
+    (ValueError("a bug"), "failed", False, True),
+    (KeyError("a bug"), "failed", False, True),
+    # the same anywhere: the graph, the models, a cancel, or a batch to split
+    (ComfyUIValidationError("bad graph"), "failed", False, False),
+    (ComfyUIPreflightError("missing checkpoint"), "failed", False, False),
+    (RunStopping("cancelled"), "failed", False, False),
+    (ComfyUIOutOfMemory("oom", prompt_id="p"), "oom", False, False),
+    (ComfyUIInterrupted("stop", prompt_id="p"), "interrupted", False, False),
+])
+def test_every_failure_has_one_meaning(exc: BaseException, status: str, transient: bool,
+                                       elsewhere: bool) -> None:
+    assert classify(exc) == Failure(status, transient, elsewhere)
