@@ -37,13 +37,12 @@ from tower.planning.planner import Plan
 from tower.runtime.execute import BatchOutcome, RenderContext
 from tower.runtime.failures import classify
 from tower.runtime.pool import Assignment, ServerPool, total_depth
+from tower.runtime.runs import PLAN_KEY_PREFIXES
 from tower.runtime.summary import RunTally, count_retries
 from tower.spec.graph import preflight_graphs
 
 PROMPT_TAG = "prompt:"
 SERVER_TAG = "server:"
-# Keys of the plan table artifacts, whose rows list the batch ids of a run.
-PLAN_KEY_PREFIXES = ("plan-", "preview-plan-")
 STATE_POLL_S = 0.5
 
 

@@ -20,6 +20,7 @@ from blocks.comfyui_server import ComfyUIServer
 from blocks.render_store import RenderPresets, RenderStore
 from tower.planning.planner import ServerSpec
 from tower.runtime.execute import RenderContext
+from tower.runtime.runs import run_id
 from tower.shotlist.presets import Preset, load_presets
 from tower.store.files import DEFAULT_DATA_ROOT, DataRoot
 from tower.store.index import OutputIndex
@@ -85,12 +86,12 @@ def render_context(root: DataRoot, label: str, started: datetime, flow_run_id: s
                    *, front: bool = False) -> RenderContext:
     """The stores and ids every batch of one run writes with.
 
-    The run id (``<label>-<start>-<flow run>``) is what index rows and metrics rows of
-    the run share.
+    The run id (:func:`tower.runtime.runs.run_id`) is what index rows, metrics rows and
+    the run log of the run share.
     """
-    run_id = f"{label}-{started:%Y%m%dT%H%M%S}-{(flow_run_id or 'local')[:8]}"
     return RenderContext(data_root=root, index=OutputIndex(root.index),
-                         metrics=MetricsStore(root.metrics), run_id=run_id,
+                         metrics=MetricsStore(root.metrics),
+                         run_id=run_id(label, started, flow_run_id),
                          flow_run_id=flow_run_id, front=front)
 
 
