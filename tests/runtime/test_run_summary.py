@@ -10,11 +10,19 @@ import pytest
 
 from tower.planning.planner import RenderBatch
 from tower.runtime.execute import BatchOutcome
-from tower.runtime.summary import RunTally, count_retries, run_status, summary_markdown
+from tower.runtime.summary import (
+    RunInfo,
+    RunTally,
+    count_retries,
+    run_record,
+    run_status,
+    run_summary,
+    summary_markdown,
+)
 from tower.shotlist.presets import BUILTIN_PRESETS
 from tower.shotlist.shots import ShotList
 from tower.spec.takes import resolve_takes
-from tower.store.metrics import BatchMetrics, MetricsStore
+from tower.store.metrics import BatchMetrics, MetricsStore, RunLog
 
 T0 = datetime(2026, 11, 27, 2, 0, tzinfo=UTC)
 
@@ -78,3 +86,29 @@ def test_summary_markdown_lists_what_a_supervisor_needs():
                    "ep01 sh030 t0 high @gpu-b: ComfyUIUnavailable: refused",
                    "[r1.png](/data/renders/ep01/contact-sheets/r1.png)"):
         assert needle in text
+
+
+def test_the_run_log_row_and_the_summary_agree_with_the_tally(tmp_path):
+    tally = RunTally(takes_requested=8, takes_deduped=2, retries=1)
+    tally.add([_outcome("ok", 30.0)], "gpu-a")
+    tally.add([_outcome("cached", 0.0)], "gpu-b")
+    tally.fail("ep01 sh030 t0-1 draft @gpu-b", 2, "ComfyUIExecutionError: boom")
+    info = RunInfo(run_id="ep01-20261127T020000-abcd1234", flow_run_id="abcd1234-ef",
+                   flow="render_episode", episode="ep01", preset=None,
+                   servers=("gpu-a", "gpu-b"), started=T0, batches=3,
+                   model_swaps={"gpu-a": 1, "gpu-b": 2})
+    finished = T0 + timedelta(minutes=2)
+    RunLog(tmp_path / "runs").append([run_record(info, tally, "failed", finished)])
+    [row] = RunLog(tmp_path / "runs").scan().collect().to_dicts()
+    assert (row["takes_requested"], row["takes_deduped"], row["takes_rendered"],
+            row["takes_failed"]) == (8, 2, 4, 2)           # adopted/cached count as rendered
+    assert (row["model_swaps"], row["retries"], row["status"]) == (3, 1, "failed")
+    assert row["servers"] == ["gpu-a", "gpu-b"] and row["finished_at"] == finished
+    summary = run_summary(info, tally, status="failed", finished=finished,
+                          out_of_rotation={"gpu-b": "2 batches failed in a row"},
+                          contact_sheet=None, markdown="# ep01")
+    assert (summary["takes_rendered"], summary["takes_cached"]) == (2, 2)
+    assert summary["wall_s"] == 120.0 and summary["images_per_minute"] == pytest.approx(2.0)
+    assert summary["gpu_busy_share"] == pytest.approx(30.0 / 240.0)
+    assert summary["failures"] == ["ep01 sh030 t0-1 draft @gpu-b: ComfyUIExecutionError: boom"]
+    assert len(summary["images"]) == 4 and summary["model_swaps"] == 3

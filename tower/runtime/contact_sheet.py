@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from tower.store.files import atomic_path
 
+SHEETS_FOLDER = "contact-sheets"
 PAD = 8
 LABEL_HEIGHT = 18
 TITLE_HEIGHT = 28
@@ -22,6 +23,11 @@ BACKGROUND = (24, 24, 28)
 TILE = (48, 48, 54)
 TEXT = (235, 235, 235)
 MUTED = (150, 150, 150)
+
+
+def sheet_path(episode: str, run_id: str) -> str:
+    """Relative to the render root, so the sheet lives next to the episode's images."""
+    return f"{episode}/{SHEETS_FOLDER}/{run_id}.png"
 
 
 def sheet_size(count: int, columns: int, thumb: int, title: str = "") -> tuple[int, int]:

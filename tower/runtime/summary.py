@@ -16,6 +16,7 @@ from pathlib import Path
 import polars as pl
 
 from tower.runtime.execute import BatchOutcome
+from tower.store.metrics import RunRecord
 
 
 @dataclass
@@ -85,6 +86,53 @@ def run_status(tally: RunTally, cancelled: bool = False) -> str:
     if cancelled:
         return "cancelled"
     return "failed" if tally.batches_failed else "completed"
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """The fixed facts of a run, repeated by its run-log row and its summary."""
+
+    run_id: str
+    flow_run_id: str | None
+    flow: str
+    episode: str
+    preset: str | None
+    servers: tuple[str, ...]
+    started: datetime
+    batches: int
+    model_swaps: Mapping[str, int]
+
+
+def run_record(info: RunInfo, tally: RunTally, status: str, finished: datetime) -> RunRecord:
+    """The run log's row: takes found on a server (adopted or cached) count as rendered."""
+    return RunRecord(
+        run_id=info.run_id, flow_run_id=info.flow_run_id, flow=info.flow,
+        episode=info.episode, preset=info.preset, servers=list(info.servers),
+        started_at=info.started, finished_at=finished,
+        takes_requested=tally.takes_requested, takes_deduped=tally.takes_deduped,
+        takes_rendered=tally.takes_rendered + tally.takes_cached,
+        takes_failed=tally.takes_failed, batches=info.batches, retries=tally.retries,
+        oom_splits=tally.oom_splits, model_swaps=sum(info.model_swaps.values()), status=status)
+
+
+def run_summary(info: RunInfo, tally: RunTally, *, status: str, finished: datetime,
+                out_of_rotation: Mapping[str, str], contact_sheet: str | None,
+                markdown: str) -> dict[str, object]:
+    """What a flow returns: counts, rates, failures, the images and the summary text."""
+    wall_s = (finished - info.started).total_seconds()
+    return {
+        "run_id": info.run_id, "episode": info.episode, "status": status,
+        "takes_requested": tally.takes_requested, "takes_deduped": tally.takes_deduped,
+        "takes_rendered": tally.takes_rendered, "takes_cached": tally.takes_cached,
+        "takes_failed": tally.takes_failed, "batches": info.batches,
+        "batches_failed": tally.batches_failed, "retries": tally.retries,
+        "oom_splits": tally.oom_splits, "model_swaps": sum(info.model_swaps.values()),
+        "wall_s": wall_s, "images_per_minute": tally.images_per_minute(wall_s),
+        "gpu_busy_share": tally.gpu_busy_share(wall_s, len(info.servers)),
+        "out_of_rotation": dict(out_of_rotation), "failures": list(tally.failures),
+        "images": [str(path) for _, path in tally.images], "contact_sheet": contact_sheet,
+        "markdown": markdown,
+    }
 
 
 def _pct(value: float | None) -> str:
