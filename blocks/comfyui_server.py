@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from urllib.parse import urlsplit
 
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from tower.comfyui import ComfyUIClient
+from tower.comfyui import ComfyUIClient, limit_name, preview_limit_name, server_identity
 from tower.planning.vram import GPU_PROFILES
 from tower.runtime.pool import DEFAULT_QUEUE_DEPTH
 from tower.shotlist.names import check_name
@@ -16,11 +15,8 @@ from tower.shotlist.names import check_name
 DEFAULT_VRAM_PROFILE = "12gb"
 
 
-def name_from_url(url: str) -> str:
-    """A server name from a URL (``http://10.0.0.5:8188`` -> ``10.0.0.5-8188``)."""
-    parts = urlsplit(url)
-    host = parts.hostname or "comfyui"
-    return re.sub(r"[^A-Za-z0-9.-]", "-", f"{host}-{parts.port}" if parts.port else host)
+# The old name of server_identity, still exported by ``blocks``; one definition, two names.
+name_from_url = server_identity
 
 
 class ComfyUIServer(Block):
@@ -28,7 +24,8 @@ class ComfyUIServer(Block):
 
     ``max_queue_depth`` is how many batches may sit on the server at once (one running,
     the rest waiting), across every flow run: the render flows hold one slot of the
-    Prefect global concurrency limit ``comfyui-<name>`` per batch.
+    Prefect global concurrency limit ``comfyui-<name>`` per batch. A server made from a
+    bare URL is named ``host-port`` (:func:`tower.comfyui.server_identity`).
     """
 
     _block_type_name = "ComfyUI Server"
@@ -77,8 +74,11 @@ class ComfyUIServer(Block):
 
     @classmethod
     def from_url(cls, url: str, name: str | None = None, **fields: object) -> ComfyUIServer:
-        """An unsaved block for a bare URL (first runs need no saved blocks)."""
-        return cls(name=name or name_from_url(url), base_url=url, **fields)
+        """An unsaved block for a bare URL (first runs need no saved blocks).
+
+        Unnamed, it is named ``host-port``, as the client and the metrics name it.
+        """
+        return cls(name=name or server_identity(url), base_url=url, **fields)
 
     @property
     def budget_mb(self) -> float:
@@ -89,8 +89,11 @@ class ComfyUIServer(Block):
 
     @property
     def limit_name(self) -> str:
-        """The Prefect global concurrency limit that caps batches on this server."""
-        return f"comfyui-{self.name.lower().replace('.', '-').replace('_', '-')}"
+        """The Prefect global concurrency limit that caps batches on this server.
+
+        ``comfyui-<name>``, verbatim (:func:`tower.comfyui.limit_name`).
+        """
+        return limit_name(self.name)
 
     @property
     def preview_limit_name(self) -> str:
@@ -99,7 +102,7 @@ class ComfyUIServer(Block):
         Previews go to the front of the queue; a slot of their own means a preview
         never waits behind a nightly run that holds every regular slot.
         """
-        return f"{self.limit_name}-preview"
+        return preview_limit_name(self.name)
 
     def get_client(self) -> ComfyUIClient:
         """A client for this server (close it, or use it as a context manager)."""

@@ -2,13 +2,13 @@
 
 Saved blocks are optional: a server entry is either a saved ``ComfyUIServer`` block
 name or a URL (``http://host:port``, or ``name=http://host:port`` to name it), so a
-first run needs nothing saved. Environment defaults are read by the flows, not here.
+first run needs nothing saved. Entries are parsed, and ``TOWER_*`` defaults read, by
+:mod:`tower.settings`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -18,36 +18,40 @@ from prefect.exceptions import ObjectAlreadyExists
 
 from blocks.comfyui_server import ComfyUIServer
 from blocks.render_store import RenderPresets, RenderStore
+from tower import settings
 from tower.planning.planner import ServerSpec
 from tower.runtime.execute import RenderContext
 from tower.runtime.runs import run_id
 from tower.shotlist.presets import Preset, load_presets
-from tower.store.files import DEFAULT_DATA_ROOT, DataRoot
+from tower.store.files import DataRoot
 from tower.store.index import OutputIndex
 from tower.store.metrics import MetricsStore
 
 DEFAULT_SERVER_URL = "http://127.0.0.1:8188"
-SERVERS_ENV = "TOWER_SERVERS"
-DATA_ROOT_ENV = "TOWER_DATA_ROOT"
 
 
 def resolve_server(entry: str) -> ComfyUIServer:
-    """A server from a URL, ``name=URL`` or the name of a saved ComfyUIServer block."""
-    entry = entry.strip()
-    name, sep, url = entry.partition("=")
-    if sep and "://" in url and "://" not in name:
-        return ComfyUIServer.from_url(url.strip(), name=name.strip())
-    if "://" in entry:
-        return ComfyUIServer.from_url(entry)
+    """A server from a URL, ``name=URL`` or the name of a saved ComfyUIServer block.
+
+    Raises:
+        ValueError: a malformed entry (:func:`tower.settings.parse_server_entry`), or a
+            block name that is not saved.
+    """
+    parsed = settings.parse_server_entry(entry)
+    if parsed.url is not None:
+        return ComfyUIServer.from_url(parsed.url, name=parsed.name)
     try:
-        return ComfyUIServer.load(entry)
+        return ComfyUIServer.load(parsed.block)
     except ValueError as err:
-        raise ValueError(f"server {entry!r} is neither a URL nor a saved ComfyUIServer block "
-                         f"({err})") from None
+        raise ValueError(f"server {parsed.block!r} is neither a URL nor a saved ComfyUIServer "
+                         f"block ({err})") from None
 
 
 def resolve_servers(entries: Sequence[str] | None) -> list[ComfyUIServer]:
     """Every server of a run, with unique names (``DEFAULT_SERVER_URL`` when none given).
+
+    Unique names give unique concurrency limits too, except that a server named
+    ``x-preview`` would share its limit with the previews of ``x``: refused as well.
 
     Raises:
         ValueError: an entry that is not a URL or a saved block, or a name used twice.
@@ -57,18 +61,17 @@ def resolve_servers(entries: Sequence[str] | None) -> list[ComfyUIServer]:
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise ValueError(f"servers named more than once: {', '.join(twice)}")
+    limits = [limit for s in servers for limit in (s.limit_name, s.preview_limit_name)]
+    shared = sorted({n for n in limits if limits.count(n) > 1})
+    if shared:
+        raise ValueError(f"servers whose names give the same concurrency limit: "
+                         f"{', '.join(shared)}")
     return servers
-
-
-def split_env_list(value: str | None) -> list[str] | None:
-    """``TOWER_SERVERS``-style comma-separated values, or None when unset/empty."""
-    items = [item.strip() for item in (value or "").split(",") if item.strip()]
-    return items or None
 
 
 def server_entries(entries: Sequence[str] | None) -> list[str] | None:
     """A flow's ``servers`` parameter, else ``TOWER_SERVERS``, else None."""
-    return list(entries) if entries else split_env_list(os.environ.get(SERVERS_ENV))
+    return settings.server_entries(entries) or None
 
 
 def resolve_data_root(path: str | None, store_block: str | None) -> DataRoot:
@@ -78,8 +81,7 @@ def resolve_data_root(path: str | None, store_block: str | None) -> DataRoot:
         return DataRoot(Path(path))
     if store_block:
         return RenderStore.load(store_block).get_data_root()
-    env_default = os.environ.get(DATA_ROOT_ENV)
-    return DataRoot(Path(env_default) if env_default else DEFAULT_DATA_ROOT)
+    return DataRoot(settings.data_root_path())
 
 
 def render_context(root: DataRoot, label: str, started: datetime, flow_run_id: str | None,

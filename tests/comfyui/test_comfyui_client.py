@@ -435,7 +435,7 @@ def test_secrets_stay_out_of_repr_and_logs(simulator: SimulatorServer,
     with ComfyUIClient(url, token="tok-s3cr3t-value") as client:
         text = repr(client)
         assert "token=***" in text and "hunter2" not in text and "s3cr3t" not in text
-        assert client.name == f"127.0.0.1:{simulator.port}"
+        assert client.name == f"127.0.0.1-{simulator.port}"  # userinfo is no part of it
         client.render(graph_for(takes=1), prompt_id="secret-run")
         simulator.faults.http_500_next = 1
         with pytest.raises(ComfyUIUnavailable) as caught:

@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from flow_helpers import write_shot_list
+from prefect import get_client
 from prefect.settings import PREFECT_API_URL
 from pydantic import ValidationError
 
 from blocks import ComfyUIServer, RenderPresets, RenderStore
 from flows.render_episode import render_episode
-from tasks.setup import resolve_data_root, resolve_presets, resolve_server, resolve_servers
+from tasks.setup import (
+    ensure_concurrency_limits,
+    resolve_data_root,
+    resolve_presets,
+    resolve_server,
+    resolve_servers,
+)
+from tower.comfyui import limit_name, preview_limit_name, server_identity
 from tower.planning.vram import GPU_PROFILES
 from tower.shotlist.errors import InputError
 
@@ -46,17 +55,44 @@ def test_server_block_rejects_bad_fields_by_name(fields, field):
 @pytest.mark.parametrize(("entry", "name", "url"), [
     ("http://10.0.0.5:8188", "10.0.0.5-8188", "http://10.0.0.5:8188"),
     ("gpu-b=http://10.0.0.6:8188", "gpu-b", "http://10.0.0.6:8188"),
+    (" http://GPU-C:8188/ ", "gpu-c-8188", "http://GPU-C:8188"),
+    ("http://[::1]:8188", "0--1-8188", "http://[::1]:8188"),
 ])
 def test_servers_from_urls_need_no_saved_block(entry, name, url):
     server = resolve_server(entry)
     assert (server.name, server.base_url, server.max_queue_depth) == (name, url, 2)
 
 
-def test_unknown_block_names_and_duplicates_are_reported():
-    with pytest.raises(ValueError, match="neither a URL nor a saved ComfyUIServer block"):
-        resolve_server("no-such-block")
-    with pytest.raises(ValueError, match="more than once: a"):
-        resolve_servers(["a=http://h:1", "a=http://h:2"])
+@pytest.mark.parametrize("url", ["http://10.0.0.5:8188", "https://u:pw@Render.Example/c/"])
+def test_a_bare_url_is_named_alike_by_block_client_and_limits(url):
+    server = ComfyUIServer.from_url(url)
+    identity = server_identity(url)
+    with server.get_client() as client:
+        assert server.name == client.name == identity
+    assert server.limit_name == limit_name(identity) == f"comfyui-{identity}"
+    assert server.preview_limit_name == preview_limit_name(identity)
+
+
+@pytest.mark.parametrize(("entries", "why"), [
+    (["no-such-block"], "neither a URL nor a saved ComfyUIServer block"),
+    (["a=http://h:1", "a=http://h:2"], "more than once: a"),
+    (["http://h:1", "http://h:1/"], "more than once: h-1"),
+    (["x=http://h:1", "x-preview=http://h:2"], "same concurrency limit: comfyui-x-preview"),
+    (["gpu-a="], "expected name=http"),
+    (["../x=http://h:1"], "server name '../x'"),
+])
+def test_bad_entries_unknown_blocks_and_duplicates_are_reported(entries, why):
+    with pytest.raises(ValueError, match=re.escape(why)):
+        resolve_servers(entries)
+
+
+def test_prefect_accepts_the_limits_of_a_bare_url():
+    server = ComfyUIServer.from_url("http://10.0.0.5:8188")
+    ensure_concurrency_limits([server])
+    with get_client(sync_client=True) as client:
+        for name, slots in (("comfyui-10.0.0.5-8188", server.max_queue_depth),
+                            ("comfyui-10.0.0.5-8188-preview", 1)):
+            assert client.read_global_concurrency_limit_by_name(name).limit == slots
 
 
 def test_store_and_presets_blocks(tmp_path, monkeypatch):

@@ -13,7 +13,7 @@ from report_rows import NOW, T0, metric_row, run_row, write_metrics, write_runs
 from typer.testing import CliRunner
 
 from tower.cli import app
-from tower.comfyui import ComfyUIClient
+from tower.comfyui import ComfyUIClient, server_identity
 from tower.report.status import gather_status, render_status
 from tower.shotlist.shots import Shot, ShotList
 from tower.simulator import SimulatorConfig, SimulatorServer, start_simulator
@@ -140,12 +140,35 @@ def test_status_command_refuses_a_bad_url(tmp_path: Path) -> None:
 
 def test_a_bare_url_finds_the_metrics_the_flows_recorded_for_it(simulator: SimulatorServer,
                                                                 tmp_path: Path) -> None:
-    # a flow given the bare URL records the server as host-port
+    # a flow given the bare URL records the server as host-port; the client is named so too
     _fill_data_root(tmp_path, f"127.0.0.1-{simulator.port}")
     with ComfyUIClient(simulator.url) as client:
         [server] = gather_status([client], DataRoot(tmp_path), NOW).servers
-    assert server.name == f"127.0.0.1:{simulator.port}"
+    assert server.name == f"127.0.0.1-{simulator.port}" == server_identity(simulator.url)
     assert server.last_checkpoint == "anime-final-sd15.safetensors"
+
+
+def test_status_command_names_a_bare_url_as_the_flows_do(simulator: SimulatorServer,
+                                                         tmp_path: Path) -> None:
+    # `tower status` reads the real clock: stamp the data relative to it
+    _fill_data_root(tmp_path, f"127.0.0.1-{simulator.port}", now=datetime.now(UTC))
+    result = CliRunner().invoke(app, ["status", "--server", simulator.url,
+                                      "--data-root", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert f"127.0.0.1-{simulator.port} ({simulator.url}): up" in result.output
+    assert "last model: anime-final-sd15.safetensors" in result.output
+
+
+@pytest.mark.parametrize(("env", "where", "why"), [
+    ({"TOWER_SERVERS": "gpu-a"}, "$TOWER_SERVERS", "saved blocks are not read here"),
+    ({"TOWER_SERVERS": "gpu a=http://h:1"}, "$TOWER_SERVERS", "server name 'gpu a'"),
+    ({"TOWER_SERVERS": "gpu-a="}, "$TOWER_SERVERS", "expected name=http"),
+])
+def test_status_command_names_where_a_bad_entry_came_from(env, where, why,
+                                                          tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["status", "--data-root", str(tmp_path)], env=env)
+    assert result.exit_code == 1
+    assert f"error: {where}: " in result.output and why in result.output
 
 
 def test_status_command_takes_named_servers_from_the_environment(simulator: SimulatorServer,

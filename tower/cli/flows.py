@@ -51,6 +51,7 @@ from tower.cli.options import (
     hint,
 )
 from tower.report.model import report_window
+from tower.settings import SERVERS_ENV
 from tower.shotlist.errors import InputError
 from tower.shotlist.presets import load_presets
 from tower.shotlist.shots import read_shot_list
@@ -92,7 +93,7 @@ def check_saved(params: dict[str, Any], *, default_server: bool) -> None:
     entries = server_entries(params.get("servers"))
     checks: list[tuple[str, Callable[[], object]]] = []
     if entries or default_server:
-        where = hint("servers") if params.get("servers") else "$TOWER_SERVERS"
+        where = hint("servers") if params.get("servers") else f"${SERVERS_ENV}"
         checks.append((where, lambda: resolve_servers(entries)))
     if params.get("render_store") and not params.get("data_root"):
         checks.append((hint("render_store"),

@@ -13,6 +13,7 @@ import typer
 
 from tower.planning.planner import PlanningError, ServerSpec, apply_decode_policy, plan_batches
 from tower.planning.vram import GPU_PROFILES, VramModel
+from tower.settings import DATA_ROOT_ENV, data_root_path
 from tower.shotlist.errors import InputError
 from tower.shotlist.presets import load_presets
 from tower.shotlist.shots import read_shot_list
@@ -25,7 +26,9 @@ from tower.store.parquet_io import StoreError
 
 DEFAULT_SERVERS = "local=12gb"
 
-DataRootOption = Annotated[Path, typer.Option("--data-root", help="data root folder")]
+DataRootOption = Annotated[Optional[Path], typer.Option(  # noqa: UP045
+    "--data-root", show_default=False,
+    help=f"data root folder (default ${DATA_ROOT_ENV}, else {DEFAULT_DATA_ROOT})")]
 index_app = typer.Typer(help="Maintain the output index.", no_args_is_help=True)
 metrics_app = typer.Typer(help="Maintain the metrics store and run log.",
                           no_args_is_help=True)
@@ -66,7 +69,7 @@ def plan_command(
     shot_list: Annotated[str, typer.Argument(help="shot list (.yaml/.csv/.json)")],
     servers: Annotated[str, typer.Option(
         "--servers", help="name=budget_mb or name=<profile>, comma separated")] = DEFAULT_SERVERS,
-    data_root: DataRootOption = DEFAULT_DATA_ROOT,
+    data_root: DataRootOption = None,
     presets: Annotated[Optional[Path], typer.Option(  # noqa: UP045
         "--presets", help="YAML presets file")] = None,
     preset: Annotated[Optional[str], typer.Option(  # noqa: UP045
@@ -88,7 +91,7 @@ def plan_command(
     except KeyError as err:
         _fail(str(err.args[0]))
         return
-    root = DataRoot(data_root)
+    root = DataRoot(data_root_path(data_root))
     try:
         vram = VramModel.calibrated(MetricsStore(root.metrics).scan())
         for family, fit in sorted(vram.fits.items()):
@@ -109,12 +112,12 @@ def plan_command(
 
 @index_app.command("compact")
 def compact_command(
-    data_root: DataRootOption = DEFAULT_DATA_ROOT,
+    data_root: DataRootOption = None,
     target_rows: Annotated[int, typer.Option(help="rows per merged file", min=1)] = 1_000_000,
 ) -> None:
     """Merge the index's small part files; every row is kept."""
     try:
-        result = OutputIndex(DataRoot(data_root).index).compact(target_rows)
+        result = OutputIndex(DataRoot(data_root_path(data_root)).index).compact(target_rows)
     except StoreError as err:
         _fail(str(err))
         return
@@ -130,7 +133,7 @@ def describe_compaction(result: CompactResult) -> str:
 
 @metrics_app.command("compact")
 def metrics_compact_command(
-    data_root: DataRootOption = DEFAULT_DATA_ROOT,
+    data_root: DataRootOption = None,
     before: Annotated[Optional[str], typer.Option(  # noqa: UP045
         "--before", help="only days before this one (YYYY-MM-DD); default: every day")] = None,
 ) -> None:
@@ -140,7 +143,7 @@ def metrics_compact_command(
     except ValueError:
         raise typer.BadParameter(f"expected YYYY-MM-DD, got {before!r}",
                                  param_hint="--before") from None
-    root = DataRoot(data_root)
+    root = DataRoot(data_root_path(data_root))
     try:
         metrics = MetricsStore(root.metrics).compact(before=until)
         runs = RunLog(root.runs).compact(before=until)
@@ -152,9 +155,9 @@ def metrics_compact_command(
 
 
 @index_app.command("stats")
-def stats_command(data_root: DataRootOption = DEFAULT_DATA_ROOT) -> None:
+def stats_command(data_root: DataRootOption = None) -> None:
     """Rows, bytes and takes per episode and preset in the output index."""
-    root = DataRoot(data_root)
+    root = DataRoot(data_root_path(data_root))
     try:
         stats = OutputIndex(root.index).stats(run_log=RunLog(root.runs))
     except StoreError as err:

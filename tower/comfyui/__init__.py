@@ -1,7 +1,8 @@
 """ComfyUI client: submit graphs, follow them to the end, fetch the images.
 
 Prefect-free and synchronous (the Prefect tasks run it in threads). See
-``_exceptions.py`` for the error tree and ``_client.py`` for the client itself.
+``_exceptions.py`` for the error tree, ``_client.py`` for the client itself and
+``_identity.py`` for the name a server goes by in logs, metrics and limits.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from tower.comfyui._exceptions import (
     ComfyUIUnavailable,
     ComfyUIValidationError,
 )
+from tower.comfyui._identity import limit_name, preview_limit_name, server_identity
 from tower.comfyui._models import (
     Device,
     DownloadedFile,
@@ -52,6 +54,9 @@ __all__ = [
     "RenderStatus",
     "SystemStats",
     "is_transient",
+    "limit_name",
+    "preview_limit_name",
     "retry_delay",
+    "server_identity",
     "should_retry_status",
 ]

@@ -29,6 +29,7 @@ from tower.comfyui._exceptions import (
     ComfyUIProtocolError,
     ComfyUIUnavailable,
 )
+from tower.comfyui._identity import server_identity
 from tower.comfyui._models import (
     DownloadedFile,
     HistoryEntry,
@@ -69,15 +70,14 @@ def _basic(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
 
 
-def _split_url(base_url: str) -> tuple[str, tuple[str, str] | None, str]:
-    """(URL without credentials, user and password from its userinfo, name host:port)."""
+def _split_url(base_url: str) -> tuple[str, tuple[str, str] | None]:
+    """(URL without credentials, user and password from its userinfo)."""
     url = httpx.URL(base_url)
     if url.scheme not in ("http", "https") or not url.host:
         raise ValueError("ComfyUI base URL must be http(s)://host[:port][/prefix]")
     auth = (url.username, url.password) if url.username else None
     clean = url.copy_with(username=None, password=None, query=None, fragment=None)
-    port = url.port or (443 if url.scheme == "https" else 80)
-    return str(clean).rstrip("/"), auth, f"{url.host}:{port}"
+    return str(clean).rstrip("/"), auth
 
 
 class ComfyUIClient:
@@ -91,7 +91,8 @@ class ComfyUIClient:
         timeout, connect_timeout: seconds per request, and to connect.
         client_id: prefix of the WebSocket client ids this client uses.
         http_client: an httpx.Client to use instead of a private pool (not closed here).
-        name: for logs and metrics; defaults to ``host:port``.
+        name: for logs and metrics; defaults to the server's identity, ``host-port``
+            (:func:`tower.comfyui.server_identity`), the name the flows record.
     """
 
     def __init__(self, base_url: str, *, token: str | None = None,
@@ -100,8 +101,8 @@ class ComfyUIClient:
                  connect_timeout: float = C.DEFAULT_CONNECT_TIMEOUT,
                  client_id: str | None = None, http_client: httpx.Client | None = None,
                  name: str | None = None):
-        self.base_url, auth, default_name = _split_url(base_url)
-        self.name = name or default_name
+        self.base_url, auth = _split_url(base_url)
+        self.name = name or server_identity(base_url)
         self.client_id = client_id or uuid.uuid4().hex
         self._has_token = bool(token)
         # Sent with every request and WebSocket handshake; the token beats URL credentials.

@@ -8,7 +8,6 @@ unreachable with the reason, never raised, so one dead machine does not hide the
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -118,22 +117,17 @@ def dedup_hit_rate(runs: RunLog, now: datetime) -> float | None:
     return deduped / requested if requested else None
 
 
-def flow_server_name(client_name: str) -> str:
-    """The name the flows record for a server given as a bare URL (``host-port``).
-
-    A client is named ``host:port``; the metrics of a flow run against the same bare
-    URL say ``host-port``, so the status looks under both.
-    """
-    return re.sub(r"[^A-Za-z0-9.-]", "-", client_name)
-
-
 def gather_status(clients: Sequence[ComfyUIClient], data: DataRoot, now: datetime) -> Status:
-    """Probe ``clients`` and summarise the data root as of ``now``."""
+    """Probe ``clients`` and summarise the data root as of ``now``.
+
+    A server's last model is found under its client's name: for a bare URL that is
+    ``host-port`` (:func:`tower.comfyui.server_identity`), the name the flows record.
+    """
     models = last_checkpoints(data, now)
     servers = []
     for client in clients:
         state = probe(client)
-        known = models.get(client.name) or models.get(flow_server_name(client.name))
+        known = models.get(client.name)
         if known:
             state = replace(state, last_checkpoint=known[0], last_batch_at=known[1])
         servers.append(state)
