@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from blocks.comfyui_server import ComfyUIServer, name_from_url
+from blocks.comfyui_server import ComfyUIServer
 from blocks.render_store import RenderPresets, RenderStore
 
-__all__ = ["ComfyUIServer", "RenderPresets", "RenderStore", "name_from_url"]
+__all__ = ["ComfyUIServer", "RenderPresets", "RenderStore"]

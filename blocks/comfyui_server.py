@@ -15,10 +15,6 @@ from tower.shotlist.names import check_name
 DEFAULT_VRAM_PROFILE = "12gb"
 
 
-# The old name of server_identity, still exported by ``blocks``; one definition, two names.
-name_from_url = server_identity
-
-
 class ComfyUIServer(Block):
     """One ComfyUI server: URL, credentials, TLS, timeouts, VRAM budget and queue depth.
 

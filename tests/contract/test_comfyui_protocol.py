@@ -333,11 +333,11 @@ def test_ws_url(base: str, client_id: str, expected: str) -> None:
 
 
 @pytest.mark.parametrize(("url", "base", "name"), [
-    ("http://127.0.0.1:8188", "http://127.0.0.1:8188", "127.0.0.1:8188"),
-    ("http://gpu-1:8188/", "http://gpu-1:8188", "gpu-1:8188"),
+    ("http://127.0.0.1:8188", "http://127.0.0.1:8188", "127.0.0.1-8188"),
+    ("http://gpu-1:8188/", "http://gpu-1:8188", "gpu-1-8188"),
     ("https://user:pw@render.example/comfy/", "https://render.example/comfy",
-     "render.example:443"),
-    ("http://render.example?x=1", "http://render.example", "render.example:80"),
+     "render.example"),
+    ("http://render.example?x=1", "http://render.example", "render.example"),
 ])
 def test_client_url_name_and_repr(url: str, base: str, name: str) -> None:
     with ComfyUIClient(url, token="t0ken") as client:

@@ -189,7 +189,7 @@ def test_unreachable_server_is_recorded_then_raised(ctx):
         execute_batch(dead, batch_of(takes_of(1)), ctx)
     [row] = metrics_rows(ctx).iter_rows(named=True)
     assert (row["status"], row["error_type"], row["server"]) == \
-        ("failed", "ComfyUIUnavailable", f"127.0.0.1:{port}")
+        ("failed", "ComfyUIUnavailable", f"127.0.0.1-{port}")
     assert row["vram_peak_mb"] is None  # nothing to measure: null, not zero
 
 
