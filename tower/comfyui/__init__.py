@@ -7,6 +7,7 @@ Prefect-free and synchronous (the Prefect tasks run it in threads). See
 
 from __future__ import annotations
 
+from tower.comfyui._api_format import combo_options, is_link
 from tower.comfyui._client import ComfyUIClient
 from tower.comfyui._exceptions import (
     ComfyUIError,
@@ -53,6 +54,8 @@ __all__ = [
     "RenderResult",
     "RenderStatus",
     "SystemStats",
+    "combo_options",
+    "is_link",
     "is_transient",
     "limit_name",
     "preview_limit_name",

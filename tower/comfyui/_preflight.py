@@ -12,6 +12,7 @@ import difflib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from tower.comfyui._api_format import combo_options, is_link
 from tower.comfyui._exceptions import ComfyUIPreflightError
 
 NODE_CLASSES = "node classes"
@@ -20,22 +21,8 @@ _CATEGORIES = {"ckpt_name": "checkpoints", "sampler_name": "samplers",
 _SHOW_AVAILABLE = 40
 
 
-def combo_options(spec: object) -> list[str] | None:
-    """The allowed values of a combo input spec, or None for other input types.
-
-    Two spellings exist: ``[[...values...], {...}]`` and ``["COMBO", {"options": [...]}]``.
-    """
-    if not isinstance(spec, list) or not spec:
-        return None
-    if isinstance(spec[0], list):
-        return [str(v) for v in spec[0]]
-    if spec[0] == "COMBO" and len(spec) > 1 and isinstance(spec[1], Mapping):
-        return [str(v) for v in spec[1].get("options") or []]
-    return None
-
-
 def combo_inputs(object_info: Mapping[str, Any], class_type: str) -> dict[str, list[str]]:
-    """``{input name: allowed values}`` for every combo input of a node class."""
+    """``{input name: allowed values, as text}`` for every combo input of a node class."""
     info = object_info.get(class_type) or {}
     inputs = info.get("input") or {}
     found: dict[str, list[str]] = {}
@@ -43,12 +30,8 @@ def combo_inputs(object_info: Mapping[str, Any], class_type: str) -> dict[str, l
         for name, spec in (inputs.get(section) or {}).items():
             options = combo_options(spec)
             if options is not None:
-                found[name] = options
+                found[name] = [str(v) for v in options]
     return found
-
-
-def _is_link(value: object) -> bool:
-    return isinstance(value, list) and len(value) == 2 and isinstance(value[1], int)
 
 
 def find_missing(object_info: Mapping[str, Any], graphs: Iterable[Mapping[str, Any]],
@@ -68,7 +51,7 @@ def find_missing(object_info: Mapping[str, Any], graphs: Iterable[Mapping[str, A
                 continue
             combos = combo_inputs(object_info, class_type)
             for name, value in (node.get("inputs") or {}).items():
-                if name not in combos or _is_link(value) or str(value) in combos[name]:
+                if name not in combos or is_link(value) or str(value) in combos[name]:
                     continue
                 category = _CATEGORIES.get(name, f"{class_type}.{name}")
                 available.setdefault(category, combos[name])

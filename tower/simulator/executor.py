@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tower.comfyui import is_link
 from tower.simulator import costs
 from tower.simulator.catalog import Catalog
 from tower.simulator.config import Faults, SimulatorConfig
@@ -277,7 +278,7 @@ class _Run:
         (declared or not), constants only where the class declares them."""
         resolved = {}
         for name, value in inputs.items():
-            if isinstance(value, list) and len(value) == 2 and value[0] in self.values:
+            if is_link(value) and value[0] in self.values:
                 resolved[name] = self.values[value[0]][value[1]]
             elif name in declared:
                 resolved[name] = value
@@ -300,8 +301,7 @@ def _signature(prompt: dict[str, Any], node_id: str, seen: frozenset[str] = froz
     node = prompt[node_id]
     parts: dict[str, Any] = {}
     for name, value in sorted(node.get("inputs", {}).items()):
-        if isinstance(value, list) and len(value) == 2 and value[0] in prompt \
-                and value[0] not in seen:
+        if is_link(value) and value[0] in prompt and value[0] not in seen:
             parts[name] = [_signature(prompt, value[0], seen | {node_id}), value[1]]
         else:
             parts[name] = value
@@ -318,7 +318,7 @@ def _execution_order(prompt: dict[str, Any], outputs: list[str]) -> list[str]:
             return
         seen.add(node_id)
         for value in prompt[node_id].get("inputs", {}).values():
-            if isinstance(value, list) and len(value) == 2 and value[0] in prompt:
+            if is_link(value) and value[0] in prompt:
                 visit(value[0])
         order.append(node_id)
 

@@ -17,6 +17,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
+from tower.comfyui import combo_options
 from tower.simulator.catalog import Catalog
 
 Prompt = dict[str, Any]
@@ -130,6 +131,8 @@ def _validate_node(catalog: Catalog, prompt: Prompt, node_id: str,
                                "extra_info": {"input_name": name}})
             continue
         info = [config[0], config[1] if len(config) > 1 else {}]
+        # Not is_link: ComfyUI validates any list as an attempted link, so a list of the
+        # wrong shape gets bad_linked_input instead of passing as a constant.
         if isinstance(inputs[name], list):
             link_error, link_ok = _check_link(catalog, prompt, name, info, inputs[name],
                                               validated)
@@ -225,14 +228,8 @@ def _check_bounds(name: str, info: list[Any], val: Any) -> dict[str, Any] | None
 
 
 def _check_choice(name: str, info: list[Any], val: Any) -> dict[str, Any] | None:
-    kind, extra = info
-    if isinstance(kind, list):
-        options = kind
-    elif kind == "COMBO":
-        options = extra.get("options", [])
-    else:
-        return None
-    if val in options:
+    options = combo_options(info)
+    if options is None or val in options:
         return None
     config: list[Any] | None = info
     listed = str(options)

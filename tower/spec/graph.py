@@ -42,6 +42,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from tower.comfyui import is_link
 from tower.spec.takes import ResolvedTake
 
 # The undeclared input that makes a forced graph miss ComfyUI's node cache.
@@ -109,13 +110,6 @@ def build_graph(takes: Sequence[ResolvedTake], filename_prefix: str,
     return graph
 
 
-def is_link(value: Any) -> bool:
-    """Whether an input value is a link ``[node_id, output_index]``, by ComfyUI's rule
-    (``comfy_execution/graph_utils.py`` ``is_link``)."""
-    return (isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)
-            and isinstance(value[1], int | float))
-
-
 def root_nodes(graph: Graph) -> list[str]:
     """The nodes without link inputs: every other node's cache key includes theirs."""
     return [node_id for node_id, node in graph.items()
@@ -148,15 +142,6 @@ def _graph(takes: Sequence[ResolvedTake], filename_prefix: str) -> Graph:
         SAVE_NODE: {"class_type": "SaveImage",
                     "inputs": {"images": [DECODE_NODE, 0], "filename_prefix": filename_prefix}},
     }
-
-
-def noise_indices(graph: Graph) -> list[int]:
-    """The noise indices (take numbers) a graph renders, read back from the graph.
-
-    Used by tests and by the simulator: take k is drawn with noise index k.
-    """
-    inputs = graph["takes"]["inputs"]
-    return list(range(inputs["batch_index"], inputs["batch_index"] + inputs["length"]))
 
 
 def preflight_graphs(takes: Sequence[ResolvedTake]) -> list[Graph]:
