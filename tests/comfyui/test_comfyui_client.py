@@ -29,9 +29,9 @@ from tower.comfyui import (
     ComfyUIValidationError,
     ImageRef,
     ProgressEvent,
-    is_transient,
 )
 from tower.comfyui._wait import WaitSpec
+from tower.runtime.failures import classify
 from tower.shotlist.shots import Shot, ShotList
 from tower.simulator import SimulatorConfig, SimulatorServer, start_simulator
 from tower.spec.graph import build_graph
@@ -113,7 +113,7 @@ def test_preflight_names_everything_missing(client: ComfyUIClient) -> None:
     assert "checkpoints: missing 'mecha-v9.safetensors' (available: " \
            "anime-draft-sd15.safetensors, anime-final-sd15.safetensors)" in text
     assert "samplers: missing 'warp_drive'" in text and "UpscaleWithMagic" in text
-    assert not is_transient(caught.value)
+    assert not classify(caught.value).transient
 
 
 # -- rendering ---------------------------------------------------------------------
@@ -188,7 +188,7 @@ def test_validation_error_names_node_class_input_and_reason(client: ComfyUIClien
     assert "node sampler (KSampler) input sampler_name: value_not_in_list: 'bogus' not in" \
         in str(caught.value)
     assert set(caught.value.node_errors) == {"sampler"}
-    assert not is_transient(caught.value)
+    assert not classify(caught.value).transient
 
 
 def test_execution_error(client: ComfyUIClient, simulator: SimulatorServer) -> None:
@@ -199,7 +199,7 @@ def test_execution_error(client: ComfyUIClient, simulator: SimulatorServer) -> N
     assert type(err) is ComfyUIExecutionError and err.exception_type == "RuntimeError"
     assert err.node_id and err.node_type and err.node_type in str(err)
     assert err.result is not None and err.result.status == "error" and not err.result.images
-    assert not is_transient(err)
+    assert not classify(err).transient
     simulator.faults.execution_error_rate = 0.0
     retry = client.render(graph_for(), prompt_id="boom", timeout=10)  # failed id: resubmitted
     assert retry.status == "success" and not retry.adopted and len(retry.images) == 2
@@ -210,7 +210,7 @@ def test_out_of_memory_is_its_own_class(client: ComfyUIClient, simulator: Simula
     with pytest.raises(ComfyUIOutOfMemory) as caught:
         client.render(graph_for(takes=2), prompt_id="big")
     assert "OutOfMemoryError" in (caught.value.exception_type or "")
-    assert not is_transient(caught.value)
+    assert not classify(caught.value).transient
     assert client.render(graph_for(takes=1), prompt_id="small").status == "success"
 
 
@@ -237,7 +237,7 @@ def test_stall_and_overall_timeouts(tmp_path: Path) -> None:
         assert time.monotonic() - began < 2.5
         with pytest.raises(ComfyUITimeout, match="not finished after"):
             client.wait("stuck", timeout=0.3)
-        assert is_transient(ComfyUITimeout("x"))
+        assert classify(ComfyUITimeout("x")).transient
         client.interrupt()
 
 
@@ -311,7 +311,7 @@ def test_500_on_post_then_render_submits_once(client: ComfyUIClient,
     simulator.faults.http_500_next = 1
     with pytest.raises(ComfyUIUnavailable) as caught:
         client.submit(graph_for(), prompt_id="p500")
-    assert caught.value.status_code == 500 and is_transient(caught.value)
+    assert caught.value.status_code == 500 and classify(caught.value).transient
     assert client.find("p500") == "unknown"
     result = client.render(graph_for(), prompt_id="p500", timeout=10)
     assert not result.adopted and len(pngs(simulator)) == 2
@@ -334,7 +334,7 @@ def test_restart_mid_wait_raises_instead_of_hanging(slow_sim: SimulatorServer) -
         thread.join(15)
     assert not thread.is_alive()
     assert isinstance(out.get("error"), ComfyUIUnavailable), out
-    assert "lost it" in str(out["error"]) and is_transient(out["error"])
+    assert "lost it" in str(out["error"]) and classify(out["error"]).transient
 
 
 def test_server_gone_mid_wait_raises_after_a_short_grace(tmp_path: Path) -> None:
@@ -366,7 +366,7 @@ def test_unreachable_server_is_transient() -> None:
         began = time.monotonic()
         with pytest.raises(ComfyUIUnavailable) as caught:
             client.system_stats()
-        assert time.monotonic() - began < 5 and is_transient(caught.value)
+        assert time.monotonic() - began < 5 and classify(caught.value).transient
 
 
 # -- queue control -----------------------------------------------------------------

@@ -32,7 +32,7 @@ from tower.comfyui._models import (
     RenderStatus,
     SystemStats,
 )
-from tower.comfyui._retry import is_transient, retry_delay, should_retry_status
+from tower.comfyui._retry import retry_delay, should_retry_status
 
 __all__ = [
     "ComfyUIClient",
@@ -56,7 +56,6 @@ __all__ = [
     "SystemStats",
     "combo_options",
     "is_link",
-    "is_transient",
     "limit_name",
     "preview_limit_name",
     "retry_delay",

@@ -1,26 +1,13 @@
-"""Retry rules as small pure functions: what is worth retrying, and how long to wait."""
+"""Retry rules of the client as small pure functions: which answers to a GET are worth
+another quick try, and how long to wait.
+
+Whether a whole batch is worth retrying is the run's question, answered once in
+:mod:`tower.runtime.failures`.
+"""
 
 from __future__ import annotations
 
-import httpx
-from websockets.exceptions import WebSocketException
-
 from tower.comfyui._constants import INITIAL_RETRY_DELAY, MAX_RETRY_DELAY
-from tower.comfyui._exceptions import ComfyUIError, ComfyUITimeout, ComfyUIUnavailable
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Is the failure worth retrying the whole batch later?
-
-    Yes for an unreachable or restarting server and for timeouts; no for anything the
-    server answered about the graph itself (validation, execution, preflight, protocol).
-    Out-of-memory is not transient either: the caller splits the batch instead.
-    """
-    if isinstance(exc, ComfyUIUnavailable | ComfyUITimeout):
-        return True
-    if isinstance(exc, ComfyUIError):
-        return False
-    return isinstance(exc, httpx.TransportError | WebSocketException | OSError)
 
 
 def should_retry_status(status_code: int) -> bool:

@@ -29,7 +29,6 @@ class PromptTracker:
     cached_nodes: tuple[str, ...] = ()
     node_seconds: dict[str, float] = field(default_factory=dict)
     outcome: str | None = None
-    outcome_data: dict[str, Any] = field(default_factory=dict)
     finished: bool = False
     _current: tuple[str, float] | None = None
 
@@ -55,7 +54,6 @@ class PromptTracker:
         elif kind in TERMINAL_EVENTS:
             self._close(t)
             self.outcome = OUTCOMES[kind]
-            self.outcome_data = dict(data)
             return None
         if kind not in PROGRESS_EVENTS:
             return None

@@ -111,11 +111,6 @@ def _no_reading() -> GpuReading | None:
     return None
 
 
-def unmeasured_sampler() -> GpuSampler:
-    """A sampler that records nothing (source ``"none"``)."""
-    return GpuSampler(_no_reading, "none")
-
-
 def _import_pynvml() -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the pynvml shim warns that it is deprecated

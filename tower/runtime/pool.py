@@ -59,8 +59,6 @@ class ServerState:
     in_flight: set[str] = field(default_factory=set)
     consecutive_failures: int = 0
     in_rotation: bool = True
-    done: int = 0
-    failed: int = 0
     reason: str | None = None
 
     @property
@@ -171,10 +169,8 @@ class ServerPool:
         state = self.servers[server]
         state.in_flight.discard(batch.batch_id)
         if ok:
-            state.done += 1
             state.consecutive_failures = 0
             return False
-        state.failed += 1
         state.consecutive_failures += 1
         if state.in_rotation and state.consecutive_failures >= self.max_failures:
             self.take_out(server, f"{state.consecutive_failures} batches failed in a row: "
