@@ -30,6 +30,7 @@ from tower.comfyui import (
     ImageRef,
     ProgressEvent,
 )
+from tower.comfyui._preflight import combo_inputs
 from tower.comfyui._wait import WaitSpec
 from tower.runtime.failures import classify
 from tower.shotlist.shots import Shot, ShotList
@@ -96,8 +97,10 @@ def test_system_stats_and_object_info(client: ComfyUIClient, simulator: Simulato
     assert stats.comfyui_version
     (device,) = stats.devices
     assert device.type == "cuda" and device.vram_total == 12288 * 1024 * 1024
-    assert client.checkpoints() == list(simulator.config.checkpoints)
-    assert "dpm_fast" in client.samplers() and "karras" in client.schedulers()
+    checkpoint = combo_inputs(client.object_info(), "CheckpointLoaderSimple")["ckpt_name"]
+    sampler = combo_inputs(client.object_info(), "KSampler")
+    assert checkpoint == list(simulator.config.checkpoints)
+    assert "dpm_fast" in sampler["sampler_name"] and "karras" in sampler["scheduler"]
     assert client.object_info() is client.object_info()  # fetched once
 
 

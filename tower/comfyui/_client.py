@@ -46,7 +46,7 @@ from tower.comfyui._parse import (
     parse_system_stats,
     validation_error,
 )
-from tower.comfyui._preflight import check_graphs, combo_inputs
+from tower.comfyui._preflight import check_graphs
 from tower.comfyui._results import build_result
 from tower.comfyui._retry import retry_delay, should_retry_status
 from tower.comfyui._wait import Waiter, WaitSpec
@@ -186,15 +186,6 @@ class ComfyUIClient:
             with self._lock:
                 self._object_info = cached = body
         return cached
-
-    def checkpoints(self) -> list[str]:
-        return combo_inputs(self.object_info(), "CheckpointLoaderSimple").get("ckpt_name", [])
-
-    def samplers(self) -> list[str]:
-        return combo_inputs(self.object_info(), "KSampler").get("sampler_name", [])
-
-    def schedulers(self) -> list[str]:
-        return combo_inputs(self.object_info(), "KSampler").get("scheduler", [])
 
     def preflight(self, graphs: Iterable[Mapping[str, Any]]) -> None:
         """Check that every node class and combo value the graphs use exists here.
