@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -47,7 +47,7 @@ from tower.comfyui._parse import (
     validation_error,
 )
 from tower.comfyui._preflight import check_graphs
-from tower.comfyui._results import build_result
+from tower.comfyui._results import build_result, now_to_the_ms
 from tower.comfyui._retry import retry_delay, should_retry_status
 from tower.comfyui._wait import Waiter, WaitSpec
 from tower.comfyui._ws import EventSocket, ws_url
@@ -296,7 +296,7 @@ class ComfyUIClient:
             ComfyUIUnavailable: no answer or 5xx; the prompt may still have been queued.
         """
         client_id = self._next_client_id()
-        queued_at = datetime.now(UTC)
+        queued_at = now_to_the_ms()
         queued = self._post_prompt(graph, client_id=client_id, prompt_id=prompt_id,
                                    front=front, extra_data=extra_data)
         with self._lock:
@@ -382,7 +382,7 @@ class ComfyUIClient:
                      front: bool) -> tuple[datetime, bool]:
         """POST the prompt; after a failure without a verdict, adopt it if it got queued."""
         for attempt in range(C.SUBMIT_ATTEMPTS):
-            queued_at = datetime.now(UTC)
+            queued_at = now_to_the_ms()
             try:
                 self._post_prompt(graph, client_id=spec.client_id, prompt_id=spec.prompt_id,
                                   front=front, extra_data=None)

@@ -54,6 +54,17 @@ def epoch_ms(value: object) -> datetime | None:
     return None
 
 
+def now_to_the_ms() -> datetime:
+    """Now, floored to ComfyUI's timestamp precision (whole milliseconds).
+
+    ``queued_at`` is compared with the server's ``execution_start``, which ComfyUI stamps
+    in whole milliseconds: on one clock, a prompt started within the millisecond it was
+    posted must not appear to start before it was queued.
+    """
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
 def _seconds(later: datetime | None, earlier: datetime | None) -> float | None:
     if later is None or earlier is None:
         return None
