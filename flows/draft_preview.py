@@ -1,8 +1,9 @@
 """Ad-hoc previews: a few shots, or a free prompt, rendered now at the front of the queue.
 
 The preset is draft unless a time budget is given, in which case the best preset
-expected to finish within it is chosen from the metrics history
-(:func:`tower.planning.preview.choose_preset`). Images the index already holds are reused, and
+expected to finish within it is chosen, before planning, with the planner's time model
+fitted to the metrics history (:func:`tower.planning.preview.choose_preset`, through
+:func:`tower.planning.pipeline.plan_run`). Images the index already holds are reused, and
 with ``reuse="similar"`` so are images of the same look under another seed. Batches go
 to the FRONT of each server's queue and hold a preview slot of their own, so a preview
 never waits behind the nightly run.
@@ -11,17 +12,17 @@ never waits behind the nightly run.
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Literal
 
-from prefect import flow, get_run_logger
+from prefect import flow
 from prefect.runtime import flow_run as current_flow_run
 from prefect.states import State
 
 from flows.render_episode import artifact_key, cancel_hook, final_state
 from tasks.dispatch import RenderRun, render_plan
-from tasks.planning import dedup_task, load_shot_list_task, plan_task, resolve_takes_task
-from tasks.reporting import publish_summary, reuse_similar_task
+from tasks.planning import plan_run_task
+from tasks.reporting import publish_summary
 from tasks.setup import (
     render_context,
     resolve_data_root,
@@ -30,15 +31,13 @@ from tasks.setup import (
     server_entries,
     server_specs,
 )
-from tower.planning.preview import Preference, choose_preset, seconds_per_image
+from tower.planning.pipeline import PresetBudget
+from tower.planning.preview import Preference
 from tower.runtime.pool import DEFAULT_MAX_FAILURES
 from tower.runtime.summary import RunTally, run_status
 from tower.shotlist.shots import Shot, ShotList
 from tower.spec.outputs import sheet_items
-from tower.store.files import DataRoot
-from tower.store.metrics import MetricsStore
 
-HISTORY_DAYS = 30
 PREVIEW_EPISODE = "preview"
 
 
@@ -47,11 +46,6 @@ def free_prompt_list(prompt: str, takes: int, negative: str = "") -> ShotList:
     shot_id = "p" + hashlib.sha256(prompt.encode()).hexdigest()[:10]
     return ShotList(episode=PREVIEW_EPISODE, defaults={"negative": negative},
                     shots=(Shot(id=shot_id, prompt=prompt, takes=takes),))
-
-
-def _history(root: DataRoot, today: date) -> dict[str, float]:
-    frame = MetricsStore(root.metrics).scan(since=today - timedelta(days=HISTORY_DAYS)).collect()
-    return seconds_per_image(frame)
 
 
 def preview_run_name() -> str:
@@ -81,48 +75,33 @@ def draft_preview(shot_list: str | None = None, shots: list[str] | None = None,
             ComfyUI node executed again (like the nightly render's ``force``).
     """
     started = datetime.now(UTC)
-    logger = get_run_logger()
     if not prompt and not shot_list:
         raise ValueError("draft_preview needs a shot_list (with shots) or a prompt")
     pool_servers = resolve_servers(server_entries(servers))
     root = resolve_data_root(data_root, render_store)
     presets = resolve_presets(presets_file, presets_block)
     specs = server_specs(pool_servers)
-    source = free_prompt_list(prompt, takes) if prompt else load_shot_list_task(shot_list,
-                                                                               presets)
-    wanted = [s for s in source.shots if not shots or s.id in shots]
-    images = sum(s.takes or source.defaults.takes for s in wanted)
-    choice = choose_preset(presets, images, _history(root, started.date()),
-                           budget_s=time_budget_seconds, preference=quality_preference,
-                           servers=len(pool_servers))
-    logger.info("preset %s (%s; expected %s s)", choice.preset, choice.reason,
-                "?" if choice.expected_s is None else f"{choice.expected_s:.0f}")
-
-    all_takes = resolve_takes_task(source, presets, choice.preset, shots, specs)
-    forced = reuse == "none"
-    dedup = dedup_task(all_takes, root, force=forced)
-    tally = RunTally(takes_requested=len(all_takes), takes_deduped=dedup.deduplicated)
-    served = dedup.served_paths()
-    to_render = dedup.to_render
-    if reuse == "similar":
-        to_render, reused = reuse_similar_task(to_render, root)
-        tally.takes_deduped += len(reused)
-        served |= {t.key: row.output_path for t, row in reused}
     flow_run_id = current_flow_run.id
-    plan = plan_task(to_render, specs, presets, artifact_key("preview-plan", source.episode),
-                     force_run_id=flow_run_id if forced else None)
+    planned = plan_run_task(
+        free_prompt_list(prompt, takes) if prompt else shot_list, presets, specs, root,
+        today=started.date(), kind="preview", shots=shots, reuse=reuse,
+        run_id=str(flow_run_id) if flow_run_id else None,
+        budget=PresetBudget(time_budget_seconds, quality_preference))
+    choice, plan, episode = planned.choice, planned.plan, planned.episode
+    assert choice is not None  # a budget was given: the pipeline chose
+    tally = RunTally(takes_requested=len(planned.takes), takes_deduped=planned.takes_deduped)
 
     ctx = render_context(root, "preview", started, flow_run_id, front=True)
     run_id = ctx.run_id
     pool, cancelled = render_plan(plan, RenderRun(pool_servers, ctx, retries, retry_backoff_s,
                                                   DEFAULT_MAX_FAILURES), tally)
-    tally.images = sheet_items(all_takes, root.renders, served)
+    tally.images = sheet_items(planned.takes, root.renders, planned.served_paths())
     summary = publish_summary(
         tally, root=root, run_id=run_id, flow_run_id=flow_run_id, flow="draft_preview",
-        episode=source.episode, preset=choice.preset, servers=[s.name for s in pool_servers],
+        episode=episode, preset=choice.preset, servers=[s.name for s in pool_servers],
         started=started, batches=len(plan.batches), model_swaps=plan.model_swaps,
         out_of_rotation=pool.out_of_rotation, status=run_status(tally, cancelled),
-        key=artifact_key("preview", source.episode), title=f"{source.episode} preview")
+        key=artifact_key("preview", episode), title=f"{episode} preview")
     summary |= {"preset": choice.preset, "preset_reason": choice.reason,
                 "expected_s": choice.expected_s}
     return final_state("preview", tally, summary, cancelled)

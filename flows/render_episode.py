@@ -1,10 +1,11 @@
 """The nightly render: an episode's shot list becomes images on the ComfyUI servers.
 
-Reads top to bottom like the night it runs: load and validate the shot list, resolve
-its takes, skip those the output index already holds, plan batches across servers,
-check every server has what the plan needs (failing before anything is queued), keep
-each server's queue full until every batch is done, then publish a summary with a
-contact sheet and write the run log. A re-run renders only what is still missing.
+Reads top to bottom like the night it runs: plan the run (validate the shot list,
+resolve its takes, skip those the output index already holds, batch the rest across
+servers with the models fitted to the metrics history: the same planning as
+``tower plan``), check every server has what the plan needs (failing before anything
+is queued), keep each server's queue full until every batch is done, then publish a
+summary with a contact sheet and write the run log. A re-run renders only what is still missing.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from prefect.runtime import flow_run as current_flow_run
 from prefect.states import Cancelled, Completed, Failed, State
 
 from tasks.dispatch import RenderRun, cancel_prompts, prompts_of_flow_run, render_plan
-from tasks.planning import dedup_task, load_shot_list_task, plan_task, resolve_takes_task
+from tasks.planning import plan_run_task
 from tasks.render import preflight_task
-from tasks.reporting import publish_summary, reuse_similar_task
+from tasks.reporting import publish_summary
 from tasks.setup import (
     render_context,
     resolve_data_root,
@@ -109,19 +110,12 @@ def render_episode(shot_list: str, shots: list[str] | None = None, preset: str |
     presets = resolve_presets(presets_file, presets_block)
     specs = server_specs(pool_servers)
 
-    episode_list = load_shot_list_task(shot_list, presets)
-    episode = episode_list.episode
-    takes = resolve_takes_task(episode_list, presets, preset, shots, specs)
-    forced = force or reuse == "none"
-    dedup = dedup_task(takes, root, force=forced)
-    tally = RunTally(takes_requested=len(takes), takes_deduped=dedup.deduplicated)
-    to_render, reused = dedup.to_render, []
-    if reuse == "similar" and not force:
-        to_render, reused = reuse_similar_task(to_render, root)
-        tally.takes_deduped += len(reused)
     flow_run_id = current_flow_run.id
-    plan = plan_task(to_render, specs, presets, artifact_key("plan", episode),
-                     force_run_id=flow_run_id if forced else None)
+    planned = plan_run_task(shot_list, presets, specs, root, today=started.date(),
+                            kind="render", preset=preset, shots=shots, force=force,
+                            reuse=reuse, run_id=str(flow_run_id) if flow_run_id else None)
+    episode, plan, to_render = planned.episode, planned.plan, planned.to_render
+    tally = RunTally(takes_requested=len(planned.takes), takes_deduped=planned.takes_deduped)
     if dry_run:
         if plan.batches:
             preflight_task(pool_servers, preflight_graphs(to_render))
@@ -134,8 +128,7 @@ def render_episode(shot_list: str, shots: list[str] | None = None, preset: str |
     pool, cancelled = render_plan(plan, RenderRun(
         pool_servers, ctx, retries, retry_backoff_s, max_server_failures,
         progress_key=artifact_key("progress", episode)), tally)
-    served = dedup.served_paths() | {t.key: row.output_path for t, row in reused}
-    tally.images = sheet_items(takes, root.renders, served)
+    tally.images = sheet_items(planned.takes, root.renders, planned.served_paths())
 
     summary = publish_summary(
         tally, root=root, run_id=run_id, flow_run_id=flow_run_id, flow="render_episode",

@@ -2,32 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tower.planning.preview import reuse_similar
 from tower.runtime.contact_sheet import make_contact_sheet, sheet_path
 from tower.runtime.summary import RunInfo, RunTally, run_record, run_summary, summary_markdown
-from tower.spec.takes import ResolvedTake
 from tower.store.files import DataRoot
-from tower.store.index import IndexRow, OutputIndex
 from tower.store.metrics import RunLog
-
-
-@task(name="reuse-similar", cache_policy=NO_CACHE)
-def reuse_similar_task(takes: Sequence[ResolvedTake], root: DataRoot,
-                       ) -> tuple[list[ResolvedTake], list[tuple[ResolvedTake, IndexRow]]]:
-    """Takes that still need rendering once look-alike images already indexed stand in."""
-    similar = OutputIndex(root.index).similar(takes)
-    to_render, reused = reuse_similar(takes, similar)
-    get_run_logger().info("reusing %d look-alike images, %d takes to render", len(reused),
-                          len(to_render))
-    return to_render, reused
 
 
 @task(name="publish-summary", cache_policy=NO_CACHE)

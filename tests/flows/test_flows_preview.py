@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -19,7 +20,7 @@ from tower.shotlist.shots import load_shot_list
 from tower.spec.graph import build_graph
 from tower.spec.takes import resolve_takes
 from tower.store.index import OutputIndex
-from tower.store.metrics import MetricsStore
+from tower.store.metrics import BatchMetrics, MetricsStore
 
 pytestmark = pytest.mark.usefixtures("prefect_backend")
 
@@ -80,21 +81,38 @@ def test_similar_images_are_reused_instead_of_rendered(tmp_path, sims):
     assert rendered["takes_rendered"] == 2
 
 
-@pytest.mark.parametrize(("budget", "preference", "preset"), [
-    (None, "quality", "draft"),
-    (3600, "quality", "high"),
-    (0.001, "speed", "draft"),
+def slow_farm_history(data: Path, batches: int = 3) -> None:
+    """Measured standard batches of a farm sampling at 10 s per step-megapixel, an hour ago
+    by the real clock (the flow reads the last 30 days up to its start)."""
+    finished = datetime.now(UTC) - timedelta(hours=1)
+    MetricsStore(data / "metrics").append([BatchMetrics(
+        run_id="slow", batch_id=f"slow{n}", server="b", episode="hist", preset="standard",
+        checkpoint="anime-final-sd15.safetensors", width=768, height=768, takes=2,
+        batch_size=2, vae_tiled=False, status="ok", attempt=1, finished_at=finished,
+        sampling_s=10.0 * 15 * 768 * 768 / 1e6 * 2) for n in range(batches)])
+
+
+@pytest.mark.parametrize(("history", "budget", "preference", "preset", "reason"), [
+    ("simulator", None, "quality", "draft", "no time budget"),
+    ("simulator", 3600, "quality", "high", "best preset expected within 3600s (quality)"),
+    ("simulator", 150, "balanced", "high", "best preset expected within 120s (balanced)"),
+    ("slow farm", 150, "balanced", "standard", "best preset expected within 120s (balanced)"),
+    ("none", 3600, "quality", "draft", "no render history to estimate from"),
+    ("simulator", 0.001, "speed", "draft", "nothing fits 0s; cheapest preset"),
 ])
-def test_the_preset_is_chosen_from_history_within_the_budget(tmp_path, sims, budget,
-                                                              preference, preset):
+def test_the_preset_is_chosen_from_history_within_the_budget(tmp_path, sims, history, budget,
+                                                              preference, preset, reason):
     sim = sims(f"budget-{preset}")
     data = tmp_path / "data"
-    history = write_shot_list(tmp_path, episode="hist", shots=2, takes=1)
-    assert render_episode(shot_list=str(history), servers=[f"b={sim.url}"],
-                          data_root=str(data), retries=0, return_state=True).is_completed()
+    if history == "simulator":    # the simulator renders in milliseconds
+        past = write_shot_list(tmp_path, episode="hist", shots=2, takes=1)
+        assert render_episode(shot_list=str(past), servers=[f"b={sim.url}"],
+                              data_root=str(data), retries=0, return_state=True).is_completed()
+    elif history == "slow farm":  # one image at high ~270 s, at standard ~95 s
+        slow_farm_history(data)
     summary = preview(data, f"b={sim.url}", prompt="a paper lantern rising", takes=1,
                       time_budget_seconds=budget, quality_preference=preference)
-    assert summary["preset"] == preset
+    assert (summary["preset"], summary["preset_reason"]) == (preset, reason)
     rows = OutputIndex(data / "index").scan().collect().filter(
         pl.col("run_id") == summary["run_id"])
     assert rows["preset"].to_list() == [preset]

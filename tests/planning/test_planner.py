@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -181,6 +181,21 @@ def test_what_fits_nowhere_is_a_clear_planning_error() -> None:
     for part in ("ep01 sh010 t0", "MB", "6500", "largest budget", "vae_tile_size",
                  "tiled VAE decode"):
         assert part in message
+
+
+def test_with_keep_decode_what_fits_nowhere_goes_alone_to_the_largest_budget() -> None:
+    takes = shot_takes("sh010", 2, "xl")                # fits no 12 GB card decoded whole
+    servers = [ServerSpec("a", BUDGET["12gb"]), ServerSpec("b", BUDGET["8gb"])]
+    plan = plan_batches(takes, servers, PRESETS, keep_decode=True)
+    assert [(b.server, b.size, b.vae_tiled) for b in plan.batches] == [("a", 1, False)] * 2
+    assert {t.key for b in plan.batches for t in b.takes} == {t.key for t in takes}
+    assert all(b.vram_estimate_mb > BUDGET["12gb"] for b in plan.batches)
+
+
+def test_the_decode_policy_refuses_what_fits_nowhere_even_tiled() -> None:
+    huge = shot_takes("sh010", 1, "xl", width=4096, height=4096)
+    with pytest.raises(PlanningError, match="largest budget is 6500 MB"):
+        apply_decode_policy(huge, [ServerSpec("a", BUDGET["8gb"])], PRESETS)
 
 
 @pytest.mark.parametrize(("servers", "takes", "message"), [
@@ -378,13 +393,14 @@ def test_plan_command_calibrates_vram_from_measured_batches(tmp_path: Path) -> N
 
     prior = VramModel()
     rows = []
+    measured_at = datetime.now(UTC) - timedelta(hours=1)   # the command reads the real clock
     for n in range(24):              # this card needs half the default activation memory
         size, batch = (512, 768, 1024)[n % 3], 1 + n % 4
         peak = 2000 + 0.5 * prior.activation_mb("sd15", size, size, batch)
         rows.append(BatchMetrics(
             run_id="r", batch_id=f"b{n}", server="a", episode="ep01", preset="standard",
             checkpoint=SD, width=size, height=size, takes=batch, batch_size=batch,
-            vae_tiled=False, status="ok", attempt=1, finished_at=T_RENDERED, vram_peak_mb=peak))
+            vae_tiled=False, status="ok", attempt=1, finished_at=measured_at, vram_peak_mb=peak))
     MetricsStore(tmp_path / "metrics").append(rows)
     args = ["plan", str(DEMO), "--servers", "small=8gb", "--data-root", str(tmp_path)]
     calibrated = CliRunner().invoke(app, args)

@@ -1,50 +1,96 @@
-"""Choosing a preview preset within a time budget, from the metrics history."""
+"""Choosing a preview preset within a time budget, with the planner's calibrated time model."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import polars as pl
 import pytest
 
-from tower.planning.preview import choose_preset, estimate_seconds, seconds_per_image, work
-from tower.shotlist.presets import BUILTIN_PRESETS
-from tower.store.metrics import BatchMetrics, MetricsStore
+from tower.planning.preview import choose_preset, estimate_seconds
+from tower.planning.timing import TimeModel
+from tower.planning.vram import SD15, SDXL
+from tower.shotlist.presets import BUILTIN_PRESETS, Preset
+from tower.store.metrics import BatchMetrics
 
-# Seconds per image measured on this farm: draft 2 s, standard 8 s, high 20 s.
-HISTORY = {"draft": 2.0, "standard": 8.0, "high": 20.0}
+T0 = datetime(2026, 11, 20, 22, 0, tzinfo=UTC)
+STEPS = {name: p.steps for name, p in BUILTIN_PRESETS.items()}
+
+
+def history(step_s_per_mp: float, batches: int = 6) -> pl.DataFrame:
+    """Measured standard batches of a farm sampling at ``step_s_per_mp`` s per step-megapixel."""
+    rows = []
+    for n in range(batches):
+        size = 1 + n % 4
+        rows.append(BatchMetrics(
+            run_id="r", batch_id=f"b{n}", server="gpu-a", episode="ep01", preset="standard",
+            checkpoint="anime-final-sd15.safetensors", width=768, height=768, takes=size,
+            batch_size=size, vae_tiled=False, status="ok", attempt=1,
+            finished_at=T0 + timedelta(minutes=n),
+            sampling_s=step_s_per_mp * 15 * 768 * 768 / 1e6 * size))
+    return pl.DataFrame([r.__dict__ for r in rows])
+
+
+def farm(step_s_per_mp: float) -> TimeModel:
+    return TimeModel().calibrated(history(step_s_per_mp), STEPS, min_points=1)
+
+
+# A farm at 1 s per step-megapixel. Four images on one server: draft ~13 s, standard
+# ~40 s, high ~111 s (a model load, then batches of max_batch); on two servers ~9, ~22,
+# ~57 s; one image ~7, ~13, ~31 s.
+SLOW = farm(1.0)
 
 
 @pytest.mark.parametrize(("images", "budget", "preference", "servers", "expected"), [
     (4, None, "quality", 1, "draft"),        # no budget: the default
-    (4, 100, "quality", 1, "high"),          # 80 s fits 100
-    (4, 100, "balanced", 1, "high"),         # 80 s exactly fills 80% of 100 s
-    (4, 90, "balanced", 1, "standard"),      # 80 s > 72 allowed; 32 s fits
-    (4, 60, "balanced", 1, "standard"),      # 32 s <= 48
-    (4, 60, "speed", 1, "draft"),            # only 8 s <= 30
-    (4, 40, "speed", 2, "standard"),         # two servers: 16 s <= 20
+    (4, 120, "quality", 1, "high"),          # 111 s fits 120
+    (4, 120, "balanced", 1, "standard"),     # 111 s > 96 allowed; 40 s fits
+    (4, 60, "balanced", 1, "standard"),      # 40 s <= 48
+    (4, 60, "speed", 1, "draft"),            # only 13 s <= 30
+    (4, 60, "speed", 2, "standard"),         # two servers: 22 s <= 30
     (4, 5, "quality", 1, "draft"),           # nothing fits: cheapest
-    (1, 25, "quality", 1, "high"),
+    (1, 35, "quality", 1, "high"),           # 31 s
 ])
 def test_choose_preset_table(images, budget, preference, servers, expected):
-    choice = choose_preset(BUILTIN_PRESETS, images, HISTORY, budget_s=budget,
+    choice = choose_preset(BUILTIN_PRESETS, images, SLOW, budget_s=budget,
                            preference=preference, servers=servers)
     assert choice.preset == expected
+    assert choice.expected_s == pytest.approx(
+        estimate_seconds(BUILTIN_PRESETS[expected], images, SLOW, servers))
 
 
-def test_unmeasured_presets_are_scaled_from_the_closest_measured_one():
-    est = estimate_seconds(BUILTIN_PRESETS["high"], 2, {"standard": 8.0}, BUILTIN_PRESETS)
-    ratio = work(BUILTIN_PRESETS["high"]) / work(BUILTIN_PRESETS["standard"])
-    assert est == pytest.approx(2 * 8.0 * ratio)
-    choice = choose_preset(BUILTIN_PRESETS, 2, {"standard": 8.0}, budget_s=17,
-                           preference="quality")
-    assert choice.preset == "standard" and choice.expected_s == pytest.approx(16.0)
+def test_the_same_budget_buys_more_on_a_faster_farm():
+    fast, slow = farm(0.05), farm(1.0)
+    assert choose_preset(BUILTIN_PRESETS, 4, fast, budget_s=20).preset == "high"
+    assert choose_preset(BUILTIN_PRESETS, 4, slow, budget_s=20).preset == "draft"
+
+
+def test_the_estimate_is_the_time_models_own():
+    high = BUILTIN_PRESETS["high"]
+    est = estimate_seconds(high, 5, SLOW, servers=2)
+    # three images on the busier server: a load, a batch of 2, a batch of 1
+    assert est == pytest.approx(
+        SLOW.load_seconds(SD15) + SLOW.estimate_seconds(SD15, 1024, 1024, 2, 25)
+        + SLOW.estimate_seconds(SD15, 1024, 1024, 1, 25))
+    assert est == SLOW.wall_seconds(SD15, 1024, 1024, 25, 5, max_batch=2, servers=2)
+
+
+def test_a_preset_of_an_unmeasured_family_is_estimated_from_the_measured_one():
+    xl = Preset(name="xl", steps=25, width=1024, height=1024, sampler="euler",
+                scheduler="normal", cfg=7.0, checkpoint="animagine-xl-3.1.safetensors",
+                max_batch=2)
+    twice_as_slow = farm(2 * TimeModel().step_s_per_mp[SD15])
+    assert SDXL not in twice_as_slow.fits
+    est = estimate_seconds(xl, 2, twice_as_slow)
+    assert est == pytest.approx(TimeModel(step_s_per_mp={SDXL: 2 * 0.65}).wall_seconds(
+        SDXL, 1024, 1024, 25, 2, max_batch=2))
 
 
 def test_without_history_the_default_is_kept_and_said_so():
-    choice = choose_preset(BUILTIN_PRESETS, 3, {}, budget_s=30)
+    choice = choose_preset(BUILTIN_PRESETS, 3, TimeModel(), budget_s=30)
     assert choice.preset == "draft" and choice.expected_s is None
     assert "no render history" in choice.reason
+    assert estimate_seconds(BUILTIN_PRESETS["high"], 3, TimeModel()) is None
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
@@ -54,22 +100,4 @@ def test_without_history_the_default_is_kept_and_said_so():
 ])
 def test_bad_arguments_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        choose_preset(BUILTIN_PRESETS, 1, HISTORY, **kwargs)
-
-
-def _row(preset: str, status: str, execution_s: float, batch: int) -> BatchMetrics:
-    return BatchMetrics(run_id="r", batch_id=f"b-{preset}-{execution_s}", server="gpu-a",
-                        episode="ep01", preset=preset, checkpoint="c.safetensors", width=512,
-                        height=512, takes=batch, batch_size=batch, vae_tiled=False,
-                        status=status, attempt=1, execution_s=execution_s,
-                        finished_at=datetime(2026, 11, 26, 3, tzinfo=UTC))
-
-
-def test_seconds_per_image_from_a_real_metrics_store(tmp_path):
-    store = MetricsStore(tmp_path / "metrics")
-    store.append([_row("draft", "ok", 4.0, 2), _row("draft", "ok", 9.0, 3),
-                  _row("draft", "failed", 100.0, 1), _row("high", "ok", 40.0, 2),
-                  _row("high", "oom", 1.0, 4)])
-    spi = seconds_per_image(store.scan().collect())
-    assert spi == {"draft": pytest.approx(2.5), "high": pytest.approx(20.0)}
-    assert seconds_per_image(pl.DataFrame()) == {}
+        choose_preset(BUILTIN_PRESETS, 1, SLOW, **kwargs)

@@ -154,8 +154,23 @@ def test_time_model_calibrates_step_cost_from_sampling_times(tmp_path: Path) -> 
     frame = pl.DataFrame([r.__dict__ for r in rows])
     model = TimeModel().calibrated(frame, {"standard": 15})
     assert model.step_s_per_mp[SD15] == pytest.approx(0.3)
-    assert model.step_s_per_mp[SDXL] == TimeModel().step_s_per_mp[SDXL]
+    assert model.fits == {SD15: 30}
+    # SDXL was not measured: scaled like SD1.5, its ratio to SD1.5 stays the default's
+    default = TimeModel().step_s_per_mp
+    assert model.step_s_per_mp[SDXL] == pytest.approx(default[SDXL] * 0.3 / default[SD15])
     assert model.estimate_seconds(SD15, 1000, 1000, 2, 10) > \
         model.estimate_seconds(SD15, 1000, 1000, 1, 10)
     assert TimeModel().calibrated(frame.head(5), {"standard": 15}) == TimeModel()
     assert TimeModel().calibrated(frame, {"draft": 8}) == TimeModel()   # no such rows
+
+
+def test_wall_seconds_loads_once_per_server_and_batches_the_share() -> None:
+    model = TimeModel()
+    one = model.estimate_seconds(SD15, 512, 512, 1, 8)
+    four = model.estimate_seconds(SD15, 512, 512, 4, 8)
+    load = model.load_seconds(SD15)
+    assert model.wall_seconds(SD15, 512, 512, 8, 9, max_batch=4) == pytest.approx(
+        load + 2 * four + one)
+    assert model.wall_seconds(SD15, 512, 512, 8, 9, max_batch=4, servers=3) == pytest.approx(
+        load + model.estimate_seconds(SD15, 512, 512, 3, 8))
+    assert model.wall_seconds(SD15, 512, 512, 8, 0) == 0.0

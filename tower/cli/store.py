@@ -5,19 +5,18 @@ The planner, the output index and the metrics store by hand.
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from tower.planning.planner import PlanningError, ServerSpec, apply_decode_policy, plan_batches
-from tower.planning.vram import GPU_PROFILES, VramModel
+from tower.planning.pipeline import plan_run, recent_metrics
+from tower.planning.planner import PlanningError, ServerSpec
+from tower.planning.vram import GPU_PROFILES
 from tower.settings import DATA_ROOT_ENV, data_root_path
 from tower.shotlist.errors import InputError
 from tower.shotlist.presets import load_presets
-from tower.shotlist.shots import read_shot_list
-from tower.spec.takes import resolve_takes
 from tower.store.compaction import CompactResult
 from tower.store.files import DEFAULT_DATA_ROOT, DataRoot
 from tower.store.index import OutputIndex
@@ -77,37 +76,31 @@ def plan_command(
 ) -> None:
     """Print the render plan of a shot list, skipping takes the output index already has.
 
-    The VRAM model is calibrated from the metrics under the data root when there are
-    enough measured batches.
+    The same planning as the render and preview flows (:mod:`tower.planning.pipeline`):
+    the VRAM and time models are calibrated from the last 30 days of metrics under the
+    data root when there are enough measured batches.
     """
     specs = parse_servers(servers)
+    root = DataRoot(data_root_path(data_root))
     try:
-        known = load_presets(presets)
-        loaded = read_shot_list(shot_list, known)
-        takes = resolve_takes(loaded.shot_list, known, preset_override=preset)
+        run = plan_run(shot_list, presets=load_presets(presets), servers=specs,
+                       data_root=root, metrics=recent_metrics(root, datetime.now(UTC).date()),
+                       preset=preset)
     except InputError as err:
         _fail("\n".join(str(p) for p in err.problems))
         return
-    except KeyError as err:
-        _fail(str(err.args[0]))
-        return
-    root = DataRoot(data_root_path(data_root))
-    try:
-        vram = VramModel.calibrated(MetricsStore(root.metrics).scan())
-        for family, fit in sorted(vram.fits.items()):
-            typer.echo(f"VRAM model for {family} calibrated from {fit.points} measured batches")
-        takes = apply_decode_policy(takes, specs, known, vram)
-        if root.index.is_dir():
-            result = OutputIndex(root.index).dedup(takes, render_root=root.renders)
-            typer.echo(f"{len(result.rendered)} of {len(takes)} takes already rendered"
-                       f" ({len(result.missing_files)} indexed but missing on disk),"
-                       f" {len(result.same_as)} share an image with another take")
-            takes = result.to_render
-        plan = plan_batches(takes, specs, known, vram)
     except (PlanningError, StoreError) as err:
         _fail(str(err))
         return
-    typer.echo(plan.table())
+    for warning in run.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    for line in run.models.describe():
+        typer.echo(line)
+    result = run.dedup
+    typer.echo(f"{len(result.rendered)} of {len(run.takes)} takes already rendered"
+               f" ({len(result.missing_files)} indexed but missing on disk),"
+               f" {len(result.same_as)} share an image with another take")
+    typer.echo(run.plan.table())
 
 
 @index_app.command("compact")

@@ -25,7 +25,11 @@ How work is placed:
 
 If a take does not fit any server even alone, its VAE decode switches to tiled
 (``preset.vae_tile_size``); if that does not fit either, :class:`PlanningError` says
-the estimate, the largest budget and what to change. Everything is deterministic:
+the estimate, the largest budget and what to change. The decode mode is part of the
+render key, so a run decides it before dedup with :func:`apply_decode_policy` (always
+under the default VRAM model) and plans with ``keep_decode=True``: the planner then never
+switches a decode, whatever model it sizes batches with (see
+:mod:`tower.planning.pipeline`). Everything is deterministic:
 the same takes and servers give the same plan and the same batch ids (a hash of the
 takes' render keys), so submitting a plan twice is idempotent. A forced run passes its
 ``fresh`` token (:func:`tower.planning.batches.force_token`): the same plan, but every batch (and
@@ -93,19 +97,25 @@ class _Models:
 
 def plan_batches(takes: Sequence[ResolvedTake], servers: Sequence[ServerSpec],
                  presets: Mapping[str, Preset], vram: VramModel | None = None,
-                 time_model: TimeModel | None = None, fresh: str | None = None) -> Plan:
+                 time_model: TimeModel | None = None, fresh: str | None = None,
+                 keep_decode: bool = False) -> Plan:
     """Plan ``takes`` (usually dedup's ``to_render``) onto ``servers``.
 
     Every distinct take is planned exactly once; identical duplicates are planned once.
     ``fresh`` (a forced run's token) goes on every batch; it changes no placement.
+    ``keep_decode``: the takes' decode (and so their render keys) is already decided; a
+    chunk that fits no server under ``vram`` is then planned one take per batch on the
+    servers with the largest budget, its estimate above that budget, instead of being
+    switched to tiled decode (the caller reports it).
 
     Raises:
-        PlanningError: no servers, duplicate server names, an unknown preset, or a take
-            that fits no server's budget even with tiled VAE decode.
+        PlanningError: no servers, duplicate server names, an unknown preset, or (without
+            ``keep_decode``) a take that fits no server's budget even with tiled decode.
     """
     _check_servers(servers)
     models = _Models(vram or VramModel(), time_model or TimeModel())
-    chunks = [_fit_chunk(c, servers, presets, models) for c in _chunks(takes, presets)]
+    chunks = [_fit_chunk(c, servers, presets, models, keep_decode)
+              for c in _chunks(takes, presets)]
     order = _chunk_order(chunks)
     placed = _place(order, servers, models)
     plan = _build_plan(placed, servers, models)
@@ -158,15 +168,22 @@ def _largest_fit(take: ResolvedTake, limit: int, budget: float, models: _Models)
 
 
 def _fit_chunk(chunk: _Chunk, servers: Sequence[ServerSpec], presets: Mapping[str, Preset],
-               models: _Models) -> _Chunk:
-    """Batch sizes and costs per server; tiled decode if the chunk fits nowhere."""
+               models: _Models, keep_decode: bool = False) -> _Chunk:
+    """Batch sizes and costs per server; tiled decode if the chunk fits nowhere.
+
+    With ``keep_decode`` a chunk that fits nowhere goes alone-per-batch to the largest
+    budgets instead (see :func:`plan_batches`).
+    """
     limit = min(chunk.max_batch, len(chunk.takes))
     fits = {s.name: _largest_fit(chunk.first, limit, s.vram_budget_mb, models) for s in servers}
-    if not any(fits.values()) and not chunk.first.vae_tiled:
+    if not any(fits.values()) and not chunk.first.vae_tiled and not keep_decode:
         tile = presets[chunk.first.preset].vae_tile_size
         chunk = replace(chunk, takes=tuple(t.with_tiled_decode(tile) for t in chunk.takes))
         fits = {s.name: _largest_fit(chunk.first, limit, s.vram_budget_mb, models)
                 for s in servers}
+    if not any(fits.values()) and keep_decode:
+        largest = max(s.vram_budget_mb for s in servers)
+        fits = {s.name: int(s.vram_budget_mb == largest) for s in servers}
     if not any(fits.values()):
         raise PlanningError(_too_big(chunk.first, servers, models))
     for s in servers:
@@ -367,24 +384,30 @@ def split_batch(batch: RenderBatch,
 
 
 def apply_decode_policy(takes: Sequence[ResolvedTake], servers: Sequence[ServerSpec],
-                        presets: Mapping[str, Preset],
-                        vram: VramModel | None = None) -> list[ResolvedTake]:
+                        presets: Mapping[str, Preset]) -> list[ResolvedTake]:
     """Takes that no server could decode whole, switched to tiled VAE decode.
 
     Run before dedup, since the decode mode is part of the render key. The rule is
-    "tile only when even the largest budget cannot hold one take decoded whole": a
-    take that fits somewhere keeps full decode (the planner sends it where it fits),
-    and adding a smaller server to the pool never changes existing keys. Tiles use the
-    preset's ``vae_tile_size`` (the take's own when the preset is unknown).
+    "tile only when even the largest budget cannot hold one take decoded whole under the
+    default VRAM model": a take that fits somewhere keeps full decode (the planner sends
+    it where it fits), adding a smaller server to the pool never changes existing keys,
+    and neither does calibration: the model is always ``VramModel()``, never one fitted
+    to the night's metrics, so keys do not move with the measurements and dedup keeps
+    recognising what the index holds. Tiles use the preset's ``vae_tile_size`` (the
+    take's own when the preset is unknown).
+
+    Raises:
+        PlanningError: no usable servers, or a take that fits no budget even tiled.
     """
     _check_servers(servers)
-    model = vram or VramModel()
+    models = _Models(VramModel(), TimeModel())
     largest = max(s.vram_budget_mb for s in servers)
     result = []
     for take in takes:
-        if not take.vae_tiled and model.estimate_mb(
-                take.checkpoint, take.width, take.height, 1) > largest:
+        if not take.vae_tiled and models.vram_mb(take, 1) > largest:
             preset = presets.get(take.preset)
             take = take.with_tiled_decode(preset.vae_tile_size if preset else take.vae_tile_size)
+        if models.vram_mb(take, 1) > largest:
+            raise PlanningError(_too_big(take, servers, models))
         result.append(take)
     return result

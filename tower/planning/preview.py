@@ -1,13 +1,19 @@
 """Which preset a preview can afford: the best one expected to finish within a budget.
 
 A director asking for a preview in "five minutes" wants the best-looking images that
-will actually arrive in five minutes. The estimate comes from the metrics history
-(seconds of execution per image, per preset); a preset never rendered here is scaled
-from one that was, by its share of work (steps x pixels). The quality preference sets
-how much of the budget the estimate may use: ``speed`` keeps half of it in reserve,
-``balanced`` a fifth, ``quality`` none.
+will actually arrive in five minutes. The estimate is the planner's own
+:class:`~tower.planning.timing.TimeModel`, calibrated from the metrics history
+(:func:`tower.planning.pipeline.build_models`): the images shared out over the servers,
+a checkpoint load on each, then batches of up to the preset's ``max_batch``. A preset
+never rendered here is estimated from the families that were (the calibration scales
+them all). The quality preference sets how much of the budget the estimate may use:
+``speed`` keeps half of it in reserve, ``balanced`` a fifth, ``quality`` none.
 
-Pure: the history arrives as a mapping computed by :func:`seconds_per_image`.
+The time model's defaults describe a reference card, not this farm: until it has been
+calibrated from at least one measured batch, a budget cannot be judged and the default
+preset is kept ("no render history to estimate from").
+
+Pure: the time model arrives as an argument.
 """
 
 from __future__ import annotations
@@ -16,8 +22,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-import polars as pl
-
+from tower.planning.timing import TimeModel
+from tower.planning.vram import VramModel
 from tower.shotlist.presets import Preset
 from tower.spec.takes import ResolvedTake
 from tower.store.index import IndexRow
@@ -43,39 +49,25 @@ def work(preset: Preset) -> float:
     return preset.steps * preset.width * preset.height / 1e6
 
 
-def seconds_per_image(history: pl.DataFrame) -> dict[str, float]:
-    """Median execution seconds per image, per preset, over successful batches.
+def estimate_seconds(preset: Preset, images: int, time_model: TimeModel, servers: int = 1,
+                     vram: VramModel | None = None) -> float | None:
+    """Expected wall seconds to render ``images`` at ``preset`` on ``servers`` servers.
 
-    ``history`` has METRICS_SCHEMA's columns (``MetricsStore.scan(...).collect()``).
+    None while ``time_model`` has measured nothing. ``vram`` supplies the checkpoint
+    table that names the preset checkpoint's family.
     """
-    if history.is_empty():
-        return {}
-    rows = (history.filter((pl.col("status") == "ok") & (pl.col("execution_s") > 0)
-                           & (pl.col("batch_size") > 0))
-            .group_by("preset")
-            .agg((pl.col("execution_s") / pl.col("batch_size")).median().alias("spi")))
-    return {row["preset"]: float(row["spi"]) for row in rows.iter_rows(named=True)}
+    if not time_model.fits:
+        return None
+    family = (vram or VramModel()).family(preset.checkpoint)
+    return time_model.wall_seconds(family, preset.width, preset.height, preset.steps, images,
+                                   max_batch=preset.max_batch, servers=servers,
+                                   vae_tiled=preset.vae_tiled)
 
 
-def estimate_seconds(preset: Preset, images: int, history: Mapping[str, float],
-                     presets: Mapping[str, Preset], servers: int = 1) -> float | None:
-    """Expected wall seconds to render ``images`` at ``preset`` on ``servers`` servers."""
-    if preset.name in history:
-        per_image = history[preset.name]
-    else:
-        known = [(name, spi) for name, spi in history.items() if name in presets]
-        if not known:
-            return None
-        # Scale from the measured preset closest in cost.
-        name, spi = min(known, key=lambda item: abs(work(presets[item[0]]) - work(preset)))
-        per_image = spi * work(preset) / work(presets[name])
-    rounds = -(-images // max(1, servers))
-    return per_image * rounds
-
-
-def choose_preset(presets: Mapping[str, Preset], images: int, history: Mapping[str, float],
-                  *, budget_s: float | None = None, preference: Preference = "balanced",
-                  servers: int = 1, default: str = DEFAULT_PRESET) -> PresetChoice:
+def choose_preset(presets: Mapping[str, Preset], images: int, time_model: TimeModel, *,
+                  budget_s: float | None = None, preference: Preference = "balanced",
+                  servers: int = 1, default: str = DEFAULT_PRESET,
+                  vram: VramModel | None = None) -> PresetChoice:
     """The most expensive preset whose estimate fits the preference's share of the budget.
 
     Without a budget, or without any history to estimate from, the default preset.
@@ -90,14 +82,13 @@ def choose_preset(presets: Mapping[str, Preset], images: int, history: Mapping[s
     if default not in presets:
         raise ValueError(f"unknown default preset {default!r}")
     if budget_s is None:
-        return PresetChoice(default, estimate_seconds(presets[default], images, history,
-                                                      presets, servers), "no time budget")
+        return PresetChoice(default, estimate_seconds(presets[default], images, time_model,
+                                                      servers, vram), "no time budget")
     if budget_s <= 0:
         raise ValueError(f"time_budget_seconds must be positive (got {budget_s})")
     allowed = budget_s * BUDGET_SHARE[preference]
-    estimates = {name: estimate_seconds(p, images, history, presets, servers)
-                 for name, p in presets.items()}
-    known = {name: est for name, est in estimates.items() if est is not None}
+    known = {name: est for name, p in presets.items()
+             if (est := estimate_seconds(p, images, time_model, servers, vram)) is not None}
     if not known:
         return PresetChoice(default, None, "no render history to estimate from")
     fitting = [name for name, est in known.items() if est <= allowed]
