@@ -19,24 +19,12 @@ from prefect import flow
 from prefect.runtime import flow_run as current_flow_run
 from prefect.states import State
 
-from flows.render_episode import artifact_key, cancel_hook, final_state
-from tasks.dispatch import RenderRun, render_plan
+from flows.common import Rendering, cancel_hook, final_state, render_and_publish, resolve_farm
 from tasks.planning import plan_run_task
-from tasks.reporting import publish_summary
-from tasks.setup import (
-    render_context,
-    resolve_data_root,
-    resolve_presets,
-    resolve_servers,
-    server_entries,
-    server_specs,
-)
 from tower.planning.pipeline import PresetBudget
 from tower.planning.preview import Preference
 from tower.runtime.pool import DEFAULT_MAX_FAILURES
-from tower.runtime.summary import RunTally, run_status
 from tower.shotlist.shots import Shot, ShotList
-from tower.spec.outputs import sheet_items
 
 PREVIEW_EPISODE = "preview"
 
@@ -77,31 +65,21 @@ def draft_preview(shot_list: str | None = None, shots: list[str] | None = None,
     started = datetime.now(UTC)
     if not prompt and not shot_list:
         raise ValueError("draft_preview needs a shot_list (with shots) or a prompt")
-    pool_servers = resolve_servers(server_entries(servers))
-    root = resolve_data_root(data_root, render_store)
-    presets = resolve_presets(presets_file, presets_block)
-    specs = server_specs(pool_servers)
+    farm = resolve_farm(servers, data_root, render_store, presets_file, presets_block)
     flow_run_id = current_flow_run.id
     planned = plan_run_task(
-        free_prompt_list(prompt, takes) if prompt else shot_list, presets, specs, root,
-        today=started.date(), kind="preview", shots=shots, reuse=reuse,
+        free_prompt_list(prompt, takes) if prompt else shot_list, farm.presets, farm.specs,
+        farm.root, today=started.date(), kind="preview", shots=shots, reuse=reuse,
         run_id=str(flow_run_id) if flow_run_id else None,
         budget=PresetBudget(time_budget_seconds, quality_preference))
-    choice, plan, episode = planned.choice, planned.plan, planned.episode
-    assert choice is not None  # a budget was given: the pipeline chose
-    tally = RunTally(takes_requested=len(planned.takes), takes_deduped=planned.takes_deduped)
+    choice = planned.choice
+    assert choice is not None  # a budget (even an empty one) always yields a choice
 
-    ctx = render_context(root, "preview", started, flow_run_id, front=True)
-    run_id = ctx.run_id
-    pool, cancelled = render_plan(plan, RenderRun(pool_servers, ctx, retries, retry_backoff_s,
-                                                  DEFAULT_MAX_FAILURES), tally)
-    tally.images = sheet_items(planned.takes, root.renders, planned.served_paths())
-    summary = publish_summary(
-        tally, root=root, run_id=run_id, flow_run_id=flow_run_id, flow="draft_preview",
-        episode=episode, preset=choice.preset, servers=[s.name for s in pool_servers],
-        started=started, batches=len(plan.batches), model_swaps=plan.model_swaps,
-        out_of_rotation=pool.out_of_rotation, status=run_status(tally, cancelled),
-        key=artifact_key("preview", episode), title=f"{episode} preview")
+    how = Rendering("preview", "draft_preview", "preview", retries, retry_backoff_s,
+                    DEFAULT_MAX_FAILURES, front=True)
+    tally, summary, cancelled = render_and_publish(farm, planned, how, started=started,
+                                                   flow_run_id=flow_run_id,
+                                                   preset=choice.preset)
     summary |= {"preset": choice.preset, "preset_reason": choice.reason,
                 "expected_s": choice.expected_s}
     return final_state("preview", tally, summary, cancelled)

@@ -10,40 +10,22 @@ summary with a contact sheet and write the run log. A re-run renders only what i
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
 from prefect import flow
-from prefect.logging.loggers import flow_run_logger
 from prefect.runtime import flow_run as current_flow_run
-from prefect.states import Cancelled, Completed, Failed, State
+from prefect.states import State
 
-from tasks.dispatch import RenderRun, cancel_prompts, prompts_of_flow_run, render_plan
+from flows.common import Rendering, cancel_hook, final_state, render_and_publish, resolve_farm
 from tasks.planning import plan_run_task
 from tasks.render import preflight_task
-from tasks.reporting import publish_summary
-from tasks.setup import (
-    render_context,
-    resolve_data_root,
-    resolve_presets,
-    resolve_servers,
-    server_entries,
-    server_specs,
-)
 from tower.runtime.pool import DEFAULT_MAX_FAILURES
-from tower.runtime.summary import RunTally, run_status
 from tower.shotlist.shots import load_shot_list
 from tower.spec.graph import preflight_graphs
-from tower.spec.outputs import sheet_items
 
 Reuse = Literal["exact", "similar", "none"]
-
-
-def artifact_key(*parts: str) -> str:
-    """A Prefect artifact key: lowercase letters, digits and dashes only."""
-    return re.sub(r"[^a-z0-9]+", "-", "-".join(parts).lower()).strip("-")
 
 
 def _episode_of(path: str) -> str:
@@ -58,19 +40,6 @@ def nightly_run_name() -> str:
     params = current_flow_run.parameters
     episode = _episode_of(str(params.get("shot_list", "")))
     return f"{episode}-{params.get('preset') or 'nightly'}-{datetime.now(UTC):%Y-%m-%d}"
-
-
-def cancel_hook(flow: object, flow_run: object, state: State) -> None:
-    """on_cancellation: remove this run's prompts from the ComfyUI queues.
-
-    Runs in the worker/runner process too, so it needs nothing but the flow run: its
-    servers come from its parameters, its prompt ids from its plan artifact.
-    """
-    params = dict(getattr(flow_run, "parameters", {}) or {})
-    servers = resolve_servers(server_entries(params.get("servers")))
-    prompts = prompts_of_flow_run(flow_run.id)  # type: ignore[attr-defined]
-    report = cancel_prompts(servers, prompts)
-    flow_run_logger(flow_run).info("cancelled prompts: %s", report or "none in flight")  # type: ignore[arg-type]
 
 
 @flow(name="render-episode", flow_run_name=nightly_run_name, on_cancellation=[cancel_hook],
@@ -105,50 +74,22 @@ def render_episode(shot_list: str, shots: list[str] | None = None, preset: str |
         The run summary; a Failed state carrying it when any batch finally failed.
     """
     started = datetime.now(UTC)
-    pool_servers = resolve_servers(server_entries(servers))
-    root = resolve_data_root(data_root, render_store)
-    presets = resolve_presets(presets_file, presets_block)
-    specs = server_specs(pool_servers)
-
+    farm = resolve_farm(servers, data_root, render_store, presets_file, presets_block)
     flow_run_id = current_flow_run.id
-    planned = plan_run_task(shot_list, presets, specs, root, today=started.date(),
-                            kind="render", preset=preset, shots=shots, force=force,
-                            reuse=reuse, run_id=str(flow_run_id) if flow_run_id else None)
-    episode, plan, to_render = planned.episode, planned.plan, planned.to_render
-    tally = RunTally(takes_requested=len(planned.takes), takes_deduped=planned.takes_deduped)
+    planned = plan_run_task(shot_list, farm.presets, farm.specs, farm.root,
+                            today=started.date(), kind="render", preset=preset, shots=shots,
+                            force=force, reuse=reuse,
+                            run_id=str(flow_run_id) if flow_run_id else None)
+    episode, plan = planned.episode, planned.plan
     if dry_run:
         if plan.batches:
-            preflight_task(pool_servers, preflight_graphs(to_render))
+            preflight_task(farm.servers, preflight_graphs(planned.to_render))
         return {"episode": episode, "dry_run": True, "batches": len(plan.batches),
-                "takes_to_render": plan.takes, "takes_deduped": tally.takes_deduped,
+                "takes_to_render": plan.takes, "takes_deduped": planned.takes_deduped,
                 "plan": plan.rows(), "status": "completed"}
 
-    ctx = render_context(root, episode, started, flow_run_id)
-    run_id = ctx.run_id
-    pool, cancelled = render_plan(plan, RenderRun(
-        pool_servers, ctx, retries, retry_backoff_s, max_server_failures,
-        progress_key=artifact_key("progress", episode)), tally)
-    tally.images = sheet_items(planned.takes, root.renders, planned.served_paths())
-
-    summary = publish_summary(
-        tally, root=root, run_id=run_id, flow_run_id=flow_run_id, flow="render_episode",
-        episode=episode, preset=preset, servers=[s.name for s in pool_servers],
-        started=started, batches=len(plan.batches), model_swaps=plan.model_swaps,
-        out_of_rotation=pool.out_of_rotation, status=run_status(tally, cancelled),
-        key=artifact_key("render", episode), title=f"{episode} render")
+    how = Rendering("render", "render_episode", episode, retries, retry_backoff_s,
+                    max_server_failures)
+    tally, summary, cancelled = render_and_publish(farm, planned, how, started=started,
+                                                   flow_run_id=flow_run_id, preset=preset)
     return final_state(episode, tally, summary, cancelled)
-
-
-def final_state(what: str, tally: RunTally, summary: dict, cancelled: bool) -> State:
-    """Cancelled, Failed when any batch finally failed, else Completed; all carry the summary.
-
-    Returning the summary alone would end the run Completed even with failed batches.
-    """
-    if cancelled:
-        return Cancelled(message=f"{what}: cancelled", data=summary)
-    if tally.batches_failed:
-        return Failed(message=f"{what}: {tally.batches_failed} batches failed "
-                              f"({tally.takes_failed} takes): "
-                              + "; ".join(tally.failures[:3]), data=summary)
-    return Completed(message=f"{what}: {tally.takes_rendered} rendered, "
-                             f"{tally.takes_deduped} skipped", data=summary)

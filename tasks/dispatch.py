@@ -159,7 +159,7 @@ def prompts_of_flow_run(flow_run_id: UUID | str) -> list[str]:
 
     Artifacts are written straight to the API (task-run records arrive later, through
     events), so a cancellation hook in another process sees the whole plan at once.
-    A forced run's table holds its forced prompt ids (``plan_task``), so those are found
+    A forced run's table holds its forced prompt ids (``plan_run_task``), so those are found
     too. OOM-split halves have ids of their own that the plan does not list.
     """
     with get_client(sync_client=True) as client:

@@ -13,7 +13,8 @@ from prefect import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 from prefect.states import Cancelling
 
-from flows.render_episode import cancel_hook, render_episode
+from flows.common import cancel_hook
+from flows.render_episode import render_episode
 from tower.comfyui import ComfyUIClient
 from tower.store.index import OutputIndex
 

@@ -1,0 +1,124 @@
+"""The steps the nightly render and the preview share, so the two flows cannot drift.
+
+Both flows resolve their servers, data root and presets the same way, plan with the
+same task, render the plan through the same dispatch loop, publish a summary with a
+contact sheet under keys from :class:`tower.runtime.runs.RunArtifacts`, remove their
+prompts from the ComfyUI queues when cancelled, and end in the same kind of state.
+What differs (the preview's time budget, the front of the queue, the run names) stays
+in each flow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from prefect.logging.loggers import flow_run_logger
+from prefect.states import Cancelled, Completed, Failed, State
+
+from blocks.comfyui_server import ComfyUIServer
+from tasks.dispatch import RenderRun, cancel_prompts, prompts_of_flow_run, render_plan
+from tasks.reporting import publish_summary
+from tasks.setup import (
+    render_context,
+    resolve_data_root,
+    resolve_presets,
+    resolve_servers,
+    server_entries,
+    server_specs,
+)
+from tower.planning.batches import ServerSpec
+from tower.planning.pipeline import RunPlan
+from tower.runtime.runs import RunArtifacts, RunKind
+from tower.runtime.summary import RunTally, run_status
+from tower.shotlist.presets import Preset
+from tower.spec.outputs import sheet_items
+from tower.store.files import DataRoot
+
+
+@dataclass(frozen=True)
+class Farm:
+    """Where a run renders and writes, resolved from the flow's parameters."""
+
+    servers: list[ComfyUIServer]
+    root: DataRoot
+    presets: dict[str, Preset]
+
+    @property
+    def specs(self) -> list[ServerSpec]:
+        return server_specs(self.servers)
+
+
+def resolve_farm(servers: list[str] | None, data_root: str | None, render_store: str | None,
+                 presets_file: str | None, presets_block: str | None) -> Farm:
+    """Servers (else ``TOWER_SERVERS``), data root and presets of a run."""
+    return Farm(resolve_servers(server_entries(servers)),
+                resolve_data_root(data_root, render_store),
+                resolve_presets(presets_file, presets_block))
+
+
+@dataclass(frozen=True)
+class Rendering:
+    """How a planned run is rendered: retries, who is taken out, where in the queue."""
+
+    kind: RunKind
+    flow: str
+    label: str
+    retries: int
+    retry_backoff_s: float
+    max_server_failures: int
+    front: bool = False
+
+
+def render_and_publish(farm: Farm, planned: RunPlan, how: Rendering, *, started: datetime,
+                       flow_run_id: UUID | str | None, preset: str | None,
+                       ) -> tuple[RunTally, dict[str, Any], bool]:
+    """Render every batch of ``planned``, then the contact sheet, summary and run log.
+
+    Returns the tally, the summary and whether the run was cancelled meanwhile.
+    """
+    plan, keys = planned.plan, RunArtifacts(how.kind, planned.episode)
+    tally = RunTally(takes_requested=len(planned.takes), takes_deduped=planned.takes_deduped)
+    run_uuid = str(flow_run_id) if flow_run_id else None
+    ctx = render_context(farm.root, how.label, started, run_uuid, front=how.front)
+    pool, cancelled = render_plan(plan, RenderRun(
+        farm.servers, ctx, how.retries, how.retry_backoff_s, how.max_server_failures,
+        progress_key=keys.progress), tally)
+    tally.images = sheet_items(planned.takes, farm.root.renders, planned.served_paths())
+    summary = publish_summary(
+        tally, root=farm.root, run_id=ctx.run_id, flow_run_id=run_uuid, flow=how.flow,
+        episode=planned.episode, preset=preset, servers=[s.name for s in farm.servers],
+        started=started, batches=len(plan.batches), model_swaps=plan.model_swaps,
+        out_of_rotation=pool.out_of_rotation, status=run_status(tally, cancelled),
+        key=keys.summary, title=f"{planned.episode} {how.kind}")
+    return tally, summary, cancelled
+
+
+def cancel_hook(flow: object, flow_run: object, state: State) -> None:
+    """on_cancellation: remove this run's prompts from the ComfyUI queues.
+
+    Runs in the worker/runner process too, so it needs nothing but the flow run: its
+    servers come from its parameters, its prompt ids from its plan artifact.
+    """
+    params = dict(getattr(flow_run, "parameters", {}) or {})
+    servers = resolve_servers(server_entries(params.get("servers")))
+    prompts = prompts_of_flow_run(flow_run.id)  # type: ignore[attr-defined]
+    report = cancel_prompts(servers, prompts)
+    flow_run_logger(flow_run).info("cancelled prompts: %s", report or "none in flight")  # type: ignore[arg-type]
+
+
+def final_state(what: str, tally: RunTally, summary: dict, cancelled: bool) -> State:
+    """Cancelled, Failed when any batch finally failed, else Completed; all carry the summary.
+
+    Returning the summary alone would end the run Completed even with failed batches.
+    """
+    if cancelled:
+        return Cancelled(message=f"{what}: cancelled", data=summary)
+    if tally.batches_failed:
+        return Failed(message=f"{what}: {tally.batches_failed} batches failed "
+                              f"({tally.takes_failed} takes): "
+                              + "; ".join(tally.failures[:3]), data=summary)
+    return Completed(message=f"{what}: {tally.takes_rendered} rendered, "
+                             f"{tally.takes_deduped} skipped", data=summary)
