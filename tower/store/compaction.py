@@ -49,6 +49,7 @@ SCAN_RETRIES = 10
 # A temporary this old is a crashed write's leftover, not a write in progress.
 STALE_TEMPORARY = timedelta(hours=1)
 
+S = TypeVar("S")
 T = TypeVar("T")
 
 
@@ -218,8 +219,13 @@ def folder_lock(filesystem: pafs.FileSystem, folder: str) -> Iterator[None]:
         filesystem.delete_file(lock)
 
 
-def query_retrying(scan: Callable[[], pl.LazyFrame], build: Callable[[pl.LazyFrame], T]) -> T:
-    """``build(scan())``, scanning again if a compaction removed a part meanwhile."""
+def query_retrying(scan: Callable[[], S], build: Callable[[S], T]) -> T:
+    """``build(scan())``, scanning again if a compaction removed a part meanwhile.
+
+    ``scan`` lists the live parts (reading merged files' footers) and opens them lazily:
+    everything that touches the folder belongs inside it, since a part or a merged file
+    listed a moment ago may be gone by the time it is read.
+    """
     for attempt in range(SCAN_RETRIES):
         try:
             return build(scan())

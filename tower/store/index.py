@@ -279,13 +279,18 @@ class OutputIndex:
                                   pl.col("render_key").n_unique().alias("unique"))
             return tuple(pl.collect_all([per_episode, per_preset, totals]))
 
-        per_episode, per_preset, totals = self._query(build)
+        def snapshot() -> tuple[int, pl.LazyFrame]:
+            files = self.files()
+            return len(files), pio.scan_files(self.filesystem, files, INDEX_SCHEMA)
+
+        parts, (per_episode, per_preset, totals) = compaction.query_retrying(
+            snapshot, lambda snap: (snap[0], build(snap[1])))
         rows, total_bytes, unique = totals.row(0)
         avoided = None
         if run_log is not None:
             avoided = int(run_log.scan().select(pl.col("takes_deduped").sum()).collect().item())
         return IndexStats(
-            parts=len(self.files()), rows=rows, unique_keys=unique, total_bytes=total_bytes or 0,
+            parts=parts, rows=rows, unique_keys=unique, total_bytes=total_bytes or 0,
             by_episode=dict(zip(per_episode["episode"], per_episode["rows"], strict=True)),
             by_preset=dict(zip(per_preset["preset"], per_preset["rows"], strict=True)),
             bytes_by_episode=dict(zip(per_episode["episode"], per_episode["bytes"], strict=True)),
