@@ -26,7 +26,13 @@ def parse_clock(value: str) -> datetime:
 
 
 def move_clock(destination: datetime) -> None:
-    """Move this process's clock to ``destination`` and every future child's by as much."""
+    """Move this process's clock to ``destination`` and every future child's by as much.
+
+    A process started by a moved suite (a pytest-xdist worker) was moved at start-up by
+    ``sitecustomize`` and keeps the shift it was handed.
+    """
+    if os.environ.get(SHIFT_ENV):
+        return
     import time_machine
 
     shift = destination.timestamp() - time.time()
@@ -34,3 +40,4 @@ def move_clock(destination: datetime) -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join(
         filter(None, [str(SITE_DIR), os.environ.get("PYTHONPATH")]))
     time_machine.travel(destination, tick=True).start()
+    time.time()  # time-machine starts ticking at the first reading, so read it now

@@ -34,3 +34,12 @@ def test_clock_values_are_utc_unless_they_say_otherwise() -> None:
     assert parse_clock("2028-02-29T23:59:00") == datetime(2028, 2, 29, 23, 59, tzinfo=UTC)
     assert parse_clock("2027-12-01") == datetime(2027, 12, 1, tzinfo=UTC)
     assert parse_clock("2028-02-29T23:59:00+09:00").utcoffset().total_seconds() == 9 * 3600
+
+
+def test_a_child_started_by_a_test_shares_this_process_clock() -> None:
+    # with --clock (under xdist too) both are moved by the same shift; without, neither
+    before = time.time()
+    child = subprocess.run([sys.executable, "-c", "import time; print(time.time())"],
+                           capture_output=True, text=True, check=True, timeout=60)
+    after = time.time()
+    assert before - 1 <= float(child.stdout) <= after + 1

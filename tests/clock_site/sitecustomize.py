@@ -9,3 +9,4 @@ if _shift:
     import time_machine
 
     time_machine.travel(time.time() + float(_shift), tick=True).start()
+    time.time()  # time-machine starts ticking at the first reading, so read it now
