@@ -165,28 +165,29 @@ def test_work_is_balanced_across_servers_by_speed() -> None:
 
 def test_a_take_too_big_for_every_budget_switches_to_tiled_decode() -> None:
     takes = shot_takes("sh010", 2, "xl")
-    plan = plan_batches(takes, [ServerSpec("a", BUDGET["12gb"])], PRESETS)
+    one = [ServerSpec("a", BUDGET["12gb"])]
+    plan = plan_batches(apply_decode_policy(takes, one, PRESETS), one, PRESETS)
     assert all(b.vae_tiled and b.first.vae_tile_size == 512 for b in plan.batches)
     assert plan.batches[0].takes[0].key != takes[0].key      # tiled pixels, tiled key
     both = [ServerSpec("a", BUDGET["12gb"]), ServerSpec("big", BUDGET["24gb"])]
-    plan = plan_batches(takes, both, PRESETS)
+    plan = plan_batches(apply_decode_policy(takes, both, PRESETS), both, PRESETS)
     assert {(b.server, b.vae_tiled) for b in plan.batches} == {("big", False)}
 
 
 def test_what_fits_nowhere_is_a_clear_planning_error() -> None:
     huge = shot_takes("sh010", 1, "xl", width=4096, height=4096)
     with pytest.raises(PlanningError) as err:
-        plan_batches(huge, [ServerSpec("a", BUDGET["8gb"])], PRESETS)
+        apply_decode_policy(huge, [ServerSpec("a", BUDGET["8gb"])], PRESETS)
     message = str(err.value)
     for part in ("ep01 sh010 t0", "MB", "6500", "largest budget", "vae_tile_size",
                  "tiled VAE decode"):
         assert part in message
 
 
-def test_with_keep_decode_what_fits_nowhere_goes_alone_to_the_largest_budget() -> None:
+def test_the_planner_never_switches_a_decode_what_fits_nowhere_goes_to_the_largest() -> None:
     takes = shot_takes("sh010", 2, "xl")                # fits no 12 GB card decoded whole
     servers = [ServerSpec("a", BUDGET["12gb"]), ServerSpec("b", BUDGET["8gb"])]
-    plan = plan_batches(takes, servers, PRESETS, keep_decode=True)
+    plan = plan_batches(takes, servers, PRESETS)
     assert [(b.server, b.size, b.vae_tiled) for b in plan.batches] == [("a", 1, False)] * 2
     assert {t.key for b in plan.batches for t in b.takes} == {t.key for t in takes}
     assert all(b.vram_estimate_mb > BUDGET["12gb"] for b in plan.batches)

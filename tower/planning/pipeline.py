@@ -27,8 +27,8 @@ VRAM model; calibration changes batch sizes, never keys. The decode mode is part
 render key and dedup compares keys with those of earlier nights: a model refitted to
 each night's metrics would move keys with it, and the index would stop recognising
 what it holds. So step 4 always uses ``VramModel()``, and step 7 plans with the
-calibrated model but ``keep_decode=True``: a take the calibrated model says fits no
-server whole is planned alone on the largest server, with a warning, not re-tiled.
+calibrated model, which never switches a decode: a take the calibrated model says fits
+no server whole is planned alone on the largest server, with a warning, not re-tiled.
 
 No clock, no environment, no Prefect: paths, presets, servers, the data root and the
 metrics frame are arguments; :func:`recent_metrics` reads the frame for a given day.
@@ -200,8 +200,7 @@ def plan_run(shot_list: str | Path | ShotList, *, presets: Mapping[str, Preset],
     if reuse == "similar" and not forced:
         to_render, reused = reuse_similar(to_render, index.similar(to_render))
     fresh = force_token(run_id or "") if forced else None
-    plan = plan_batches(to_render, servers, presets, models.vram, models.time, fresh=fresh,
-                        keep_decode=True)
+    plan = plan_batches(to_render, servers, presets, models.vram, models.time, fresh=fresh)
     return RunPlan(listed, source, takes, dedup, reused, to_render, plan, models,
                    warnings + _over_budget(plan, servers), choice)
 
@@ -226,9 +225,12 @@ def _resolve(shot_list: ShotList, presets: Mapping[str, Preset], preset: str | N
 def _choose(shot_list: ShotList, presets: Mapping[str, Preset], shots: Collection[str] | None,
             servers: Sequence[ServerSpec], models: PlanningModels,
             budget: PresetBudget) -> PresetChoice:
-    """The preview's preset, from the images it asks for and the calibrated time model."""
-    images = sum(s.takes or shot_list.defaults.takes for s in shot_list.shots
-                 if not shots or s.id in shots)
+    """The preview's preset, from the images it asks for and the calibrated time model.
+
+    The images are counted by resolving the takes as the shot list asks, so the count
+    follows the same rules (defaults, shot filter) as the takes finally rendered.
+    """
+    images = len(_resolve(shot_list, presets, None, shots))
     return choose_preset(presets, images, models.time, budget_s=budget.seconds,
                          preference=budget.preference, servers=len(servers),
                          vram=models.vram)

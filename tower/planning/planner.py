@@ -23,13 +23,13 @@ How work is placed:
    its model swaps equal the distinct checkpoints it serves, less one if it starts
    with the right one.
 
-If a take does not fit any server even alone, its VAE decode switches to tiled
-(``preset.vae_tile_size``); if that does not fit either, :class:`PlanningError` says
-the estimate, the largest budget and what to change. The decode mode is part of the
-render key, so a run decides it before dedup with :func:`apply_decode_policy` (always
-under the default VRAM model) and plans with ``keep_decode=True``: the planner then never
-switches a decode, whatever model it sizes batches with (see
-:mod:`tower.planning.pipeline`). Everything is deterministic:
+The VAE decode (full or tiled) is part of the render key, so it is decided once, before
+dedup, by :func:`apply_decode_policy` (tiled only for a take no server can decode whole
+under the default VRAM model; :class:`PlanningError` when not even tiled fits, saying
+the estimate, the largest budget and what to change). The planner never switches a
+decode, whatever model it sizes batches with (see :mod:`tower.planning.pipeline`): a
+chunk its model says fits no server is planned one take per batch on the largest
+budget. Everything is deterministic:
 the same takes and servers give the same plan and the same batch ids (a hash of the
 takes' render keys), so submitting a plan twice is idempotent. A forced run passes its
 ``fresh`` token (:func:`tower.planning.batches.force_token`): the same plan, but every batch (and
@@ -39,7 +39,7 @@ every OOM half) gets prompt ids and graphs of that run's own.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from itertools import groupby
 
 from tower.planning.batches import Plan, RenderBatch, ServerSpec, batch_id_for, force_token
@@ -97,25 +97,20 @@ class _Models:
 
 def plan_batches(takes: Sequence[ResolvedTake], servers: Sequence[ServerSpec],
                  presets: Mapping[str, Preset], vram: VramModel | None = None,
-                 time_model: TimeModel | None = None, fresh: str | None = None,
-                 keep_decode: bool = False) -> Plan:
-    """Plan ``takes`` (usually dedup's ``to_render``) onto ``servers``.
+                 time_model: TimeModel | None = None, fresh: str | None = None) -> Plan:
+    """Plan ``takes`` (dedup's ``to_render``, decode decided) onto ``servers``.
 
     Every distinct take is planned exactly once; identical duplicates are planned once.
-    ``fresh`` (a forced run's token) goes on every batch; it changes no placement.
-    ``keep_decode``: the takes' decode (and so their render keys) is already decided; a
-    chunk that fits no server under ``vram`` is then planned one take per batch on the
-    servers with the largest budget, its estimate above that budget, instead of being
-    switched to tiled decode (the caller reports it).
+    ``fresh`` (a forced run's token) goes on every batch; it changes no placement. A
+    chunk that fits no server under ``vram`` is planned one take per batch on the
+    servers with the largest budget, its estimate above that budget (the pipeline warns).
 
     Raises:
-        PlanningError: no servers, duplicate server names, an unknown preset, or (without
-            ``keep_decode``) a take that fits no server's budget even with tiled decode.
+        PlanningError: no servers, duplicate server names or an unknown preset.
     """
     _check_servers(servers)
     models = _Models(vram or VramModel(), time_model or TimeModel())
-    chunks = [_fit_chunk(c, servers, presets, models, keep_decode)
-              for c in _chunks(takes, presets)]
+    chunks = [_fit_chunk(c, servers, models) for c in _chunks(takes, presets)]
     order = _chunk_order(chunks)
     placed = _place(order, servers, models)
     plan = _build_plan(placed, servers, models)
@@ -167,25 +162,13 @@ def _largest_fit(take: ResolvedTake, limit: int, budget: float, models: _Models)
     return best
 
 
-def _fit_chunk(chunk: _Chunk, servers: Sequence[ServerSpec], presets: Mapping[str, Preset],
-               models: _Models, keep_decode: bool = False) -> _Chunk:
-    """Batch sizes and costs per server; tiled decode if the chunk fits nowhere.
-
-    With ``keep_decode`` a chunk that fits nowhere goes alone-per-batch to the largest
-    budgets instead (see :func:`plan_batches`).
-    """
+def _fit_chunk(chunk: _Chunk, servers: Sequence[ServerSpec], models: _Models) -> _Chunk:
+    """Batch sizes and costs per server; the largest budgets take what fits nowhere."""
     limit = min(chunk.max_batch, len(chunk.takes))
     fits = {s.name: _largest_fit(chunk.first, limit, s.vram_budget_mb, models) for s in servers}
-    if not any(fits.values()) and not chunk.first.vae_tiled and not keep_decode:
-        tile = presets[chunk.first.preset].vae_tile_size
-        chunk = replace(chunk, takes=tuple(t.with_tiled_decode(tile) for t in chunk.takes))
-        fits = {s.name: _largest_fit(chunk.first, limit, s.vram_budget_mb, models)
-                for s in servers}
-    if not any(fits.values()) and keep_decode:
+    if not any(fits.values()):
         largest = max(s.vram_budget_mb for s in servers)
         fits = {s.name: int(s.vram_budget_mb == largest) for s in servers}
-    if not any(fits.values()):
-        raise PlanningError(_too_big(chunk.first, servers, models))
     for s in servers:
         size = fits[s.name]
         if size:
