@@ -11,7 +11,13 @@ from typing import Annotated, Any, Optional
 import typer
 from typer.core import TyperGroup
 
-from tower.cli.flows import daily_report_command, preview_command, render_command, serve_command
+from tower.cli.flows import (
+    daily_report_command,
+    exit_with_problems,
+    preview_command,
+    render_command,
+    serve_command,
+)
 from tower.cli.report import report_command, status_command
 from tower.cli.servers import demo, server_app
 from tower.cli.store import index_app, metrics_app, plan_command
@@ -89,13 +95,6 @@ def _root() -> None:
     """Tower: batch rendering of anime episodes on ComfyUI."""
 
 
-def _fail(err: InputError) -> None:
-    for problem in err.problems:
-        typer.echo(str(problem), err=True)
-    typer.echo(f"{len(err.problems)} problem(s) found.", err=True)
-    raise typer.Exit(1)
-
-
 @app.command()
 def validate(path: Annotated[str, typer.Argument(help="shot list (.yaml/.csv/.json, - for stdin)")],
              presets: PresetsOption = None) -> None:
@@ -104,7 +103,7 @@ def validate(path: Annotated[str, typer.Argument(help="shot list (.yaml/.csv/.js
         known = load_presets(presets)
         loaded = read_shot_list(path, known)
     except InputError as err:
-        _fail(err)
+        exit_with_problems(err)
         return
     for warning in loaded.warnings:
         typer.echo(f"warning: {warning}", err=True)

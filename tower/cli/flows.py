@@ -7,9 +7,10 @@ passed on, so each flow keeps its own defaults. They print the flow's result and
 1 with the reason when the run does not complete.
 
 Option values that need a look at a file or at Prefect's saved blocks (a presets file,
-a RenderStore or RenderPresets block, the servers) are resolved here before the flow
-starts, with the same functions the flow uses, so a typo ends in one line naming the
-option instead of a failed flow run in the Prefect UI.
+a RenderStore or RenderPresets block, the servers) and the shot list itself are checked
+here before the flow starts (:func:`check_inputs`), with the same functions the flow
+uses, so a typo ends in one line naming the option, or in the shot list's problems,
+instead of a failed flow run in the Prefect UI.
 
 Prefect and the flows are imported inside the commands only, so the rest of ``tower``
 (and its tests) never loads it.
@@ -20,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 from pydantic import ValidationError
@@ -53,10 +54,11 @@ from tower.cli.options import (
 from tower.report.model import report_window
 from tower.settings import SERVERS_ENV
 from tower.shotlist.errors import InputError
-from tower.shotlist.presets import load_presets
+from tower.shotlist.presets import Preset, load_presets
 from tower.shotlist.shots import read_shot_list
 
 DEFAULT_PREFECT_YAML = Path("prefect.yaml")
+T = TypeVar("T")
 
 
 def one_line(err: BaseException) -> str:
@@ -70,63 +72,62 @@ def one_line(err: BaseException) -> str:
     return text or type(err).__name__
 
 
-def check_presets_file(params: dict[str, Any]) -> None:
-    """Load the presets file now: a bad one is reported as the option's error."""
+def exit_with_problems(err: InputError) -> None:
+    """Every problem of a shot list or presets file on stderr, then exit 1."""
+    for problem in err.problems:
+        typer.echo(str(problem), err=True)
+    typer.echo(f"{len(err.problems)} problem(s) found.", err=True)
+    raise typer.Exit(1)
+
+
+def check_inputs(params: dict[str, Any], *, default_server: bool) -> None:
+    """Refuse here what the flow would refuse, before a flow run exists.
+
+    The presets file is read first, before Prefect is even imported. Then, with the
+    flow's own functions and precedence: the servers (given, else ``$TOWER_SERVERS``,
+    else, where ``default_server``, the local one), a RenderStore block only without
+    ``--data-root``, a RenderPresets block only without ``--presets-file``. A bad value
+    is a usage error naming its option. Last, the shot list is validated with the
+    presets the run will use and every problem printed with file, line and field, as
+    ``tower validate`` does (exit 1): a broken list never becomes a failed flow run.
+    """
+    presets = presets_from_file(params)
+    from tasks.setup import resolve_data_root, resolve_presets, resolve_servers, server_entries
+
+    entries = server_entries(params.get("servers"))
+    if entries or default_server:
+        where = hint("servers") if params.get("servers") else f"${SERVERS_ENV}"
+        as_option_error(where, lambda: resolve_servers(entries))
+    if params.get("render_store") and not params.get("data_root"):
+        as_option_error(hint("render_store"),
+                        lambda: resolve_data_root(None, params["render_store"]))
+    if presets is None:
+        presets = as_option_error(hint("presets_block"),
+                                  lambda: resolve_presets(None, params.get("presets_block")))
+    if params.get("shot_list"):
+        try:
+            read_shot_list(params["shot_list"], presets)
+        except InputError as err:
+            exit_with_problems(err)
+
+
+def presets_from_file(params: dict[str, Any]) -> dict[str, Preset] | None:
+    """The ``--presets-file`` presets, or None without one; a bad file is its error."""
     path = params.get("presets_file")
     if not path:
-        return
+        return None
     try:
-        load_presets(Path(path))
+        return load_presets(Path(path))
     except InputError as err:
         raise typer.BadParameter(one_line(err), param_hint=hint("presets_file")) from None
 
 
-def check_saved(params: dict[str, Any], *, default_server: bool) -> None:
-    """Resolve the servers and the saved blocks the flow will use (needs Prefect).
-
-    Mirrors the flow's precedence: a RenderStore block only counts without
-    ``--data-root``, a RenderPresets block only without ``--presets-file``; servers not
-    given come from ``$TOWER_SERVERS`` (else, where ``default_server``, the local one).
-    """
-    from tasks.setup import resolve_data_root, resolve_presets, resolve_servers, server_entries
-
-    entries = server_entries(params.get("servers"))
-    checks: list[tuple[str, Callable[[], object]]] = []
-    if entries or default_server:
-        where = hint("servers") if params.get("servers") else f"${SERVERS_ENV}"
-        checks.append((where, lambda: resolve_servers(entries)))
-    if params.get("render_store") and not params.get("data_root"):
-        checks.append((hint("render_store"),
-                       lambda: resolve_data_root(None, params["render_store"])))
-    if params.get("presets_block") and not params.get("presets_file"):
-        checks.append((hint("presets_block"),
-                       lambda: resolve_presets(None, params["presets_block"])))
-    for where, check in checks:
-        try:
-            check()
-        except Exception as err:  # any failure to load is the option's problem
-            raise typer.BadParameter(one_line(err), param_hint=where) from None
-    check_shot_list(params)
-
-
-def check_shot_list(params: dict[str, Any]) -> None:
-    """Validate the shot list with the presets the run will use, before any flow starts.
-
-    Every problem is printed with its file, line and field, as ``tower validate`` does,
-    and the command exits 1: a broken list never becomes a failed run with a traceback.
-    """
-    if not params.get("shot_list"):
-        return
-    from tasks.setup import resolve_presets
-
-    presets = resolve_presets(params.get("presets_file"), params.get("presets_block"))
+def as_option_error(where: str, load: Callable[[], T]) -> T:
+    """``load()``; any failure to load is the option's problem, said in one line."""
     try:
-        read_shot_list(params["shot_list"], presets)
-    except InputError as err:
-        for problem in err.problems:
-            typer.echo(str(problem), err=True)
-        typer.echo(f"{len(err.problems)} problem(s) found.", err=True)
-        raise typer.Exit(1) from None
+        return load()
+    except Exception as err:
+        raise typer.BadParameter(one_line(err), param_hint=where) from None
 
 
 def run_flow(flow: Any, params: dict[str, Any]) -> tuple[Any, Any]:
@@ -170,10 +171,9 @@ def render_command(
 ) -> None:
     """Render an episode now, in this process, against real ComfyUI servers."""
     params = given(locals())  # every parameter here is a render_episode parameter
-    check_presets_file(params)
+    check_inputs(params, default_server=True)
     from flows.render_episode import render_episode
 
-    check_saved(params, default_server=True)
     state, result = run_flow(render_episode, params)
     if isinstance(result, dict) and result.get("dry_run"):
         print_plan(result)
@@ -198,10 +198,9 @@ def preview_command(
     if not params.get("shot_list") and not params.get("prompt"):
         raise typer.BadParameter("give a shot list (and --shot ids) or a prompt",
                                  param_hint="'SHOT_LIST' / '--prompt'")
-    check_presets_file(params)
+    check_inputs(params, default_server=True)
     from flows.draft_preview import draft_preview
 
-    check_saved(params, default_server=True)
     state, result = run_flow(draft_preview, params)
     if isinstance(result, dict) and "markdown" in result:
         print_preview(result)
@@ -228,10 +227,9 @@ def daily_report_command(
         report_window(datetime.now(UTC), day, since)
     except ValueError as err:
         raise typer.BadParameter(str(err), param_hint="'--day' / '--since'") from None
-    check_presets_file(params)
+    check_inputs(params, default_server=False)
     from flows.daily_report import daily_report
 
-    check_saved(params, default_server=False)
     state, result = run_flow(daily_report, params)
     if isinstance(result, dict):
         for kind, path in result.items():
