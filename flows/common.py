@@ -32,7 +32,7 @@ from tasks.setup import (
 from tower.planning.batches import ServerSpec
 from tower.planning.pipeline import RunPlan
 from tower.runtime.runs import RunArtifacts, RunKind
-from tower.runtime.summary import RunTally, run_status
+from tower.runtime.summary import RunInfo, RunTally, run_status
 from tower.shotlist.presets import Preset
 from tower.spec.outputs import sheet_items
 from tower.store.files import DataRoot
@@ -87,12 +87,14 @@ def render_and_publish(farm: Farm, planned: RunPlan, how: Rendering, *, started:
         farm.servers, ctx, how.retries, how.retry_backoff_s, how.max_server_failures,
         progress_key=keys.progress), tally)
     tally.images = sheet_items(planned.takes, farm.root.renders, planned.served_paths())
-    summary = publish_summary(
-        tally, root=farm.root, run_id=ctx.run_id, flow_run_id=run_uuid, flow=how.flow,
-        episode=planned.episode, preset=preset, servers=[s.name for s in farm.servers],
-        started=started, batches=len(plan.batches), model_swaps=plan.model_swaps,
-        out_of_rotation=pool.out_of_rotation, status=run_status(tally, cancelled),
-        key=keys.summary, title=f"{planned.episode} {how.kind}")
+    info = RunInfo(run_id=ctx.run_id, flow_run_id=run_uuid, flow=how.flow,
+                   episode=planned.episode, preset=preset,
+                   servers=tuple(s.name for s in farm.servers), started=started,
+                   batches=len(plan.batches), model_swaps=plan.model_swaps)
+    summary = publish_summary(tally, info, root=farm.root,
+                              out_of_rotation=pool.out_of_rotation,
+                              status=run_status(tally, cancelled), key=keys.summary,
+                              title=f"{planned.episode} {how.kind}")
     return tally, summary, cancelled
 
 

@@ -17,25 +17,20 @@ from tower.store.metrics import RunLog
 
 
 @task(name="publish-summary", cache_policy=NO_CACHE)
-def publish_summary(tally: RunTally, *, root: DataRoot, run_id: str, flow_run_id: str | None,
-                    flow: str, episode: str, preset: str | None, servers: list[str],
-                    started: datetime, batches: int, model_swaps: Mapping[str, int],
+def publish_summary(tally: RunTally, info: RunInfo, *, root: DataRoot,
                     out_of_rotation: Mapping[str, str], status: str, key: str,
                     title: str) -> dict[str, Any]:
     """Write the contact sheet, the markdown artifact and one RunRecord; return the summary."""
     finished = datetime.now(UTC)
-    info = RunInfo(run_id=run_id, flow_run_id=flow_run_id, flow=flow, episode=episode,
-                   preset=preset, servers=tuple(servers), started=started, batches=batches,
-                   model_swaps=model_swaps)
     sheet = None
     if tally.images:
-        dest = root.renders / sheet_path(episode, run_id)
-        sheet = str(make_contact_sheet(tally.images, dest, title=f"{title} {run_id}"))
-    markdown = summary_markdown(title, tally, started=started, finished=finished,
-                                servers=servers, model_swaps=model_swaps,
+        dest = root.renders / sheet_path(info.episode, info.run_id)
+        sheet = str(make_contact_sheet(tally.images, dest, title=f"{title} {info.run_id}"))
+    markdown = summary_markdown(title, tally, started=info.started, finished=finished,
+                                servers=info.servers, model_swaps=info.model_swaps,
                                 out_of_rotation=out_of_rotation, contact_sheet=sheet,
                                 status=status)
-    create_markdown_artifact(markdown, key=key, description=f"{title} {run_id}")
+    create_markdown_artifact(markdown, key=key, description=f"{title} {info.run_id}")
     RunLog(root.runs).append([run_record(info, tally, status, finished)])
     return run_summary(info, tally, status=status, finished=finished,
                        out_of_rotation=out_of_rotation, contact_sheet=sheet, markdown=markdown)
