@@ -53,11 +53,6 @@ __all__ = [
     "batch_id_for", "force_token", "plan_batches", "split_batch",
 ]
 
-# The settings every take of one prompt shares (tower.spec.graph.check_batch).
-BATCH_FIELDS = (
-    "episode", "shot_id", "preset", "prompt", "negative", "seed", "checkpoint", "sampler",
-    "scheduler", "steps", "cfg", "width", "height", "denoise", "vae_tiled", "vae_tile_size",
-)
 
 
 class PlanningError(ValueError):
@@ -128,15 +123,12 @@ def _check_servers(servers: Sequence[ServerSpec]) -> None:
             raise PlanningError(f"server {s.name}: vram_budget_mb and speed must be positive")
 
 
-def _settings(take: ResolvedTake) -> tuple[object, ...]:
-    return tuple(getattr(take, name) for name in BATCH_FIELDS)
-
-
 def _chunks(takes: Sequence[ResolvedTake], presets: Mapping[str, Preset]) -> list[_Chunk]:
     """Consecutive same-settings takes, cut to the preset's max_batch."""
-    unique = sorted(set(takes), key=lambda t: (_settings(t), t.take))
+    # repr: optional parts (None or frozen data) do not order among themselves.
+    unique = sorted(set(takes), key=lambda t: (repr(t.settings), t.take))
     chunks: list[_Chunk] = []
-    for _, same in groupby(unique, key=_settings):
+    for _, same in groupby(unique, key=lambda t: t.settings):
         group = list(same)
         preset = presets.get(group[0].preset)
         if preset is None:

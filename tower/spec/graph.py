@@ -43,7 +43,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tower.comfyui import is_link
-from tower.spec.takes import ResolvedTake
+from tower.spec.takes import BATCH_FIELDS, ResolvedTake
 
 # The undeclared input that makes a forced graph miss ComfyUI's node cache.
 FRESH_INPUT = "tower_fresh"
@@ -56,10 +56,6 @@ MAX_TAKE_INDEX = 63
 
 Graph = dict[str, dict[str, Any]]
 
-_RENDER_FIELDS = (
-    "episode", "shot_id", "prompt", "negative", "seed", "checkpoint", "sampler",
-    "scheduler", "steps", "cfg", "width", "height", "denoise", "vae_tiled", "vae_tile_size",
-)
 
 
 def check_batch(takes: Sequence[ResolvedTake]) -> None:
@@ -70,7 +66,7 @@ def check_batch(takes: Sequence[ResolvedTake]) -> None:
     for offset, take in enumerate(takes):
         if take.take != first.take + offset:
             raise ValueError(f"takes must be consecutive: got {[t.take for t in takes]}")
-        for name in _RENDER_FIELDS:
+        for name in BATCH_FIELDS:
             if getattr(take, name) != getattr(first, name):
                 raise ValueError(f"take {take.take} differs from take {first.take} in {name}")
     if takes[-1].take > MAX_TAKE_INDEX:

@@ -14,6 +14,8 @@ import hashlib
 import json
 from typing import Any, Protocol
 
+from tower.spec.parts import ControlSpec, HiresSpec, InputImage, LoraSpec, UpscaleSpec
+
 # Bump when the render graph changes in a way that changes pixels.
 GRAPH_VERSION = "tower-graph-1"
 
@@ -40,6 +42,11 @@ class KeyParams(Protocol):
     denoise: float
     vae_tiled: bool
     vae_tile_size: int
+    loras: tuple[LoraSpec, ...]
+    init_image: InputImage | None
+    control: ControlSpec | None
+    hires: HiresSpec | None
+    upscale: UpscaleSpec | None
 
 
 def key_payload(params: KeyParams) -> dict[str, Any]:
@@ -56,7 +63,35 @@ def key_payload(params: KeyParams) -> dict[str, Any]:
     payload["vae"] = f"tiled:{params.vae_tile_size}" if params.vae_tiled else "full"
     del payload["vae_tiled"], payload["vae_tile_size"]
     payload["graph"] = GRAPH_VERSION
-    return payload
+    return payload | _parts_payload(params)
+
+
+def _parts_payload(params: KeyParams) -> dict[str, Any]:
+    """The production graph's parts, each only when present, so a plain txt2img take
+    keeps the key it had before the parts existed (and the index still knows it).
+
+    An input image counts by its content alone: a moved or renamed layout keeps its
+    keys, an edited one changes them. A LoRA with both strengths 0 changes no pixel
+    (ComfyUI skips it) but stays in the key: the key follows the graph, not a guess.
+    """
+    parts: dict[str, Any] = {}
+    if params.loras:
+        parts["loras"] = [[lora.name, repr(float(lora.strength_model)),
+                           repr(float(lora.strength_clip))] for lora in params.loras]
+    if params.init_image is not None:
+        parts["init"] = params.init_image.sha256
+    if params.control is not None:
+        control = params.control
+        parts["control"] = {"image": control.image.sha256, "model": control.model,
+                            "strength": repr(float(control.strength)),
+                            "start": repr(float(control.start)), "end": repr(float(control.end))}
+    if params.hires is not None:
+        hires = params.hires
+        parts["hires"] = {"scale": repr(float(hires.scale)), "denoise": repr(float(hires.denoise)),
+                          "steps": hires.steps, "method": hires.method}
+    if params.upscale is not None:
+        parts["upscale"] = params.upscale.model  # its scale comes from the weights
+    return parts
 
 
 def render_key(params: KeyParams) -> str:

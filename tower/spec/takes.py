@@ -8,12 +8,23 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from functools import cached_property
 
 from tower.shotlist.presets import BUILTIN_PRESETS, Preset
 from tower.shotlist.shots import Shot, ShotList
 from tower.spec.keys import render_key
+from tower.spec.parts import (
+    CHECKPOINTS,
+    CONTROLNETS,
+    LORAS,
+    UPSCALE_MODELS,
+    ControlSpec,
+    HiresSpec,
+    InputImage,
+    LoraSpec,
+    UpscaleSpec,
+)
 
 
 @dataclass(frozen=True)
@@ -37,6 +48,11 @@ class ResolvedTake:
     denoise: float = 1.0
     vae_tiled: bool = False
     vae_tile_size: int = 512
+    loras: tuple[LoraSpec, ...] = ()
+    init_image: InputImage | None = None
+    control: ControlSpec | None = None
+    hires: HiresSpec | None = None
+    upscale: UpscaleSpec | None = None
 
     @cached_property
     def key(self) -> str:
@@ -47,9 +63,48 @@ class ResolvedTake:
     def label(self) -> str:
         return f"{self.episode} {self.shot_id} t{self.take}"
 
+    @property
+    def models(self) -> tuple[tuple[str, str], ...]:
+        """Every model file the take needs, as ``(ComfyUI models folder, file name)``."""
+        needed = [(CHECKPOINTS, self.checkpoint), *((LORAS, lora.name) for lora in self.loras)]
+        if self.control is not None:
+            needed.append((CONTROLNETS, self.control.model))
+        if self.upscale is not None:
+            needed.append((UPSCALE_MODELS, self.upscale.model))
+        return tuple(dict.fromkeys(needed))
+
+    @property
+    def input_images(self) -> tuple[InputImage, ...]:
+        """The studio's image files the graph loads (uploaded before it is queued)."""
+        images = [self.init_image, self.control.image if self.control else None]
+        return tuple(image for image in images if image is not None)
+
+    @property
+    def sample_size(self) -> tuple[int, int]:
+        """The largest size sampled and decoded: the hires pass's when there is one."""
+        if self.hires is None:
+            return (self.width, self.height)
+        return self.hires.size(self.width, self.height)
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        """The size of the stored image, after the hires pass and the upscale model."""
+        width, height = self.sample_size
+        factor = self.upscale.scale if self.upscale is not None else 1
+        return (width * factor, height * factor)
+
+    @property
+    def settings(self) -> tuple[object, ...]:
+        """Everything but the take index: takes with equal settings can share a prompt."""
+        return tuple(getattr(self, name) for name in BATCH_FIELDS)
+
     def with_tiled_decode(self, tile_size: int) -> ResolvedTake:
         """The same take decoded with tiled VAE (a different key: pixels may differ)."""
         return replace(self, vae_tiled=True, vae_tile_size=tile_size)
+
+
+# The fields every take of one ComfyUI prompt shares (all but the take index).
+BATCH_FIELDS = tuple(f.name for f in fields(ResolvedTake) if f.name != "take")
 
 
 def derive_seed(episode: str, shot_id: str) -> int:
