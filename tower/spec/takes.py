@@ -80,6 +80,17 @@ class ResolvedTake:
         return tuple(image for image in images if image is not None)
 
     @property
+    def parts(self) -> str:
+        """The production parts in use, e.g. ``lora+img2img+control``; empty for txt2img.
+
+        Metrics carry it, so models fitted to plain renders are not skewed by heavier ones.
+        """
+        used = (("lora", bool(self.loras)), ("img2img", self.init_image is not None),
+                ("control", self.control is not None), ("hires", self.hires is not None),
+                ("upscale", self.upscale is not None))
+        return "+".join(name for name, present in used if present)
+
+    @property
     def sample_size(self) -> tuple[int, int]:
         """The largest size sampled and decoded: the hires pass's when there is one."""
         if self.hires is None:
