@@ -10,7 +10,7 @@ in each flow.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -20,6 +20,7 @@ from prefect.states import Cancelled, Completed, Failed, State
 
 from blocks.comfyui_server import ComfyUIServer
 from tasks.dispatch import RenderRun, cancel_prompts, prompts_of_flow_run, render_plan
+from tasks.render import inventory_task
 from tasks.reporting import publish_summary
 from tasks.setup import (
     render_context,
@@ -31,6 +32,7 @@ from tasks.setup import (
 )
 from tower.planning.batches import ServerSpec
 from tower.planning.pipeline import RunPlan
+from tower.runtime.inputs import Inventory
 from tower.runtime.runs import RunArtifacts, RunKind
 from tower.runtime.summary import RunInfo, RunTally, run_status
 from tower.shotlist.presets import Preset
@@ -45,18 +47,19 @@ class Farm:
     servers: list[ComfyUIServer]
     root: DataRoot
     presets: dict[str, Preset]
+    inventories: dict[str, Inventory | None] = field(default_factory=dict)
 
     @property
     def specs(self) -> list[ServerSpec]:
-        return server_specs(self.servers)
+        return server_specs(self.servers, self.inventories)
 
 
 def resolve_farm(servers: list[str] | None, data_root: str | None, render_store: str | None,
                  presets_file: str | None, presets_block: str | None) -> Farm:
-    """Servers (else ``TOWER_SERVERS``), data root and presets of a run."""
-    return Farm(resolve_servers(server_entries(servers)),
-                resolve_data_root(data_root, render_store),
-                resolve_presets(presets_file, presets_block))
+    """Servers (else ``TOWER_SERVERS``) with their model files, data root and presets."""
+    resolved = resolve_servers(server_entries(servers))
+    return Farm(resolved, resolve_data_root(data_root, render_store),
+                resolve_presets(presets_file, presets_block), inventory_task(resolved))
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,7 @@ def render_and_publish(farm: Farm, planned: RunPlan, how: Rendering, *, started:
     ctx = render_context(farm.root, how.label, started, run_uuid, front=how.front)
     pool, cancelled = render_plan(plan, RenderRun(
         farm.servers, ctx, how.retries, how.retry_backoff_s, how.max_server_failures,
-        progress_key=keys.progress), tally)
+        progress_key=keys.progress, inventories=farm.inventories), tally)
     tally.images = sheet_items(planned.takes, farm.root.renders, planned.served_paths())
     info = RunInfo(run_id=ctx.run_id, flow_run_id=run_uuid, flow=how.flow,
                    episode=planned.episode, preset=preset,

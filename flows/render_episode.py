@@ -23,7 +23,6 @@ from tasks.planning import plan_run_task
 from tasks.render import preflight_task
 from tower.runtime.pool import DEFAULT_MAX_FAILURES
 from tower.shotlist.shots import load_shot_list
-from tower.spec.graph import preflight_graphs
 
 Reuse = Literal["exact", "similar", "none"]
 
@@ -83,7 +82,7 @@ def render_episode(shot_list: str, shots: list[str] | None = None, preset: str |
     episode, plan = planned.episode, planned.plan
     if dry_run:
         if plan.batches:
-            preflight_task(farm.servers, preflight_graphs(planned.to_render))
+            preflight_task(farm.servers, planned.to_render, farm.inventories)
         return {"episode": episode, "dry_run": True, "batches": len(plan.batches),
                 "takes_to_render": plan.takes, "takes_deduped": planned.takes_deduped,
                 "plan": plan.rows(), "status": "completed"}

@@ -13,7 +13,7 @@ import concurrent.futures
 import json
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 from uuid import UUID
@@ -36,10 +36,10 @@ from tower.comfyui import ComfyUIError
 from tower.planning.planner import Plan
 from tower.runtime.execute import BatchOutcome, RenderContext
 from tower.runtime.failures import classify
+from tower.runtime.inputs import Inventory
 from tower.runtime.pool import Assignment, ServerPool, total_depth
 from tower.runtime.runs import PLAN_KEY_PREFIXES
 from tower.runtime.summary import RunTally, count_retries
-from tower.spec.graph import preflight_graphs
 
 PROMPT_TAG = "prompt:"
 SERVER_TAG = "server:"
@@ -185,6 +185,7 @@ class RenderRun:
     retry_backoff_s: float
     max_failures: int
     progress_key: str | None = None
+    inventories: Mapping[str, Inventory | None] = field(default_factory=dict)
 
 
 def render_plan(plan: Plan, run: RenderRun, tally: RunTally) -> tuple[ServerPool, bool]:
@@ -199,7 +200,7 @@ def render_plan(plan: Plan, run: RenderRun, tally: RunTally) -> tuple[ServerPool
                       max_failures=run.max_failures)
     if not plan.batches:
         return pool, False
-    preflight_task(run.servers, preflight_graphs([t for b in plan.batches for t in b.takes]))
+    preflight_task(run.servers, [t for b in plan.batches for t in b.takes], run.inventories)
     ensure_concurrency_limits(run.servers)
     cancelled = run_batches(pool, by_name, run.ctx,
                             with_retry_policy(run.retries, run.retry_backoff_s), tally,

@@ -1,4 +1,5 @@
-"""Tasks that talk to ComfyUI: the preflight check and rendering one batch.
+"""Tasks that talk to ComfyUI: model inventories, the preflight check (and input
+uploads), and rendering one batch.
 
 ``render_batch`` holds one slot of the server's global concurrency limit while its
 batch is on the server, so every flow run together keeps at most ``max_queue_depth``
@@ -11,7 +12,7 @@ errors) fails at once with ComfyUI's own message.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 from uuid import UUID
@@ -29,7 +30,15 @@ from tower.comfyui import ComfyUIError, ComfyUIPreflightError
 from tower.planning.planner import RenderBatch
 from tower.runtime.execute import BatchOutcome, RenderContext, execute_with_oom_split
 from tower.runtime.failures import RunStopping, classify
-from tower.spec.graph import Graph
+from tower.runtime.inputs import (
+    Inventory,
+    input_images,
+    renderable,
+    server_inventory,
+    upload_inputs,
+)
+from tower.spec.graph import preflight_graphs
+from tower.spec.takes import ResolvedTake
 
 RENDER_RETRIES = 3
 RETRY_BACKOFF_S = 10.0
@@ -55,19 +64,52 @@ def flow_run_stopping(flow_run_id: UUID | str | None) -> bool:
     return state is not None and (state.is_cancelling() or state.is_cancelled())
 
 
+@task(name="model-inventory", cache_policy=NO_CACHE)
+def inventory_task(servers: Sequence[ComfyUIServer]) -> dict[str, Inventory | None]:
+    """Each server's model files, for placement; None for a server that cannot be asked.
+
+    An unknown inventory plans as if the server had everything: the preflight then
+    names what it lacks, or finds it unreachable, before anything is queued.
+    """
+    found: dict[str, Inventory | None] = {}
+    for server in servers:
+        try:
+            with server.get_client() as client:
+                found[server.name] = server_inventory(client)
+        except ComfyUIError as err:
+            get_run_logger().warning("%s: model folders not listed (%s); planned as if it "
+                                     "had every model", server.name, err)
+            found[server.name] = None
+    return found
+
+
 @task(name="preflight", cache_policy=NO_CACHE)
-def preflight_task(servers: Sequence[ComfyUIServer], graphs: Sequence[Graph]) -> None:
-    """Check every server has every node, checkpoint, sampler and scheduler the run needs.
+def preflight_task(servers: Sequence[ComfyUIServer], takes: Sequence[ResolvedTake],
+                   inventories: Mapping[str, Inventory | None] | None = None) -> None:
+    """Check each server has what the takes it may render need, then upload their inputs.
+
+    A server is checked for the takes its model files allow (all of them when its
+    inventory is unknown): nodes, checkpoints, LoRAs, ControlNets, upscale models,
+    samplers, schedulers. Input images go up only once every server passed, under
+    content-addressed names, and only where missing.
 
     Raises:
         ComfyUIPreflightError: one message naming every unreachable server and everything
             missing on each of the others; nothing has been queued anywhere.
+        ComfyUIError: an upload failed or an input image changed since planning.
     """
+    inventories = inventories or {}
+    own = {s.name: renderable(takes, inventories.get(s.name)) for s in servers}
     problems: list[str] = []
+    graphs = 0
     for server in servers:
+        if not own[server.name]:
+            continue
+        server_graphs = preflight_graphs(own[server.name])
+        graphs = max(graphs, len(server_graphs))
         try:
             with server.get_client() as client:
-                client.preflight(graphs)
+                client.preflight(server_graphs)
         except ComfyUIPreflightError as err:
             problems.append(str(err))
         except ComfyUIError as err:
@@ -75,8 +117,15 @@ def preflight_task(servers: Sequence[ComfyUIServer], graphs: Sequence[Graph]) ->
     if problems:
         raise ComfyUIPreflightError("preflight failed, nothing was queued:\n"
                                     + "\n".join(f"- {p}" for p in problems))
-    get_run_logger().info("preflight ok: %d servers, %d distinct graphs", len(servers),
-                          len(graphs))
+    logger = get_run_logger()
+    logger.info("preflight ok: %d servers, up to %d distinct graphs each", len(servers), graphs)
+    for server in servers:
+        images = input_images(own[server.name])
+        if images:
+            with server.get_client() as client:
+                uploaded = upload_inputs(client, images)
+            logger.info("%s: %d input images, %d uploaded", server.name, len(images),
+                        len(uploaded))
 
 
 @task(name="render-batch", task_run_name="{batch.label} @{server.name}",

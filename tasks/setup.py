@@ -9,7 +9,7 @@ first run needs nothing saved. Entries are parsed, and ``TOWER_*`` defaults read
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from blocks.render_store import RenderPresets, RenderStore
 from tower import settings
 from tower.planning.planner import ServerSpec
 from tower.runtime.execute import RenderContext
+from tower.runtime.inputs import Inventory
 from tower.runtime.runs import run_id
 from tower.shotlist.presets import Preset, load_presets
 from tower.store.files import DataRoot
@@ -106,9 +107,12 @@ def resolve_presets(presets_file: str | None, presets_block: str | None) -> dict
     return load_presets(None)
 
 
-def server_specs(servers: Iterable[ComfyUIServer]) -> list[ServerSpec]:
-    """What the planner needs to know about each server."""
-    return [ServerSpec(name=s.name, vram_budget_mb=s.budget_mb, speed=s.speed) for s in servers]
+def server_specs(servers: Iterable[ComfyUIServer],
+                 inventories: Mapping[str, Inventory | None] | None = None) -> list[ServerSpec]:
+    """What the planner needs to know about each server (its model files when known)."""
+    inventories = inventories or {}
+    return [ServerSpec(name=s.name, vram_budget_mb=s.budget_mb, speed=s.speed,
+                       models=inventories.get(s.name)) for s in servers]
 
 
 PREVIEW_SLOTS = 1

@@ -24,6 +24,7 @@ from typing import Any, Self
 import httpx
 
 from tower.comfyui import _constants as C
+from tower.comfyui._api_format import combo_options
 from tower.comfyui._exceptions import (
     ComfyUIError,
     ComfyUIProtocolError,
@@ -140,22 +141,28 @@ class ComfyUIClient:
             return ComfyUIUnavailable(message, status_code=response.status_code)
         return ComfyUIProtocolError(message)
 
-    def _get(self, path: str, params: Mapping[str, str] | None = None) -> Any:
-        """GET JSON, retrying briefly on a refused connection or a 5xx (GET is idempotent)."""
+    def _idempotent(self, method: str, path: str, what: str, **kwargs: Any) -> httpx.Response:
+        """Send a request that is safe to repeat, retrying briefly on a refused
+        connection or a 5xx; the 200 response, else the error it ended with."""
         for attempt in range(C.GET_RETRIES + 1):
             last = attempt == C.GET_RETRIES
             try:
-                response = self._send("GET", path, params=params)
+                response = self._send(method, path, **kwargs)
             except ComfyUIUnavailable as err:
                 if last or not isinstance(err.__cause__, httpx.ConnectError):
                     raise
             else:
                 if response.status_code == 200:
-                    return self._json(response, f"GET {path}")
+                    return response
                 if last or not should_retry_status(response.status_code):
-                    raise self._status_error(response, f"GET {path}")
+                    raise self._status_error(response, what)
             time.sleep(retry_delay(attempt))
         raise AssertionError("unreachable")
+
+    def _get(self, path: str, params: Mapping[str, str] | None = None) -> Any:
+        """GET JSON (GET is idempotent: retried briefly)."""
+        return self._json(self._idempotent("GET", path, f"GET {path}", params=params),
+                          f"GET {path}")
 
     def _json(self, response: httpx.Response, what: str) -> Any:
         try:
@@ -195,6 +202,49 @@ class ComfyUIClient:
                 server offers instead.
         """
         check_graphs(self.object_info(), list(graphs), self.name)
+
+    def models(self, folder: str) -> list[str]:
+        """The file names in one of the server's model folders (``checkpoints``, ``loras``...).
+
+        Raises:
+            ComfyUIProtocolError: the server knows no such folder (404) or answers oddly.
+        """
+        names = self._get(f"/models/{folder}")
+        if not isinstance(names, list):
+            raise ComfyUIProtocolError(f"{self.name}: /models/{folder} is not a list")
+        return [str(name) for name in names]
+
+    def input_images(self) -> set[str]:
+        """Image files in the top level of the server's input folder (LoadImage's list).
+
+        Read fresh from ``/object_info/LoadImage`` each time: uploads change it.
+        """
+        info = self._get("/object_info/LoadImage")
+        spec = (((info or {}).get("LoadImage") or {}).get("input") or {}).get("required", {})
+        options = combo_options(spec.get("image"))
+        if options is None:
+            raise ComfyUIProtocolError(f"{self.name}: /object_info/LoadImage has no image list")
+        return {str(name) for name in options}
+
+    def upload_image(self, data: bytes, name: str) -> str:
+        """Upload ``data`` to the input folder as ``name``; returns the name stored.
+
+        Never overwrites: ComfyUI keeps a file of that name with the same bytes and
+        stores different bytes as ``name (1).ext``. Idempotent, so retried like a GET.
+
+        Raises:
+            ComfyUIProtocolError: a refused upload (400) or an odd answer.
+            ComfyUIUnavailable: the server is unreachable or keeps failing (5xx).
+        """
+        what = f"POST /upload/image ({name})"
+        response = self._idempotent("POST", "/upload/image", what,
+                                    files={"image": (name, data, "application/octet-stream")},
+                                    data={"type": "input", "overwrite": "false"})
+        body = self._json(response, what)
+        stored = body.get("name") if isinstance(body, dict) else None
+        if not isinstance(stored, str):
+            raise ComfyUIProtocolError(f"{self.name}: {what} answered without a name: {body!r}")
+        return stored
 
     # -- the queue -----------------------------------------------------------------
 

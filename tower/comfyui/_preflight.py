@@ -17,21 +17,32 @@ from tower.comfyui._exceptions import ComfyUIPreflightError
 
 NODE_CLASSES = "node classes"
 _CATEGORIES = {"ckpt_name": "checkpoints", "sampler_name": "samplers",
-               "scheduler": "schedulers"}
+               "scheduler": "schedulers", "lora_name": "loras",
+               "control_net_name": "controlnet", "model_name": "upscale_models"}
 _SHOW_AVAILABLE = 40
 
 
 def combo_inputs(object_info: Mapping[str, Any], class_type: str) -> dict[str, list[str]]:
-    """``{input name: allowed values, as text}`` for every combo input of a node class."""
+    """``{input name: allowed values, as text}`` for every combo input of a node class.
+
+    Upload inputs (LoadImage's ``image``) are left out: ComfyUI validates them by file
+    existence only (the node's ``VALIDATE_INPUTS``), and the pipeline uploads the files
+    after this check, so the list is no rule for them.
+    """
     info = object_info.get(class_type) or {}
     inputs = info.get("input") or {}
     found: dict[str, list[str]] = {}
     for section in ("required", "optional"):
         for name, spec in (inputs.get(section) or {}).items():
             options = combo_options(spec)
-            if options is not None:
+            if options is not None and not _is_upload(spec):
                 found[name] = [str(v) for v in options]
     return found
+
+
+def _is_upload(spec: list[Any]) -> bool:
+    extra = spec[1] if len(spec) > 1 and isinstance(spec[1], Mapping) else {}
+    return bool(extra.get("image_upload"))
 
 
 def find_missing(object_info: Mapping[str, Any], graphs: Iterable[Mapping[str, Any]],

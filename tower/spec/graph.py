@@ -12,7 +12,13 @@ changing what a take looks like, and render keys ignore the split.
 
 Node ids are stable, readable names so that ComfyUI's errors (which name node ids)
 read well in logs: ``checkpoint``, ``positive``, ``negative``, ``latent``, ``takes``,
-``sampler``, ``decode``, ``save``.
+``sampler``, ``decode``, ``save``; a production take adds ``lora_1``, ``lora_2``...
+(its LoRA chain, in order), ``layout``/``layout_scale``/``layout_encode`` (img2img:
+``latent`` then repeats the encoded layout), ``control_image``/``controlnet``/``control``
+(ControlNet on both conditionings), ``hires_upscale``/``hires_sampler`` (the hires
+pass; its latent keeps the batch indices, so take identity holds through it) and
+``upscale_model``/``upscale``. Input images are loaded under their content-addressed
+upload names (:attr:`tower.spec.parts.InputImage.upload_name`).
 
 Why a forced graph carries ``tower_fresh``: ComfyUI serves every node whose cache key
 it still holds from its node cache, so an identical graph never reads a checkpoint
@@ -49,8 +55,11 @@ from tower.spec.takes import BATCH_FIELDS, ResolvedTake
 FRESH_INPUT = "tower_fresh"
 SAVE_NODE = "save"
 SAMPLER_NODE = "sampler"
+HIRES_SAMPLER_NODE = "hires_sampler"
 CHECKPOINT_NODE = "checkpoint"
 DECODE_NODE = "decode"
+# How a layout frame is scaled to the take's size (ImageScale, centre-cropped).
+LAYOUT_SCALING = "lanczos"
 # Upper bounds of LatentFromBatch's batch_index (63) and length (64) in ComfyUI.
 MAX_TAKE_INDEX = 63
 
@@ -78,8 +87,8 @@ def tile_overlap(tile_size: int) -> int:
     return min(64, tile_size // 8) // 32 * 32
 
 
-def _decoder(take: ResolvedTake) -> dict[str, Any]:
-    inputs: dict[str, Any] = {"samples": [SAMPLER_NODE, 0], "vae": [CHECKPOINT_NODE, 2]}
+def _decoder(take: ResolvedTake, samples: list[Any]) -> dict[str, Any]:
+    inputs: dict[str, Any] = {"samples": samples, "vae": [CHECKPOINT_NODE, 2]}
     if not take.vae_tiled:
         return {"class_type": "VAEDecode", "inputs": inputs}
     inputs |= {"tile_size": take.vae_tile_size, "overlap": tile_overlap(take.vae_tile_size),
@@ -116,39 +125,125 @@ def _graph(takes: Sequence[ResolvedTake], filename_prefix: str) -> Graph:
     check_batch(takes)
     first = takes[0]
     start, count = first.take, len(takes)
-    return {
-        CHECKPOINT_NODE: {"class_type": "CheckpointLoaderSimple",
-                          "inputs": {"ckpt_name": first.checkpoint}},
+    graph: Graph = {CHECKPOINT_NODE: {"class_type": "CheckpointLoaderSimple",
+                                      "inputs": {"ckpt_name": first.checkpoint}}}
+    model, clip = _lora_chain(graph, first)
+    graph |= {
         "positive": {"class_type": "CLIPTextEncode",
-                     "inputs": {"text": first.prompt, "clip": [CHECKPOINT_NODE, 1]}},
+                     "inputs": {"text": first.prompt, "clip": clip}},
         "negative": {"class_type": "CLIPTextEncode",
-                     "inputs": {"text": first.negative, "clip": [CHECKPOINT_NODE, 1]}},
-        "latent": {"class_type": "EmptyLatentImage",
-                   "inputs": {"width": first.width, "height": first.height,
-                              "batch_size": start + count}},
-        "takes": {"class_type": "LatentFromBatch",
-                  "inputs": {"samples": ["latent", 0], "batch_index": start, "length": count}},
-        SAMPLER_NODE: {"class_type": "KSampler",
-                       "inputs": {"model": [CHECKPOINT_NODE, 0], "seed": first.seed,
-                                  "steps": first.steps, "cfg": first.cfg,
-                                  "sampler_name": first.sampler, "scheduler": first.scheduler,
-                                  "positive": ["positive", 0], "negative": ["negative", 0],
-                                  "latent_image": ["takes", 0], "denoise": first.denoise}},
-        DECODE_NODE: _decoder(first),
-        SAVE_NODE: {"class_type": "SaveImage",
-                    "inputs": {"images": [DECODE_NODE, 0], "filename_prefix": filename_prefix}},
+                     "inputs": {"text": first.negative, "clip": clip}},
+    }
+    _latent_batch(graph, first, start + count)
+    graph["takes"] = {"class_type": "LatentFromBatch",
+                      "inputs": {"samples": ["latent", 0], "batch_index": start, "length": count}}
+    positive, negative = _conditioning(graph, first)
+    graph[SAMPLER_NODE] = _sampler(first, model, positive, negative, ["takes", 0],
+                                   first.steps, first.denoise)
+    samples = [SAMPLER_NODE, 0]
+    if first.hires is not None:
+        graph["hires_upscale"] = {"class_type": "LatentUpscaleBy",
+                                  "inputs": {"samples": samples,
+                                             "upscale_method": first.hires.method,
+                                             "scale_by": first.hires.scale}}
+        graph[HIRES_SAMPLER_NODE] = _sampler(first, model, positive, negative,
+                                             ["hires_upscale", 0], first.hires.steps,
+                                             first.hires.denoise)
+        samples = [HIRES_SAMPLER_NODE, 0]
+    graph[DECODE_NODE] = _decoder(first, samples)
+    images = [DECODE_NODE, 0]
+    if first.upscale is not None:
+        graph["upscale_model"] = {"class_type": "UpscaleModelLoader",
+                                  "inputs": {"model_name": first.upscale.model}}
+        graph["upscale"] = {"class_type": "ImageUpscaleWithModel",
+                            "inputs": {"upscale_model": ["upscale_model", 0], "image": images}}
+        images = ["upscale", 0]
+    graph[SAVE_NODE] = {"class_type": "SaveImage",
+                        "inputs": {"images": images, "filename_prefix": filename_prefix}}
+    return graph
+
+
+def _lora_chain(graph: Graph, take: ResolvedTake) -> tuple[list[Any], list[Any]]:
+    """LoraLoaders chained after the checkpoint; the (model, clip) links at its end."""
+    model: list[Any] = [CHECKPOINT_NODE, 0]
+    clip: list[Any] = [CHECKPOINT_NODE, 1]
+    for number, lora in enumerate(take.loras, start=1):
+        node_id = f"lora_{number}"
+        graph[node_id] = {"class_type": "LoraLoader",
+                          "inputs": {"model": model, "clip": clip, "lora_name": lora.name,
+                                     "strength_model": lora.strength_model,
+                                     "strength_clip": lora.strength_clip}}
+        model, clip = [node_id, 0], [node_id, 1]
+    return model, clip
+
+
+def _latent_batch(graph: Graph, take: ResolvedTake, size: int) -> None:
+    """The ``latent`` node: a batch of ``size`` latents that ``takes`` slices.
+
+    For img2img the layout is scaled (centre-cropped) to the take's size, encoded once
+    and repeated: RepeatLatentBatch sets no batch indices, so LatentFromBatch's indices
+    decide the noise exactly as for an empty latent (recorded on ComfyUI 0.3.64: image 1
+    of the whole repeated batch equals the LatentFromBatch(1) render, pixel for pixel).
+    """
+    if take.init_image is None:
+        graph["latent"] = {"class_type": "EmptyLatentImage",
+                           "inputs": {"width": take.width, "height": take.height,
+                                      "batch_size": size}}
+        return
+    graph |= {
+        "layout": {"class_type": "LoadImage", "inputs": {"image": take.init_image.upload_name}},
+        "layout_scale": {"class_type": "ImageScale",
+                         "inputs": {"image": ["layout", 0], "upscale_method": LAYOUT_SCALING,
+                                    "width": take.width, "height": take.height,
+                                    "crop": "center"}},
+        "layout_encode": {"class_type": "VAEEncode",
+                          "inputs": {"pixels": ["layout_scale", 0],
+                                     "vae": [CHECKPOINT_NODE, 2]}},
+        "latent": {"class_type": "RepeatLatentBatch",
+                   "inputs": {"samples": ["layout_encode", 0], "amount": size}},
     }
 
 
-def preflight_graphs(takes: Sequence[ResolvedTake]) -> list[Graph]:
-    """One single-take graph per distinct checkpoint, sampler, scheduler and decode.
+def _conditioning(graph: Graph, take: ResolvedTake) -> tuple[list[Any], list[Any]]:
+    """The sampler's (positive, negative) links, through the ControlNet when there is one."""
+    if take.control is None:
+        return ["positive", 0], ["negative", 0]
+    control = take.control
+    graph |= {
+        "control_image": {"class_type": "LoadImage",
+                          "inputs": {"image": control.image.upload_name}},
+        "controlnet": {"class_type": "ControlNetLoader",
+                       "inputs": {"control_net_name": control.model}},
+        "control": {"class_type": "ControlNetApplyAdvanced",
+                    "inputs": {"positive": ["positive", 0], "negative": ["negative", 0],
+                               "control_net": ["controlnet", 0],
+                               "image": ["control_image", 0], "strength": control.strength,
+                               "start_percent": control.start, "end_percent": control.end,
+                               "vae": [CHECKPOINT_NODE, 2]}},
+    }
+    return ["control", 0], ["control", 1]
 
-    What a server must have for a run to succeed depends only on these, so preflight
-    checks a handful of graphs instead of every batch's.
+
+def _sampler(take: ResolvedTake, model: list[Any], positive: list[Any], negative: list[Any],
+             latent: list[Any], steps: int, denoise: float) -> dict[str, Any]:
+    return {"class_type": "KSampler",
+            "inputs": {"model": model, "seed": take.seed, "steps": steps, "cfg": take.cfg,
+                       "sampler_name": take.sampler, "scheduler": take.scheduler,
+                       "positive": positive, "negative": negative, "latent_image": latent,
+                       "denoise": denoise}}
+
+
+def preflight_graphs(takes: Sequence[ResolvedTake]) -> list[Graph]:
+    """One single-take graph per distinct set of what a server must have.
+
+    That is the node classes and combo values a graph uses: checkpoint, sampler,
+    scheduler, decode, the model files and which optional parts are present; so
+    preflight checks a handful of graphs instead of every batch's.
     """
     seen: dict[tuple[object, ...], Graph] = {}
     for take in takes:
-        key = (take.checkpoint, take.sampler, take.scheduler, take.vae_tiled)
+        key = (take.sampler, take.scheduler, take.vae_tiled, take.models, take.parts,
+               take.hires.method if take.hires else None)
         if key not in seen:
             seen[key] = build_graph([take], f"{take.episode}/{take.shot_id}/preflight")
     return list(seen.values())
