@@ -322,3 +322,45 @@ def test_the_daily_report_compacts_the_closed_days_it_reads(tmp_path: Path) -> N
     assert len(store.files(until=date(2026, 10, 31))) == 2   # outside what the report reads
     assert_frame_equal(store.scan().collect().sort("batch_id"), frame_of(rows + old)
                        .sort("batch_id"))
+
+
+# --- schema evolution ----------------------------------------------------------------
+
+OLD_METRICS_SCHEMA = pa.schema([f for f in METRICS_SCHEMA if f.name != "parts"])
+
+
+def write_old_part(folder: Path, rows: list[BatchMetrics]) -> None:
+    """A part as written before METRICS_SCHEMA had its ``parts`` column."""
+    import pyarrow.parquet as pq
+
+    records = [{k: v for k, v in asdict(r).items() if k != "parts"} for r in rows]
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(records, schema=OLD_METRICS_SCHEMA),
+                   folder / "part-20261126T000000000000Z-1-old.parquet")
+
+
+def test_parts_written_before_the_parts_column_read_back_with_it_null(tmp_path: Path) -> None:
+    store = MetricsStore(tmp_path / "metrics")
+    old = [batch(n) for n in range(2)]
+    write_old_part(tmp_path / "metrics" / "date=2026-11-26", old)
+    new = [batch(10, parts=""), batch(11, parts="lora+control")]
+    store.append(new)
+    got = store.scan().collect().sort("batch_id")
+    assert got.columns == METRICS_SCHEMA.names
+    assert got["parts"].to_list() == [None, None, "", "lora+control"]
+    assert_frame_equal(got, frame_of(old + new))
+    store.compact()                                  # the merged file has the column
+    assert len(store.files()) == 1
+    assert_frame_equal(store.scan().collect().sort("batch_id"), frame_of(old + new))
+
+
+def test_old_parts_read_back_on_other_filesystems_too(tmp_path: Path) -> None:
+    import pyarrow.fs as pafs
+
+    write_old_part(tmp_path / "metrics" / "date=2026-11-26", [batch(0)])
+    remote = pafs.SubTreeFileSystem(str(tmp_path), pafs.LocalFileSystem())
+    store = MetricsStore("metrics", filesystem=remote)    # not local: the pyarrow reader
+    store.append([batch(1, parts="hires")])
+    got = store.scan().collect().sort("batch_id")
+    assert got["parts"].to_list() == [None, "hires"]
+    assert_frame_equal(got, frame_of([batch(0), batch(1, parts="hires")]))

@@ -53,6 +53,7 @@ class BatchMetrics:
     takes: int
     batch_size: int
     vae_tiled: bool
+    parts: str | None = None
     status: str
     attempt: int
     queued_at: datetime | None = None
@@ -223,7 +224,11 @@ class DailyStore:
 
 
 class MetricsStore(DailyStore):
-    """Per-batch render metrics (METRICS_SCHEMA) at ``<data root>/metrics``."""
+    """Per-batch render metrics (METRICS_SCHEMA) at ``<data root>/metrics``.
+
+    Parts written before a nullable column was added (``parts``, for one) read back with
+    that column null, locally and on other filesystems, and compaction keeps them so.
+    """
 
     schema = METRICS_SCHEMA
     statuses = BATCH_STATUSES

@@ -50,6 +50,10 @@ METRICS_SCHEMA = pa.schema([
     pa.field("takes", pa.int32(), nullable=False),        # takes requested in this batch
     pa.field("batch_size", pa.int32(), nullable=False),   # latent batch actually sampled
     pa.field("vae_tiled", pa.bool_(), nullable=False),
+    # The takes' production parts (ResolvedTake.parts, e.g. "lora+control"): "" for plain
+    # txt2img, null in parts written before the column existed (plain txt2img too). The
+    # planning models are fitted to plain rows only, so heavier graphs do not skew them.
+    pa.field("parts", pa.string()),
     pa.field("status", pa.string(), nullable=False),      # one of BATCH_STATUSES
     pa.field("attempt", pa.int32(), nullable=False),
     pa.field("queued_at", UTC_TIMESTAMP),
