@@ -10,6 +10,45 @@ the step costs to the sampling times measured in the metrics store, and then the
 absolute seconds mean something too: the preview picks its preset with
 :meth:`TimeModel.wall_seconds` (:func:`tower.planning.preview.choose_preset`). One model
 answers "how long will this take" for the planner and the preview alike.
+
+A take with production parts costs more; :meth:`TimeModel.estimate_take_seconds` is
+the one estimate every batch is timed with (a plain take's equals
+:meth:`TimeModel.estimate_seconds`)::
+
+    seconds = overhead + steps * step * MP * batch * cn + decode * MP_s * batch
+              + hires.steps * step * MP_s * batch * cn            [hires]
+              + decode * MP                                       [img2img: VAEEncode]
+              + lora_patch * active LoRAs + controlnet_load       [LoRA, ControlNet]
+              + upscale_load + upscale * MP_out * batch           [upscale model]
+    cn = 1 + controlnet_step_share with a ControlNet (both passes), else 1
+
+``MP_s`` is the sampled size (the hires size with a hires pass), ``MP_out`` the stored
+image's. Sources (CPU runs of a real ComfyUI 0.3.64 with real-layout files,
+../shared/comfyui-contract/production/README.md "Timings", 2-step 64x64 renders):
+
+* ControlNet: 3.2 s against 1.75 s without, so sampling with it costs about 1.85x per
+  step (``controlnet_step_share`` 0.85; on a GPU it is likely less, the safe side).
+  Its loader runs again after any other graph (ComfyUI keeps only the latest prompt's
+  nodes; recorded 3.80-3.96 s reloaded against 3.21-3.25 s cached), so its load is
+  counted per batch: 722 MB (SD1.5) or ~2.5 GB (SDXL) at this model's own checkpoint
+  load rate (4 s for SD1.5's 2.1 GB): 1.4 s and 3.7 s.
+* LoRA: a strength change re-ran the loaders, the patching and CLIP: 4.85 s against
+  2.83 s; CLIP alone re-running costs ~0.5 s (2.87 s against 2.38 s without LoRAs),
+  so two rank-4 LoRAs cost ~1.5 s, ~0.75 s each on two CPU cores. Patching touches
+  every targeted weight, whatever the rank: 1 s per LoRA for SD1.5, 3 s for SDXL (3x
+  the UNet weights), counted per batch like the ControlNet load.
+* Hires: a second KSampler at the hires size. KSampler runs ``steps`` model calls
+  whatever its denoise (recorded progress ``max`` equals steps at denoise 0.5 and 0.6).
+  Its latent is decoded at the hires size.
+* img2img: one VAEEncode of the layout at the take's size, costed like a decode.
+* Upscale model: not measured on a GPU. On CPU the compact x2 ran to 192x192 in 0.09 s
+  with its loader. ``upscale_s_per_mp`` 0.2 s per output megapixel is an estimate for an
+  RRDB ESRGAN x4 on the reference card, the heavy end (compact models are far
+  cheaper); ``upscale_load_s`` 0.3 s, as ComfyUI moves the model to the GPU and back
+  for every batch.
+
+Calibration reads plain txt2img rows only (``parts`` null or empty), so heavier graphs
+do not inflate the step cost of plain ones; the part costs above are not refitted.
 """
 
 from __future__ import annotations
@@ -19,7 +58,8 @@ from dataclasses import dataclass, field, replace
 
 import polars as pl
 
-from tower.planning.vram import SD15, SDXL, VramModel
+from tower.planning.vram import SD15, SDXL, VramModel, plain_rows
+from tower.spec.takes import ResolvedTake
 
 MEGAPIXEL = 1_000_000
 
@@ -41,6 +81,12 @@ class TimeModel:
     default_step_s_per_mp: float = 0.65
     default_load_s: float = 10.0
     fits: Mapping[str, int] = field(default_factory=dict)
+    controlnet_step_share: float = 0.85
+    controlnet_load_s: Mapping[str, float] = field(
+        default_factory=lambda: {SD15: 1.4, SDXL: 3.7})
+    lora_patch_s: Mapping[str, float] = field(default_factory=lambda: {SD15: 1.0, SDXL: 3.0})
+    upscale_s_per_mp: float = 0.2
+    upscale_load_s: float = 0.3
 
     def estimate_seconds(self, family: str, width: int, height: int, batch_size: int,
                          steps: int, vae_tiled: bool = False) -> float:
@@ -49,6 +95,35 @@ class TimeModel:
         step = self.step_s_per_mp.get(family, self.default_step_s_per_mp)
         decode = self.decode_s_per_mp * pixels * (self.tiled_decode_factor if vae_tiled else 1)
         return self.batch_overhead_s + steps * step * pixels + decode
+
+    def estimate_take_seconds(self, take: ResolvedTake, batch_size: int, family: str) -> float:
+        """Seconds to render ``batch_size`` takes like ``take`` in one prompt, parts included.
+
+        ``family`` is the take's checkpoint family (:meth:`VramModel.family`). The
+        checkpoint itself is taken as loaded (:meth:`load_seconds` is the planner's to
+        add); a ControlNet load and LoRA patching are counted in every batch.
+        """
+        step = self.step_s_per_mp.get(family, self.default_step_s_per_mp)
+        control = 1.0 + self.controlnet_step_share if take.control is not None else 1.0
+        pixels = take.width * take.height / MEGAPIXEL * batch_size
+        sampled = take.sample_size[0] * take.sample_size[1] / MEGAPIXEL * batch_size
+        decode = self.decode_s_per_mp * sampled * (
+            self.tiled_decode_factor if take.vae_tiled else 1)
+        seconds = self.batch_overhead_s + take.steps * step * pixels * control + decode
+        if take.hires is not None:
+            seconds += take.hires.steps * step * sampled * control
+        if take.init_image is not None:
+            seconds += self.decode_s_per_mp * take.width * take.height / MEGAPIXEL
+        loras = sum(not lora.inert for lora in take.loras)
+        if loras:
+            seconds += loras * _by_family(self.lora_patch_s, family)
+        if take.control is not None:
+            seconds += _by_family(self.controlnet_load_s, family)
+        if take.upscale is not None:
+            width, height = take.output_size
+            seconds += (self.upscale_load_s
+                        + self.upscale_s_per_mp * width * height / MEGAPIXEL * batch_size)
+        return seconds
 
     def load_seconds(self, family: str) -> float:
         """Seconds to load a checkpoint of ``family`` (a model swap)."""
@@ -83,9 +158,11 @@ class TimeModel:
         families left unmeasured are scaled by how the measured ones compare with this
         model (a farm twice as fast as the defaults on SD1.5 is taken to be twice as
         fast on SDXL), so their ratios to the measured families stay the defaults'.
+        Only plain txt2img rows count (:func:`tower.planning.vram.plain_rows`): a
+        ControlNet or hires batch samples longer per step-megapixel of its take.
         """
         family = (vram or VramModel()).family
-        frame = metrics.lazy().filter(
+        frame = plain_rows(metrics).filter(
             (pl.col("status") == "ok") & pl.col("sampling_s").is_not_null()
             & pl.col("preset").is_in(list(steps_by_preset))
         ).select("checkpoint", "preset", "width", "height", "batch_size", "sampling_s").collect()
@@ -104,6 +181,11 @@ class TimeModel:
         return replace(self, step_s_per_mp={**scaled, **costs},
                        default_step_s_per_mp=self.default_step_s_per_mp * ratio,
                        fits={**self.fits, **{name: len(p) for name, p in measured.items()}})
+
+
+def _by_family(costs: Mapping[str, float], family: str) -> float:
+    """``family``'s cost, or the largest one for a family the table does not name."""
+    return costs.get(family, max(costs.values(), default=0.0))
 
 
 def _speed_ratio(measured: Mapping[str, list[tuple[float, float]]], prior: TimeModel) -> float:
