@@ -24,8 +24,10 @@ ROOT = REPO
 SHOT_LISTS = ROOT / "shot_lists"
 # tmp_path is shared by a test's examples; each example overwrites its own files.
 FIXTURE = [HealthCheck.function_scoped_fixture]
-COLUMNS = ("episode", "title", "id", "prompt", "negative", "preset", "takes", "seed",
-           "checkpoint", "width", "height", "notes", "tags")
+COLUMNS = ("episode", "title", "include", "id", "prompt", "negative", "preset", "takes", "seed",
+           "checkpoint", "width", "height", "notes", "tags", "characters", "layout",
+           "layout_denoise", "control", "control_model", "control_strength", "control_start",
+           "control_end")
 
 
 def csv_rows(shot_list: ShotList) -> list[dict[str, Any]]:

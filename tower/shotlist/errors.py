@@ -8,11 +8,11 @@ and 64 (got 100)``, so the production team can fix a whole list in one pass.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
-from pydantic import BeforeValidator, ValidationError
+from pydantic import BaseModel, BeforeValidator, ValidationError
 
 
 @dataclass(frozen=True)
@@ -113,4 +113,58 @@ def format_pydantic_error(
     for error in err.errors(include_url=False):
         field = ".".join(str(part) for part in error["loc"]) or None
         problems.append(Problem(source, line, where, field, describe_error(error)))
+    return problems
+
+
+Loc = tuple[Any, ...]
+
+
+def fields_at(model: type[BaseModel], path: Loc) -> tuple[str, ...]:
+    """The field names of the model found at ``path`` under ``model`` (for suggestions).
+
+    List indices are skipped (``("loras", 0)`` is a LoRA entry); a path that leaves the
+    models (a mapping's key, a plain value) has no fields.
+    """
+    current: type[BaseModel] | None = model
+    for part in path:
+        if isinstance(part, int):
+            continue
+        field = current.model_fields.get(part) if current is not None else None
+        current = _model_in(field.annotation) if field is not None else None
+    return tuple(current.model_fields) if current is not None else ()
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The model an annotation such as ``Layout | None`` or ``tuple[PresetLora, ...]`` holds."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next((found for arg in get_args(annotation)
+                 if (found := _model_in(arg)) is not None), None)
+
+
+def located_problems(err: ValidationError, source: str, line_of: Callable[..., int | None],
+                     base: Loc, where: str | None, model: type[BaseModel], *,
+                     also_known: Iterable[str] = (),
+                     names: Mapping[Loc, str] | None = None) -> list[Problem]:
+    """Problems for ``model``'s error at ``base`` in a document, with hints for typos.
+
+    Args:
+        line_of: the document's ``line_of`` (the line of a path or of its nearest parent).
+        also_known: top-level names the document may hold besides the model's fields.
+        names: how the file spells a field path (a CSV column such as ``layout_denoise``
+            for ``layout.denoise``); other paths are written dotted.
+    """
+    problems = []
+    for error in err.errors(include_url=False):
+        loc = tuple(error["loc"])
+        if error["type"] == "invalid_key":  # pydantic writes a None key as 'None'
+            loc = (*loc[:-1], error.get("input"))
+        message = describe_error(error)
+        if error["type"] == "extra_forbidden":
+            known = fields_at(model, loc[:-1])
+            message += suggest(loc[-1], (*known, *also_known) if len(loc) == 1 else known)
+        elif error["type"] == "string_type" and isinstance(error.get("input"), int | float | bool):
+            message += "; put it in quotes"
+        field = (names or {}).get(loc) or ".".join(map(str, loc)) or None
+        problems.append(Problem(source, line_of(*base, *loc), where, field, message))
     return problems

@@ -2,9 +2,12 @@
 
 The three built-in presets come from the studio's optimisation guide. A presets file
 (YAML) may override any field of a built-in preset or add new ones, optionally
-extending an existing preset. Presets are plain data: render keys are computed from
-the resolved values (steps, sampler, size...), never from a preset's name, so editing a
-preset changes the keys of exactly the takes whose pixels would change.
+extending an existing preset. Besides the sampling settings a preset may add style
+LoRAs (chained after a shot's characters), a hires pass and an upscale model; the
+built-in presets add none, so their takes stay plain txt2img. Presets are plain data:
+render keys are computed from the resolved values (steps, sampler, size...), never from
+a preset's name, so editing a preset changes the keys of exactly the takes whose pixels
+would change.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from tower.shotlist.errors import (
     suggest,
 )
 from tower.shotlist.names import check_name
+from tower.shotlist.parts import Hires, PresetLora, Upscale
 
 DRAFT_CHECKPOINT = "anime-draft-sd15.safetensors"
 FINAL_CHECKPOINT = "anime-final-sd15.safetensors"
@@ -49,6 +53,9 @@ class Preset(BaseModel):
     vae_tile_size: Whole = Field(default=512, ge=64, le=4096, multiple_of=32)
     max_batch: Whole = Field(default=4, ge=1, le=64)
     description: str = ""
+    loras: tuple[PresetLora, ...] = ()
+    hires: Hires | None = None
+    upscale: Upscale | None = None
 
     @field_validator("name")
     @classmethod
@@ -157,8 +164,13 @@ def _located(problems: list[Problem], doc: Document | None, name: Any) -> list[P
     if doc is None:
         return problems
     base = ("presets", name) if ("presets",) in doc.lines else (name,)
-    return [replace(p, line=doc.line_of(*base, *(p.field.split(".") if p.field else ())))
-            for p in problems]
+    return [replace(p, line=doc.line_of(*base, *_field_path(p.field))) for p in problems]
+
+
+def _field_path(field: str | None) -> tuple[str | int, ...]:
+    """``"loras.0.strength"`` as the document's path ``("loras", 0, "strength")``."""
+    parts = field.split(".") if field else []
+    return tuple(int(part) if part.isdigit() else part for part in parts)
 
 
 def load_presets(path: str | Path | None) -> dict[str, Preset]:

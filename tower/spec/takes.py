@@ -7,12 +7,14 @@ downstream (dedup, planner, graph builder, index) looks back at presets or defau
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from functools import cached_property
 
+from tower.shotlist.errors import InputError, Problem
+from tower.shotlist.images import ImageError, read_image
 from tower.shotlist.presets import BUILTIN_PRESETS, Preset
-from tower.shotlist.shots import Shot, ShotList
+from tower.shotlist.shots import CONTROL_MODEL_RULE, Shot, ShotList
 from tower.spec.keys import render_key
 from tower.spec.parts import (
     CHECKPOINTS,
@@ -124,9 +126,35 @@ def derive_seed(episode: str, shot_id: str) -> int:
     return int.from_bytes(digest[:8], "big")
 
 
-def full_prompt(prefix: str, prompt: str, suffix: str) -> str:
-    """The style prefix and suffix joined around the shot's prompt."""
-    return ", ".join(part.strip() for part in (prefix, prompt, suffix) if part.strip())
+def full_prompt(prefix: str, prompt: str, suffix: str, triggers: Sequence[str] = ()) -> str:
+    """The prompt rendered: style prefix, trigger words, the shot's prompt, style suffix.
+
+    Trigger words come in the order given, each once (two characters may share one);
+    empty parts are left out, so a shot without characters reads as it always did.
+    """
+    words = dict.fromkeys(word.strip() for word in triggers if word.strip())
+    return ", ".join(part.strip() for part in (prefix, *words, prompt, suffix) if part.strip())
+
+
+def _image(shot_list: ShotList, shot: Shot, role: str, path: str) -> InputImage:
+    """The input image at ``path`` (read when the list was loaded, so from the cache)."""
+    try:
+        return read_image(path)
+    except ImageError as err:  # changed on disk since the list was loaded
+        raise InputError([Problem(shot_list.episode, None, f"shot {shot.id}", role,
+                                  str(err))]) from None
+
+
+def _control(shot_list: ShotList, shot: Shot) -> ControlSpec | None:
+    control = shot.control
+    if control is None:
+        return None
+    model = control.model or shot_list.defaults.control_model
+    if model is None:  # a list built in code without validation
+        raise InputError([Problem(shot_list.episode, None, f"shot {shot.id}", "control.model",
+                                  CONTROL_MODEL_RULE)])
+    return ControlSpec(image=_image(shot_list, shot, "control", control.image), model=model,
+                       strength=control.strength, start=control.start, end=control.end)
 
 
 def resolve_shot(shot_list: ShotList, shot: Shot, preset: Preset) -> list[ResolvedTake]:
@@ -134,15 +162,25 @@ def resolve_shot(shot_list: ShotList, shot: Shot, preset: Preset) -> list[Resolv
 
     Text is stripped of surrounding spaces (which a spreadsheet adds or drops freely),
     so a list gives the same takes whether it was kept as YAML or exported to CSV.
+    The LoRA chain is the shot's characters in the order listed, then the preset's
+    style LoRAs; a layout sets the init image and its denoise replaces the preset's.
+    A shot without characters, layout or control at a preset without LoRAs, hires or
+    upscale resolves exactly as before those existed (same fields, same key).
+
+    Raises:
+        InputError: an input image that changed into something unusable since loading.
     """
     defaults = shot_list.defaults
     seed = shot.seed if shot.seed is not None else derive_seed(shot_list.episode, shot.id)
     takes = shot.takes or defaults.takes
+    characters = [shot_list.characters[name] for name in shot.characters]
+    layout = shot.layout
     base = ResolvedTake(
         episode=shot_list.episode,
         shot_id=shot.id,
         take=0,
-        prompt=full_prompt(defaults.style_prefix, shot.prompt, defaults.style_suffix),
+        prompt=full_prompt(defaults.style_prefix, shot.prompt, defaults.style_suffix,
+                           [word for character in characters for word in character.trigger]),
         negative=(shot.negative if shot.negative is not None else defaults.negative).strip(),
         seed=seed,
         preset=preset.name,
@@ -153,9 +191,14 @@ def resolve_shot(shot_list: ShotList, shot: Shot, preset: Preset) -> list[Resolv
         cfg=preset.cfg,
         width=shot.width or defaults.width or preset.width,
         height=shot.height or defaults.height or preset.height,
-        denoise=preset.denoise,
+        denoise=layout.denoise if layout is not None else preset.denoise,
         vae_tiled=preset.vae_tiled,
         vae_tile_size=preset.vae_tile_size,
+        loras=(*(c.spec() for c in characters), *(lora.spec() for lora in preset.loras)),
+        init_image=_image(shot_list, shot, "layout", layout.image) if layout else None,
+        control=_control(shot_list, shot),
+        hires=preset.hires.spec() if preset.hires is not None else None,
+        upscale=preset.upscale.spec() if preset.upscale is not None else None,
     )
     return [replace(base, take=k) for k in range(takes)]
 
@@ -174,6 +217,7 @@ def resolve_takes(
 
     Raises:
         KeyError: for an unknown preset override or shot id.
+        InputError: an input image changed into something unusable since loading.
     """
     if preset_override is not None and preset_override not in presets:
         raise KeyError(f"unknown preset {preset_override!r}; known: {', '.join(sorted(presets))}")
