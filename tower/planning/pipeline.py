@@ -55,6 +55,7 @@ from tower.planning.planner import (
 from tower.planning.preview import Preference, PresetChoice, choose_preset, reuse_similar
 from tower.planning.timing import TimeModel
 from tower.planning.vram import VramModel
+from tower.shotlist.images import aspect_warnings
 from tower.shotlist.presets import Preset
 from tower.shotlist.shots import ShotList, read_shot_list
 from tower.spec.takes import ResolvedTake, resolve_takes
@@ -202,7 +203,7 @@ def plan_run(shot_list: str | Path | ShotList, *, presets: Mapping[str, Preset],
     fresh = force_token(run_id or "") if forced else None
     plan = plan_batches(to_render, servers, presets, models.vram, models.time, fresh=fresh)
     return RunPlan(listed, source, takes, dedup, reused, to_render, plan, models,
-                   warnings + _over_budget(plan, servers), choice)
+                   warnings + aspect_warnings(takes) + _over_budget(plan, servers), choice)
 
 
 def _read(shot_list: str | Path | ShotList, presets: Mapping[str, Preset],
