@@ -9,10 +9,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from part_takes import CEL, LINEART, PARTS, REN, X2, inventory, with_parts
 from paths import DEMO_SHOT_LIST
 
+from tower.planning.batches import model_paths
 from tower.planning.planner import (
     Plan,
     PlanningError,
@@ -26,6 +28,7 @@ from tower.planning.vram import GPU_PROFILES, VramModel
 from tower.shotlist.presets import BUILTIN_PRESETS, Preset
 from tower.shotlist.shots import load_shot_list
 from tower.spec.graph import build_graph
+from tower.spec.parts import CHECKPOINTS, CONTROLNETS, LORAS, UPSCALE_MODELS, LoraSpec
 from tower.spec.takes import ResolvedTake, resolve_takes
 
 DEMO = DEMO_SHOT_LIST
@@ -65,14 +68,13 @@ def check_invariants(plan: Plan, takes: list[ResolvedTake], servers: list[Server
     model = vram or VramModel()
     planned = Counter(identity(t) for b in plan.batches for t in b.takes)
     assert planned == Counter(identity(t) for t in set(takes))
-    budgets = {s.name: s.vram_budget_mb for s in servers}
+    by_name = {s.name: s for s in servers}
     for b in plan.batches:
         build_graph(b.takes, b.filename_prefix)          # one valid ComfyUI prompt
-        assert b.vram_estimate_mb <= budgets[b.server]
-        assert b.vram_estimate_mb == model.estimate_mb(
-            b.checkpoint, b.first.width, b.first.height, b.size, b.vae_tiled,
-            b.first.vae_tile_size)
+        assert b.vram_estimate_mb <= by_name[b.server].vram_budget_mb
+        assert b.vram_estimate_mb == model.estimate_take_mb(b.first, b.size)
         assert b.size <= PRESETS[b.preset].max_batch
+        assert b.models == b.first.models and not by_name[b.server].lacks(b.models)
     assert len({b.batch_id for b in plan.batches}) == len(plan.batches)
 
 
@@ -411,3 +413,179 @@ def test_plan_command_calibrates_vram_from_measured_batches(tmp_path: Path) -> N
     assert "calibrated" not in default.output
     # smaller estimates: the same takes fit in fewer, larger batches on the 8 GB card
     assert len(calibrated.output.splitlines()) < len(default.output.splitlines())
+
+
+# --- production parts and model inventories ---------------------------------------------
+
+SD_FILE, XL_FILE = (CHECKPOINTS, SD), (CHECKPOINTS, XL)
+REN_FILE, CEL_FILE = (LORAS, REN), (LORAS, CEL)
+LINEART_FILE, X2_FILE = (CONTROLNETS, LINEART), (UPSCALE_MODELS, X2)
+
+
+def part_takes(shot: str, count: int, parts: list[str], preset: str = "standard",
+               episode: str = "ep02", **changes: object) -> list[ResolvedTake]:
+    return [with_parts(t, parts) for t in shot_takes(shot, count, preset, episode=episode,
+                                                     **changes)]
+
+
+def test_takes_no_server_can_render_are_one_error_saying_what_each_server_lacks() -> None:
+    x = replace(PARTS["control"]["control"], model="x.safetensors")  # type: ignore[type-var]
+    lora_and_x = part_takes("sh010", 4, ["lora"], control=x) + part_takes("sh020", 2, ["lora"],
+                                                                             control=x)
+    gaps = [t for t in part_takes("sh050", 6, ["upscale"]) if t.take in (0, 1, 5)]
+    fine = part_takes("sh030", 2, [])
+    servers = [ServerSpec("gpu-a", BUDGET["24gb"], models=inventory(SD_FILE, (CONTROLNETS,
+                                                                              "x.safetensors"))),
+               ServerSpec("gpu-b", BUDGET["12gb"], models=inventory(SD_FILE))]
+    with pytest.raises(PlanningError) as err:
+        plan_batches(fine + gaps + lora_and_x, servers, PRESETS)
+    assert str(err.value) == "\n".join([
+        "no server has every model file these takes need (nothing was queued):",
+        "  ep02 sh010 t0-3, ep02 sh020 t0-1: gpu-a lacks loras/char-ren-v2.safetensors;"
+        " gpu-b lacks loras/char-ren-v2.safetensors, controlnet/x.safetensors",
+        "  ep02 sh050 t0-1 t5: gpu-a lacks upscale_models/anime-x2-compact.safetensors;"
+        " gpu-b lacks upscale_models/anime-x2-compact.safetensors",
+        "copy the files into the servers' ComfyUI models folders, or change the takes"])
+    # the decode policy leaves them to that error (they may be in the index already)
+    assert apply_decode_policy(lora_and_x, servers, PRESETS) == lora_and_x
+
+
+def test_servers_without_the_models_are_skipped_and_the_plan_says_so() -> None:
+    lora = part_takes("sh020", 3, ["lora"]) + part_takes("sh010", 4, ["lora"])
+    cel = part_takes("sh040", 2, [], episode="ep03", loras=(LoraSpec(REN), LoraSpec(CEL)))
+    plain = part_takes("sh030", 8, [])
+    servers = [ServerSpec("gpu-a", BUDGET["12gb"], models=inventory(SD_FILE, REN_FILE, CEL_FILE)),
+               ServerSpec("gpu-b", BUDGET["12gb"], SD, speed=4.0, models=inventory(SD_FILE)),
+               ServerSpec("gpu-c", BUDGET["12gb"], models=inventory(SD_FILE, REN_FILE))]
+    takes = plain + lora + cel
+    plan = plan_batches(takes, servers, PRESETS)
+    check_invariants(plan, takes, servers)
+    assert {b.server for b in plan.batches if b.first.loras} <= {"gpu-a", "gpu-c"}
+    assert {b.server for b in plan.batches if "sh040" in b.label} == {"gpu-a"}
+    assert plan.notes == (          # per server, per set of missing files
+        "gpu-b skipped for ep02 sh010, sh020: missing loras/char-ren-v2.safetensors",
+        "gpu-b skipped for ep03 sh040: missing loras/char-ren-v2.safetensors,"
+        " loras/style-cel-v1.safetensors",
+        "gpu-c skipped for ep03 sh040: missing loras/style-cel-v1.safetensors")
+    table = plan.table()
+    assert all(f"note: {note}" in table for note in plan.notes)
+    assert table.splitlines()[-1] == f"total: {len(plan.batches)} batches, {len(takes)} takes"
+    assert plan_batches(list(reversed(takes)), servers, PRESETS) == plan
+    assert plan_batches(plain, servers, PRESETS).notes == ()
+    unknown = [replace(s, models=None) for s in servers]       # unknown: taken as complete
+    assert plan_batches(takes, unknown, PRESETS).notes == ()
+
+
+def test_the_decode_is_decided_on_the_servers_that_have_the_models() -> None:
+    takes = part_takes("sh010", 2, ["lora"], preset="xl")
+    servers = [ServerSpec("big", BUDGET["24gb"], models=inventory(XL_FILE)),
+               ServerSpec("small", BUDGET["12gb"], models=inventory(XL_FILE, REN_FILE))]
+    decided = apply_decode_policy(takes, servers, PRESETS)
+    assert [t.vae_tiled for t in decided] == [True, True]      # only "small" can render them
+    plan = plan_batches(decided, servers, PRESETS)
+    check_invariants(plan, decided, servers)
+    assert {b.server for b in plan.batches} == {"small"}
+    everywhere = [replace(s, models=None) for s in servers]
+    assert [t.vae_tiled for t in apply_decode_policy(takes, everywhere, PRESETS)] == [False] * 2
+
+
+def test_a_production_take_too_big_for_every_budget_says_which_part_peaks() -> None:
+    huge = part_takes("sh010", 1, ["lora", "hires"], preset="xl", width=2048, height=2048)
+    with pytest.raises(PlanningError) as err:
+        apply_decode_policy(huge, [ServerSpec("a", BUDGET["8gb"])], PRESETS)
+    message = str(err.value)
+    for part in ("ep02 sh010 t0", "lora+hires", "peaking in the sampling", "drop a part",
+                 "largest budget is 6500 MB"):
+        assert part in message
+
+
+def test_parts_make_batches_smaller_and_slower_and_halves_are_sized_alike() -> None:
+    plain = part_takes("sh010", 4, [])
+    heavy = part_takes("sh010", 4, ["lora", "control", "upscale"])
+    servers = [ServerSpec("a", BUDGET["12gb"])]
+    light, loaded = plan_batches(plain, servers, PRESETS), plan_batches(heavy, servers, PRESETS)
+    check_invariants(loaded, heavy, servers)
+    assert [b.size for b in light.batches] == [4] and [b.size for b in loaded.batches] == [3, 1]
+    assert loaded.est_seconds["a"] > light.est_seconds["a"]
+    batch = loaded.batches[0]
+    assert (batch.parts, batch.models) == ("lora+control+upscale",
+                                           (SD_FILE, REN_FILE, LINEART_FILE, X2_FILE))
+    model = VramModel()
+    assert batch.vram_estimate_mb == model.estimate_take_mb(batch.first, 3)
+    assert model.estimate_take_mb(batch.first, 3) > model.estimate_mb(SD, 768, 768, 3)
+    left, right = split_batch(batch)
+    assert left.vram_estimate_mb == model.estimate_take_mb(batch.first, 2)
+    assert right.vram_estimate_mb == model.estimate_take_mb(batch.first, 1)
+    assert left.models == right.models == batch.models
+
+
+ALL_FILES = [SD_FILE, (CHECKPOINTS, DRAFT), XL_FILE, REN_FILE, CEL_FILE, LINEART_FILE, X2_FILE]
+production_shots = st.lists(
+    st.tuples(st.sampled_from(["draft", "standard", "high", "xl"]), st.integers(1, 6),
+              st.sampled_from(["ep01", "ep02"]), st.sets(st.sampled_from(sorted(PARTS))),
+              st.sampled_from([REN, CEL])),
+    min_size=1, max_size=8)
+inventoried_servers = st.lists(
+    st.tuples(st.sampled_from(["10gb", "12gb", "24gb", "24gb"]),
+              st.sampled_from([None, SD, DRAFT, XL]), st.sampled_from([0.5, 1.0, 2.0]),
+              st.one_of(st.none(), st.sets(st.sampled_from(ALL_FILES), min_size=4))),
+    min_size=1, max_size=4)
+
+
+def _production_takes(shots: list[tuple[str, int, str, set[str], str]]) -> list[ResolvedTake]:
+    takes = []
+    for n, (preset, count, episode, parts, lora) in enumerate(shots):
+        for t in shot_takes(f"sh{n:03d}", count, preset, episode=episode):
+            t = with_parts(t, sorted(parts))
+            if t.loras:
+                t = replace(t, loras=(replace(t.loras[0], name=lora),))
+            takes.append(t)
+    return takes
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(shots=production_shots, specs=inventoried_servers, seed=st.integers(0, 1000))
+def test_planner_properties_with_parts_and_inventories(
+        shots: list[tuple[str, int, str, set[str], str]],
+        specs: list[tuple[str, str | None, float, set[tuple[str, str]] | None]],
+        seed: int) -> None:
+    takes = _production_takes(shots)
+    servers = [ServerSpec(f"s{i}", BUDGET[profile], loaded, speed,
+                          None if files is None else inventory(*files))
+               for i, (profile, loaded, speed, files) in enumerate(specs)]
+    stranded = [t for t in takes if all(s.lacks(t.models) for s in servers)]
+    try:
+        decided = apply_decode_policy(takes, servers, PRESETS)
+        plan = plan_batches(decided, servers, PRESETS)
+    except PlanningError as err:
+        event("refused: " + ("missing models" if "model file" in str(err) else "too big"))
+        _check_refusal(str(err), takes, servers, stranded)
+        return
+    event(f"planned, {'with' if plan.notes else 'without'} notes")
+    assert not stranded
+    check_invariants(plan, decided, servers)      # once each, budgets, models, valid graphs
+    shuffled = decided[:]
+    random.Random(seed).shuffle(shuffled)
+    assert plan_batches(shuffled, servers, PRESETS) == plan          # notes included
+    for t in decided:
+        for s in servers:
+            if missing := s.lacks(t.models):
+                assert any(note.startswith(f"{s.name} skipped for ") and t.shot_id in note
+                           and note.endswith(f"missing {model_paths(missing)}")
+                           for note in plan.notes)
+
+
+def _check_refusal(message: str, takes: list[ResolvedTake], servers: list[ServerSpec],
+                   stranded: list[ResolvedTake]) -> None:
+    """A refusal is either the missing-models error for every stranded take, or a take
+    that not even tiled fits the largest budget of the servers that have its models."""
+    if message.startswith("no server has every model file"):
+        assert stranded
+        for t in stranded:
+            assert f"{t.episode} {t.shot_id} " in message
+        return
+    assert "largest budget" in message
+    model = VramModel()
+    assert any(model.estimate_take_mb(t.with_tiled_decode(PRESETS[t.preset].vae_tile_size), 1)
+               > max(s.vram_budget_mb for s in servers if not s.lacks(t.models))
+               for t in takes if t not in stranded)

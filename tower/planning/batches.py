@@ -7,20 +7,49 @@ deterministic: same input, equal plans) and be printed for people.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from tower.spec.takes import ResolvedTake
 
+# A server's model files: ComfyUI models folder -> file names (``GET /models/<folder>``).
+Inventory = Mapping[str, frozenset[str]]
+
 
 @dataclass(frozen=True)
 class ServerSpec:
-    """A ComfyUI server as the planner sees it."""
+    """A ComfyUI server as the planner sees it.
+
+    ``models`` is what the server has (:data:`Inventory`); None means unknown, taken as
+    everything (the preflight checks the server before anything is queued).
+    """
 
     name: str
     vram_budget_mb: float
     loaded_checkpoint: str | None = None
     speed: float = 1.0  # relative to the time model's reference card
+    models: Inventory | None = None
+
+    def lacks(self, needed: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+        """The files of ``needed`` this server does not have (:func:`missing_models`)."""
+        return missing_models(self.models, needed)
+
+
+def missing_models(inventory: Inventory | None,
+                   needed: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """The ``(folder, file)`` pairs of ``needed`` that ``inventory`` lacks, in order.
+
+    The one rule the planner and the pool place work by: None (unknown) lacks nothing.
+    """
+    if inventory is None:
+        return ()
+    return tuple((folder, name) for folder, name in needed
+                 if name not in inventory.get(folder, frozenset()))
+
+
+def model_paths(models: Iterable[tuple[str, str]]) -> str:
+    """``loras/a.safetensors, controlnet/b.safetensors``: model files for people."""
+    return ", ".join(f"{folder}/{name}" for folder, name in models)
 
 
 @dataclass(frozen=True)
@@ -62,6 +91,16 @@ class RenderBatch:
     @property
     def vae_tiled(self) -> bool:
         return self.first.vae_tiled
+
+    @property
+    def models(self) -> tuple[tuple[str, str], ...]:
+        """The model files every server that renders this batch must have."""
+        return self.first.models
+
+    @property
+    def parts(self) -> str:
+        """The production parts its takes use (``""`` for txt2img), for the metrics."""
+        return self.first.parts
 
     @property
     def start(self) -> int:
@@ -125,11 +164,16 @@ def force_token(run_id: str) -> str:
 
 @dataclass(frozen=True)
 class Plan:
-    """Batches per server in render order, with each server's swaps and estimated time."""
+    """Batches per server in render order, with each server's swaps and estimated time.
+
+    ``notes`` say, for people, which servers were passed over for which shots and why
+    (the model files they lack), in a fixed order.
+    """
 
     batches: tuple[RenderBatch, ...]
     model_swaps: dict[str, int] = field(default_factory=dict)
     est_seconds: dict[str, float] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
 
     def forced(self, token: str) -> Plan:
         """The same plan with every batch carrying a forced run's ``token``."""
@@ -151,7 +195,7 @@ class Plan:
                  "est_seconds": round(b.est_seconds, 1)} for b in self.batches]
 
     def table(self) -> str:
-        """The plan as fixed-width text, a summary line per server at the end."""
+        """The plan as fixed-width text; then its notes, and a summary line per server."""
         head = (f"{'server':<12} {'batch':<16} {'shot':<16} {'takes':<7} {'preset':<9} "
                 f"{'checkpoint':<32} {'vae':<5} {'vram MB':>8} {'est s':>8}")
         lines = [head, "-" * len(head)]
@@ -162,6 +206,7 @@ class Plan:
                 f"{'tiled' if b.vae_tiled else 'full':<5} {b.vram_estimate_mb:>8.0f} "
                 f"{b.est_seconds:>8.1f}")
         lines.append("")
+        lines += [f"note: {note}" for note in self.notes]
         for name in self.est_seconds:
             count = len(self.for_server(name))
             lines.append(f"{name}: {count} batches, {self.model_swaps.get(name, 0)} model swaps,"

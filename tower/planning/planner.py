@@ -23,17 +23,28 @@ How work is placed:
    its model swaps equal the distinct checkpoints it serves, less one if it starts
    with the right one.
 
+Model files. A take needs every file of :attr:`ResolvedTake.models` (checkpoint, LoRAs,
+ControlNet, upscale model). A chunk goes only to servers whose inventory
+(:attr:`ServerSpec.models`; None is unknown, taken as complete) has them all; the plan's
+``notes`` say which servers were passed over for which shots. A take that no server can
+render is a :class:`PlanningError` listing every such take and what each server lacks,
+raised before anything is planned, so nothing is queued.
+
+Sizes and times come from one estimate each, :meth:`VramModel.estimate_take_mb` and
+:meth:`TimeModel.estimate_take_seconds`, parts included (a plain take's are the
+txt2img formulas'); the OOM halves of :func:`split_batch` use the same.
+
 The VAE decode (full or tiled) is part of the render key, so it is decided once, before
 dedup, by :func:`apply_decode_policy` (tiled only for a take no server can decode whole
-under the default VRAM model; :class:`PlanningError` when not even tiled fits, saying
-the estimate, the largest budget and what to change). The planner never switches a
-decode, whatever model it sizes batches with (see :mod:`tower.planning.pipeline`): a
-chunk its model says fits no server is planned one take per batch on the largest
-budget. Everything is deterministic:
-the same takes and servers give the same plan and the same batch ids (a hash of the
-takes' render keys), so submitting a plan twice is idempotent. A forced run passes its
-``fresh`` token (:func:`tower.planning.batches.force_token`): the same plan, but every batch (and
-every OOM half) gets prompt ids and graphs of that run's own.
+under the default VRAM model on the servers that have its models; :class:`PlanningError`
+when not even tiled fits, saying the estimate, the largest budget and what to change).
+The planner never switches a decode, whatever model it sizes batches with (see
+:mod:`tower.planning.pipeline`): a chunk its model says fits no server is planned one
+take per batch on the largest budget. Everything is deterministic: the same takes and
+servers give the same plan, notes and batch ids (a hash of the takes' render keys), so
+submitting a plan twice is idempotent. A forced run passes its ``fresh`` token
+(:func:`tower.planning.batches.force_token`): the same plan, but every batch (and every
+OOM half) gets prompt ids and graphs of that run's own.
 """
 
 from __future__ import annotations
@@ -42,7 +53,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
 
-from tower.planning.batches import Plan, RenderBatch, ServerSpec, batch_id_for, force_token
+from tower.planning.batches import (
+    Plan,
+    RenderBatch,
+    ServerSpec,
+    batch_id_for,
+    force_token,
+    model_paths,
+)
 from tower.planning.timing import TimeModel
 from tower.planning.vram import VramModel
 from tower.shotlist.presets import Preset
@@ -79,12 +97,10 @@ class _Models:
     time: TimeModel
 
     def vram_mb(self, take: ResolvedTake, size: int) -> float:
-        return self.vram.estimate_mb(take.checkpoint, take.width, take.height, size,
-                                     take.vae_tiled, take.vae_tile_size)
+        return self.vram.estimate_take_mb(take, size)
 
     def seconds(self, take: ResolvedTake, size: int) -> float:
-        return self.time.estimate_seconds(self.vram.family(take.checkpoint), take.width,
-                                          take.height, size, take.steps, take.vae_tiled)
+        return self.time.estimate_take_seconds(take, size, self.vram.family(take.checkpoint))
 
     def load_seconds(self, checkpoint: str) -> float:
         return self.time.load_seconds(self.vram.family(checkpoint))
@@ -95,20 +111,24 @@ def plan_batches(takes: Sequence[ResolvedTake], servers: Sequence[ServerSpec],
                  time_model: TimeModel | None = None, fresh: str | None = None) -> Plan:
     """Plan ``takes`` (dedup's ``to_render``, decode decided) onto ``servers``.
 
-    Every distinct take is planned exactly once; identical duplicates are planned once.
-    ``fresh`` (a forced run's token) goes on every batch; it changes no placement. A
-    chunk that fits no server under ``vram`` is planned one take per batch on the
-    servers with the largest budget, its estimate above that budget (the pipeline warns).
+    Every distinct take is planned exactly once; identical duplicates are planned once,
+    on a server that has all its model files. ``fresh`` (a forced run's token) goes on
+    every batch; it changes no placement. A chunk that fits no server under ``vram`` is
+    planned one take per batch on the servers with its models and the largest budget,
+    its estimate above that budget (the pipeline warns).
 
     Raises:
-        PlanningError: no servers, duplicate server names or an unknown preset.
+        PlanningError: no servers, duplicate server names, an unknown preset, or takes
+            that no server has the model files for (all of them in one message).
     """
     _check_servers(servers)
     models = _Models(vram or VramModel(), time_model or TimeModel())
-    chunks = [_fit_chunk(c, servers, models) for c in _chunks(takes, presets)]
+    chunks = _chunks(takes, presets)
+    notes = _check_models([t for c in chunks for t in c.takes], servers)
+    chunks = [_fit_chunk(c, servers, models) for c in chunks]
     order = _chunk_order(chunks)
     placed = _place(order, servers, models)
-    plan = _build_plan(placed, servers, models)
+    plan = _build_plan(placed, servers, models, notes)
     return plan if fresh is None else plan.forced(fresh)
 
 
@@ -144,6 +164,68 @@ def _chunks(takes: Sequence[ResolvedTake], presets: Mapping[str, Preset]) -> lis
     return chunks
 
 
+def _check_models(takes: Sequence[ResolvedTake], servers: Sequence[ServerSpec]
+                  ) -> tuple[str, ...]:
+    """Notes on the servers passed over for lacking model files, in a fixed order.
+
+    Raises:
+        PlanningError: for takes no server has every model file of; one message lists
+            them all, grouped by what each server lacks.
+    """
+    by_models: dict[tuple[tuple[str, str], ...], list[ResolvedTake]] = {}
+    for take in takes:
+        by_models.setdefault(take.models, []).append(take)
+    stranded: dict[tuple[tuple[str, tuple[tuple[str, str], ...]], ...], list[ResolvedTake]] = {}
+    skipped: dict[tuple[int, tuple[tuple[str, str], ...]], list[ResolvedTake]] = {}
+    for needed, group in by_models.items():
+        lacks = [(s.name, s.lacks(needed)) for s in servers]
+        if all(missing for _, missing in lacks):
+            stranded.setdefault(tuple(lacks), []).extend(group)
+            continue
+        for rank, (_, missing) in enumerate(lacks):
+            if missing:
+                skipped.setdefault((rank, missing), []).extend(group)
+    if stranded:
+        raise PlanningError(_stranded_message(stranded))
+    return tuple(f"{servers[rank].name} skipped for {_shots(group)}: missing "
+                 f"{model_paths(missing)}" for (rank, missing), group in sorted(skipped.items()))
+
+
+def _stranded_message(stranded: Mapping[tuple[tuple[str, tuple[tuple[str, str], ...]], ...],
+                                        list[ResolvedTake]]) -> str:
+    lines = ["no server has every model file these takes need (nothing was queued):"]
+    groups = sorted(stranded.items(), key=lambda item: min(_order(t) for t in item[1]))
+    for lacks, group in groups:
+        servers = "; ".join(f"{name} lacks {model_paths(missing)}" for name, missing in lacks)
+        lines.append(f"  {_take_ranges(group)}: {servers}")
+    lines.append("copy the files into the servers' ComfyUI models folders, or change the takes")
+    return "\n".join(lines)
+
+
+def _order(take: ResolvedTake) -> tuple[str, str, int]:
+    return (take.episode, take.shot_id, take.take)
+
+
+def _shots(takes: Sequence[ResolvedTake]) -> str:
+    """``ep02 sh010, sh020, ep03 sh010``: the shots of ``takes``, each episode named once."""
+    shots = sorted({(t.episode, t.shot_id) for t in takes})
+    return ", ".join(ep + " " + ", ".join(shot for _, shot in same)
+                     for ep, same in groupby(shots, key=lambda shot: shot[0]))
+
+
+def _take_ranges(takes: Sequence[ResolvedTake]) -> str:
+    """``ep02 sh010 t0-3, ep02 sh020 t0-1 t5``: the takes, grouped by shot, as ranges."""
+    indices = sorted({_order(t) for t in takes})
+    parts = []
+    for (episode, shot), same in groupby(indices, key=lambda i: i[:2]):
+        numbers = [i[2] for i in same]
+        runs = [[n for _, n in run]                  # consecutive numbers share n - i
+                for _, run in groupby(enumerate(numbers), key=lambda p: p[1] - p[0])]
+        ranges = " ".join(f"t{r[0]}" if len(r) == 1 else f"t{r[0]}-{r[-1]}" for r in runs)
+        parts.append(f"{episode} {shot} {ranges}")
+    return ", ".join(parts)
+
+
 def _largest_fit(take: ResolvedTake, limit: int, budget: float, models: _Models) -> int:
     """The largest batch size up to ``limit`` whose estimate fits ``budget`` (0: none)."""
     best = 0
@@ -156,12 +238,13 @@ def _largest_fit(take: ResolvedTake, limit: int, budget: float, models: _Models)
 
 def _fit_chunk(chunk: _Chunk, servers: Sequence[ServerSpec], models: _Models) -> _Chunk:
     """Batch sizes and costs per server; the largest budgets take what fits nowhere."""
+    able = _able(chunk.first, servers)
     limit = min(chunk.max_batch, len(chunk.takes))
-    fits = {s.name: _largest_fit(chunk.first, limit, s.vram_budget_mb, models) for s in servers}
+    fits = {s.name: _largest_fit(chunk.first, limit, s.vram_budget_mb, models) for s in able}
     if not any(fits.values()):
-        largest = max(s.vram_budget_mb for s in servers)
-        fits = {s.name: int(s.vram_budget_mb == largest) for s in servers}
-    for s in servers:
+        largest = max(s.vram_budget_mb for s in able)
+        fits = {s.name: int(s.vram_budget_mb == largest) for s in able}
+    for s in able:
         size = fits[s.name]
         if size:
             chunk.fit[s.name] = size
@@ -170,14 +253,24 @@ def _fit_chunk(chunk: _Chunk, servers: Sequence[ServerSpec], models: _Models) ->
     return chunk
 
 
+def _able(take: ResolvedTake, servers: Sequence[ServerSpec]) -> list[ServerSpec]:
+    """The servers that have every model file ``take`` needs."""
+    return [s for s in servers if not s.lacks(take.models)]
+
+
 def _too_big(take: ResolvedTake, servers: Sequence[ServerSpec], models: _Models) -> str:
     biggest = max(servers, key=lambda s: s.vram_budget_mb)
-    need = models.vram_mb(take, 1)
-    return (f"{take.label} ({take.preset}, {take.checkpoint}, {take.width}x{take.height}): "
-            f"estimated {need:.0f} MB for one take with tiled VAE decode (tile "
-            f"{take.vae_tile_size}), but the largest budget is {biggest.vram_budget_mb:.0f} MB"
-            f" ({biggest.name}); lower the resolution or the preset's vae_tile_size, use a "
-            f"smaller checkpoint, or add a server with more VRAM")
+    need = models.vram.estimate_take(take, 1)
+    what = f"{take.preset}, {take.checkpoint}, {take.width}x{take.height}"
+    peak, drop = "", ""
+    if take.parts:
+        what += f", {take.parts}"
+        peak, drop = f", peaking in the {need.peak_phase}", "drop a part (hires, upscale...), "
+    return (f"{take.label} ({what}): estimated {need.peak_mb:.0f} MB for one take with tiled"
+            f" VAE decode (tile {take.vae_tile_size}){peak}, but the largest budget is"
+            f" {biggest.vram_budget_mb:.0f} MB ({biggest.name}); lower the resolution or the"
+            f" preset's vae_tile_size, use a smaller checkpoint, {drop}or add a server with"
+            f" more VRAM")
 
 
 def _slices(takes: Sequence[ResolvedTake], size: int) -> list[tuple[ResolvedTake, ...]]:
@@ -294,7 +387,7 @@ def _place(order: list[_Chunk], servers: Sequence[ServerSpec],
 
 
 def _build_plan(placed: dict[str, list[_Chunk]], servers: Sequence[ServerSpec],
-                models: _Models) -> Plan:
+                models: _Models, notes: tuple[str, ...]) -> Plan:
     batches: list[RenderBatch] = []
     swaps: dict[str, int] = {}
     seconds: dict[str, float] = {}
@@ -308,7 +401,7 @@ def _build_plan(placed: dict[str, list[_Chunk]], servers: Sequence[ServerSpec],
         seconds[server.name] = sum(b.est_seconds for b in own) + sum(
             models.load_seconds(ck) / server.speed for ck in _loads(own, server.loaded_checkpoint))
         batches += own
-    return Plan(tuple(batches), swaps, seconds)
+    return Plan(tuple(batches), swaps, seconds, notes)
 
 
 def _batch(takes: tuple[ResolvedTake, ...], server: ServerSpec, models: _Models) -> RenderBatch:
@@ -337,8 +430,8 @@ def split_batch(batch: RenderBatch,
 
     Both halves stay on the batch's server and get their own ids; a forced batch's
     halves keep its ``fresh`` token, so they render anew too (under prompt ids of their
-    own). The VRAM estimate is recomputed (with ``vram`` when given) and the time split
-    pro rata.
+    own). The VRAM estimate is recomputed (:meth:`VramModel.estimate_take_mb`, with
+    ``vram`` when given) and the time split pro rata.
 
     Raises:
         ValueError: for a batch of one take, which cannot be split.
@@ -349,11 +442,9 @@ def split_batch(batch: RenderBatch,
     cut = (batch.size + 1) // 2
     halves = []
     for part in (batch.takes[:cut], batch.takes[cut:]):
-        first = part[0]
         halves.append(RenderBatch(
             batch_id=batch_id_for(part), server=batch.server, takes=tuple(part),
-            vram_estimate_mb=model.estimate_mb(first.checkpoint, first.width, first.height,
-                                               len(part), first.vae_tiled, first.vae_tile_size),
+            vram_estimate_mb=model.estimate_take_mb(part[0], len(part)),
             est_seconds=batch.est_seconds * len(part) / batch.size, fresh=batch.fresh))
     return halves[0], halves[1]
 
@@ -369,20 +460,25 @@ def apply_decode_policy(takes: Sequence[ResolvedTake], servers: Sequence[ServerS
     and neither does calibration: the model is always ``VramModel()``, never one fitted
     to the night's metrics, so keys do not move with the measurements and dedup keeps
     recognising what the index holds. Tiles use the preset's ``vae_tile_size`` (the
-    take's own when the preset is unknown).
+    take's own when the preset is unknown). "Somewhere" is among the servers that have
+    the take's model files, since only those can render it. A take no server has the
+    files for is decided on all servers and never refused here: it may be in the index
+    already, and if it is not, :func:`plan_batches` says what is missing.
 
     Raises:
         PlanningError: no usable servers, or a take that fits no budget even tiled.
     """
     _check_servers(servers)
     models = _Models(VramModel(), TimeModel())
-    largest = max(s.vram_budget_mb for s in servers)
+    able: dict[tuple[tuple[str, str], ...], list[ServerSpec]] = {}
     result = []
     for take in takes:
+        candidates = able.setdefault(take.models, _able(take, servers))
+        largest = max(s.vram_budget_mb for s in candidates or servers)
         if not take.vae_tiled and models.vram_mb(take, 1) > largest:
             preset = presets.get(take.preset)
             take = take.with_tiled_decode(preset.vae_tile_size if preset else take.vae_tile_size)
-        if models.vram_mb(take, 1) > largest:
-            raise PlanningError(_too_big(take, servers, models))
+        if candidates and models.vram_mb(take, 1) > largest:
+            raise PlanningError(_too_big(take, candidates, models))
         result.append(take)
     return result
