@@ -5,21 +5,36 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tower.runtime.pool import ServerPool, total_depth
+
+CKPT = ("checkpoints", "anime-final-sd15.safetensors")
+LORA = ("loras", "char-ren-v2.safetensors")
+CONTROL = ("controlnet", "layout-lineart-sd15.safetensors")
 
 
 @dataclass(frozen=True)
 class Item:
-    """The three fields the pool reads from a render batch."""
+    """The fields the pool reads from a render batch."""
 
     batch_id: str
     server: str
     vram_estimate_mb: float = 1000.0
+    models: tuple[tuple[str, str], ...] = (CKPT,)
 
 
-def items(server: str, count: int, prefix: str | None = None, vram: float = 1000.0) -> list[Item]:
-    return [Item(f"{prefix or server}-{i}", server, vram) for i in range(count)]
+def items(server: str, count: int, prefix: str | None = None, vram: float = 1000.0,
+          models: tuple[tuple[str, str], ...] = (CKPT,)) -> list[Item]:
+    return [Item(f"{prefix or server}-{i}", server, vram, models) for i in range(count)]
+
+
+def inventory(*files: tuple[str, str]) -> dict[str, frozenset[str]]:
+    folders: dict[str, set[str]] = {}
+    for folder, name in files:
+        folders.setdefault(folder, set()).add(name)
+    return {folder: frozenset(names) for folder, names in folders.items()}
 
 
 def ids(assignments) -> list[tuple[str, str]]:
@@ -142,3 +157,104 @@ def test_rejects_unknown_servers_and_bad_depths():
 @pytest.mark.parametrize(("depths", "workers"), [([2, 2], 4), ([1], 1), ([], 1), ([3, 1, 2], 6)])
 def test_total_depth(depths, workers):
     assert total_depth(depths) == workers
+
+
+# --- model inventories -----------------------------------------------------------------
+
+
+def test_stealing_skips_batches_whose_models_the_thief_lacks():
+    batches = items("a", 3, models=(CKPT, LORA)) + items("a", 2, "plain") + items("b", 1)
+    pool = ServerPool(batches, {"a": 1, "b": 1},
+                      inventories={"a": inventory(CKPT, LORA), "b": inventory(CKPT)})
+    pool.next_assignments()                      # a-0 on a, b-0 on b
+    pool.finished(Item("b-0", "b"), "b", ok=True)
+    # a's tail is plain-1, plain-0, then its LoRA batches: b takes only the plain ones
+    assert ids(pool.next_assignments()) == [("plain-1", "b")]
+    pool.finished(Item("plain-1", "b"), "b", ok=True)
+    assert ids(pool.next_assignments()) == [("plain-0", "b")]
+    pool.finished(Item("plain-0", "b"), "b", ok=True)
+    assert pool.next_assignments() == []
+    assert [b.batch_id for b in pool.servers["a"].waiting] == ["a-1", "a-2"]
+
+
+def test_a_server_without_a_known_inventory_is_taken_to_have_everything():
+    pool = ServerPool(items("a", 3, models=(CKPT, LORA)) + items("b", 1), {"a": 1, "b": 1},
+                      inventories={"a": inventory(CKPT, LORA), "b": None})
+    pool.next_assignments()
+    pool.finished(Item("b-0", "b"), "b", ok=True)
+    assert ids(pool.next_assignments()) == [("a-2", "b")]
+
+
+def test_batches_of_a_server_out_of_rotation_go_only_where_their_models_are():
+    batches = items("a", 4, models=(CKPT, LORA))
+    pool = ServerPool(batches, {"a": 1, "b": 1, "c": 1}, max_failures=1,
+                      inventories={"a": inventory(CKPT, LORA), "b": inventory(CKPT),
+                                   "c": inventory(CKPT, LORA)})
+    first = pool.next_assignments()               # idle b cannot steal; c can
+    assert ids(first) == [("a-0", "a"), ("a-3", "c")]
+    assert pool.finished(first[0].batch, "a", ok=False, server_fault=True, error="unreachable")
+    assert not pool.servers["b"].waiting                      # b is idle, yet gets none
+    assert [b.batch_id for b in pool.servers["c"].waiting] == ["a-1", "a-2", "a-0"]
+    pool.finished(first[1].batch, "c", ok=True)
+    sent = ["a-3"]
+    while not pool.finished_all:
+        for assignment in pool.next_assignments():
+            assert assignment.server == "c"
+            sent.append(assignment.batch.batch_id)
+            pool.finished(assignment.batch, "c", ok=True)
+    assert sorted(sent) == ["a-0", "a-1", "a-2", "a-3"] and pool.failed_batches == {}
+
+
+def test_when_no_server_left_has_the_models_the_batches_fail_saying_what_is_missing():
+    batches = items("a", 3, models=(CKPT, LORA, CONTROL)) + items("a", 1, "plain")
+    pool = ServerPool(batches, {"a": 1, "b": 1, "c": 1}, max_failures=1,
+                      inventories={"a": inventory(CKPT, LORA, CONTROL),
+                                   "b": inventory(CKPT), "c": inventory(CKPT, LORA)})
+    first = pool.next_assignments()
+    assert ids(first) == [("a-0", "a"), ("plain-0", "b")]    # c can take none of a's
+    assert not pool.finished(first[0].batch, "a", ok=False, server_fault=True,
+                             error="unreachable")
+    lacks = ("b lacks loras/char-ren-v2.safetensors, controlnet/layout-lineart-sd15"
+             ".safetensors; c lacks controlnet/layout-lineart-sd15.safetensors")
+    assert pool.failed_batches["a-0"] == (
+        f"unreachable; not retried elsewhere: no server left in rotation has its model"
+        f" files: {lacks}")
+    for orphan in ("a-1", "a-2"):
+        assert pool.failed_batches[orphan] == (
+            f"no server left in rotation has its model files: {lacks}"
+            f" (a left rotation: 1 batches failed in a row: unreachable)")
+    pool.finished(first[1].batch, "b", ok=True)
+    assert set(pool.failed_batches) == {"a-0", "a-1", "a-2"} and pool.finished_all
+
+
+MODEL_SETS = [(CKPT,), (CKPT, LORA), (CKPT, CONTROL), (CKPT, LORA, CONTROL)]
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_the_pool_never_sends_a_batch_where_its_models_are_not(data):
+    names = ["a", "b", "c"]
+    inventories = {name: inventory(*data.draw(st.sampled_from(MODEL_SETS), label=name))
+                   for name in names}
+    batches = []
+    for n in range(data.draw(st.integers(1, 12), label="batches")):
+        models = data.draw(st.sampled_from(MODEL_SETS), label=f"models {n}")
+        homes = [name for name in names if all(
+            file in inventories[name].get(folder, ()) for folder, file in models)]
+        if homes:                        # the planner only plans where the models are
+            batches.append(Item(f"x{n}", data.draw(st.sampled_from(homes)), 1000.0, models))
+    pool = ServerPool(batches, {name: data.draw(st.integers(1, 2)) for name in names},
+                      inventories=inventories, max_failures=data.draw(st.integers(1, 3)))
+    rendered = set()
+    while assignments := pool.next_assignments():
+        for assignment in assignments:
+            batch, server = assignment.batch, assignment.server
+            assert all(file in inventories[server].get(folder, ())
+                       for folder, file in batch.models)
+            ok = data.draw(st.booleans())
+            pool.finished(batch, server, ok=ok, server_fault=not ok, error="down")
+            if ok:
+                rendered.add(batch.batch_id)
+    assert pool.finished_all            # every batch rendered or failed, none twice
+    assert rendered | set(pool.failed_batches) == {b.batch_id for b in batches}
+    assert not rendered & set(pool.failed_batches)

@@ -6,6 +6,12 @@ GPU never idles between batches), lets a server that ran out of work take batche
 from the busiest other one, and takes a server that keeps failing out of rotation for
 the rest of the run, handing its waiting batches to the servers still in it.
 
+A batch only ever moves to a server that has every model file it needs (its
+``models``, checked against the server's inventory by the planner's own rule,
+:func:`tower.planning.batches.missing_models`; a server without a known inventory is
+taken to have everything). A batch that no server left in rotation can take fails,
+saying which files each of them lacks.
+
 Pure and single-threaded by design: the flow calls :meth:`ServerPool.next_assignments`
 and :meth:`ServerPool.finished` from its own loop, so the policy can be tested with
 plain tables of events and no clock, threads or servers.
@@ -18,9 +24,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from tower.planning.batches import Inventory, missing_models, model_paths
+
 DEFAULT_QUEUE_DEPTH = 2
 # Consecutive batch failures (after task retries) that take a server out of rotation.
 DEFAULT_MAX_FAILURES = 2
+NO_SERVER_LEFT = "no server left to render it"
 
 
 class Dispatchable(Protocol):
@@ -34,6 +43,11 @@ class Dispatchable(Protocol):
 
     @property
     def vram_estimate_mb(self) -> float: ...
+
+    @property
+    def models(self) -> tuple[tuple[str, str], ...]:
+        """``(ComfyUI models folder, file name)`` of every model file it needs."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -55,6 +69,7 @@ class ServerState:
     name: str
     depth: int
     vram_budget_mb: float | None = None
+    models: Inventory | None = None
     waiting: deque[Dispatchable] = field(default_factory=deque)
     in_flight: set[str] = field(default_factory=set)
     consecutive_failures: int = 0
@@ -68,6 +83,14 @@ class ServerState:
     def fits(self, batch: Dispatchable) -> bool:
         return self.vram_budget_mb is None or batch.vram_estimate_mb <= self.vram_budget_mb
 
+    def lacks(self, batch: Dispatchable) -> tuple[tuple[str, str], ...]:
+        """The model files of ``batch`` this server does not have."""
+        return missing_models(self.models, batch.models)
+
+    def can_take(self, batch: Dispatchable) -> bool:
+        """Has every model file of ``batch`` and the VRAM for it: it may be moved here."""
+        return self.fits(batch) and not self.lacks(batch)
+
 
 class ServerPool:
     """Hands out batches to servers and reacts to their outcomes.
@@ -76,6 +99,10 @@ class ServerPool:
         batches: the plan's batches, in the order each server should run them.
         depths: max batches in flight per server (its ComfyUI queue depth).
         vram_budgets: per-server VRAM budget; a batch only moves to a server it fits.
+        inventories: per-server model files (ComfyUI models folder -> file names, as
+            :attr:`tower.planning.batches.ServerSpec.models`); a batch never moves to a
+            server lacking one of its models. A server left out, or None, is taken to
+            have everything.
         max_failures: consecutive final failures that take a server out of rotation.
 
     Raises:
@@ -84,12 +111,14 @@ class ServerPool:
 
     def __init__(self, batches: Iterable[Dispatchable], depths: Mapping[str, int], *,
                  vram_budgets: Mapping[str, float | None] | None = None,
+                 inventories: Mapping[str, Inventory | None] | None = None,
                  max_failures: int = DEFAULT_MAX_FAILURES) -> None:
         budgets = vram_budgets or {}
+        models = inventories or {}
         bad = {name: depth for name, depth in depths.items() if depth < 1}
         if bad:
             raise ValueError(f"queue depth must be at least 1: {bad}")
-        self.servers = {name: ServerState(name, depth, budgets.get(name))
+        self.servers = {name: ServerState(name, depth, budgets.get(name), models.get(name))
                         for name, depth in depths.items()}
         self.max_failures = max_failures
         self.failed_batches: dict[str, str] = {}
@@ -141,7 +170,7 @@ class ServerPool:
         return assignments
 
     def _steal_for(self, thief: ServerState) -> Dispatchable | None:
-        """The last waiting batch of the server with the longest backlog that fits ``thief``.
+        """The last waiting batch of the longest backlog that ``thief`` can take.
 
         Only batches the victim cannot start right away are taken, so stealing never
         leaves the victim idle.
@@ -151,7 +180,7 @@ class ServerPool:
                          key=lambda s: len(s.waiting), reverse=True)
         for victim in victims:
             for batch in reversed(victim.waiting):
-                if thief.fits(batch):
+                if thief.can_take(batch):
                     victim.waiting.remove(batch)
                     return batch
         return None
@@ -175,8 +204,14 @@ class ServerPool:
         if state.in_rotation and state.consecutive_failures >= self.max_failures:
             self.take_out(server, f"{state.consecutive_failures} batches failed in a row: "
                                   f"{error}".rstrip(": "))
-        if server_fault and self._requeue(batch):
+        if not server_fault:
+            self.failed_batches[batch.batch_id] = error
+            return False
+        why = self._requeue(batch)
+        if why is None:
             return True
+        if why != NO_SERVER_LEFT:       # servers are left, none with the batch's models
+            error = f"{error}; not retried elsewhere: {why}" if error else why
         self.failed_batches[batch.batch_id] = error
         return False
 
@@ -188,18 +223,33 @@ class ServerPool:
         orphans = list(state.waiting)
         state.waiting.clear()
         for batch in orphans:
-            if not self._requeue(batch, count_try=False):
-                self.failed_batches[batch.batch_id] = f"no server left to render it ({reason})"
+            why = self._requeue(batch, count_try=False)
+            if why == NO_SERVER_LEFT:
+                self.failed_batches[batch.batch_id] = f"{why} ({reason})"
+            elif why is not None:
+                self.failed_batches[batch.batch_id] = (
+                    f"{why} ({server} left rotation: {reason})")
 
-    def _requeue(self, batch: Dispatchable, *, count_try: bool = True) -> bool:
+    def _requeue(self, batch: Dispatchable, *, count_try: bool = True) -> str | None:
+        """Queue ``batch`` on the least busy server that may take it; else say why not.
+
+        Only servers with every model file of the batch qualify; among them the ones its
+        VRAM estimate fits are preferred (an estimate may be pessimistic; a missing file
+        is certain failure).
+        """
         tried = self._tried.get(batch.batch_id, set()) if count_try else set()
         candidates = [s for s in self.active if s.name not in tried]
         if not candidates:
-            return False
-        fitting = [s for s in candidates if s.fits(batch)] or candidates
+            return NO_SERVER_LEFT
+        able = [s for s in candidates if not s.lacks(batch)]
+        if not able:
+            lacks = "; ".join(f"{s.name} lacks {model_paths(s.lacks(batch))}"
+                              for s in candidates)
+            return f"no server left in rotation has its model files: {lacks}"
+        fitting = [s for s in able if s.fits(batch)] or able
         target = min(fitting, key=lambda s: (len(s.waiting) + len(s.in_flight)) / s.depth)
         target.waiting.append(batch)
-        return True
+        return None
 
 
 def total_depth(depths: Sequence[int]) -> int:
