@@ -22,9 +22,11 @@ from tower.cli.report import report_command, status_command
 from tower.cli.servers import demo, server_app
 from tower.cli.store import index_app, metrics_app, plan_command
 from tower.shotlist.errors import InputError
+from tower.shotlist.images import aspect_warnings
 from tower.shotlist.presets import load_presets
 from tower.shotlist.shots import read_shot_list
 from tower.simulator.cli import sim
+from tower.spec.parts import CHECKPOINTS
 from tower.spec.takes import resolve_takes
 
 
@@ -109,6 +111,8 @@ def validate(path: Annotated[str, typer.Argument(help="shot list (.yaml/.csv/.js
         typer.echo(f"warning: {warning}", err=True)
     shot_list = loaded.shot_list
     takes = resolve_takes(shot_list, known)
+    for warning in aspect_warnings(takes):
+        typer.echo(f"warning: {warning}", err=True)
     per_preset = Counter(t.preset for t in takes)
     checkpoints = Counter(t.checkpoint for t in takes)
     typer.echo(f"{loaded.source}: episode {shot_list.episode}"
@@ -119,6 +123,13 @@ def validate(path: Annotated[str, typer.Argument(help="shot list (.yaml/.csv/.js
         typer.echo(f"  preset {name}: {count} takes")
     for name, count in sorted(checkpoints.items()):
         typer.echo(f"  checkpoint {name}: {count} takes")
+    models = Counter(f"{folder}/{name}" for t in takes for folder, name in t.models
+                     if folder != CHECKPOINTS)
+    for name, count in sorted(models.items()):
+        typer.echo(f"  model {name}: {count} takes")
+    images = {image.path for t in takes for image in t.input_images}
+    if images:
+        typer.echo(f"  input images: {len(images)}")
 
 
 app.command("report")(report_command)
