@@ -6,11 +6,13 @@ from datetime import UTC, datetime, timedelta
 
 import polars as pl
 import pytest
+from part_takes import with_parts
 
 from tower.planning.preview import choose_preset, estimate_seconds
 from tower.planning.timing import TimeModel
 from tower.planning.vram import SD15, SDXL
 from tower.shotlist.presets import BUILTIN_PRESETS, Preset
+from tower.spec.takes import ResolvedTake
 from tower.store.metrics import BatchMetrics
 
 T0 = datetime(2026, 11, 20, 22, 0, tzinfo=UTC)
@@ -101,3 +103,32 @@ def test_without_history_the_default_is_kept_and_said_so():
 def test_bad_arguments_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         choose_preset(BUILTIN_PRESETS, 1, SLOW, **kwargs)
+
+
+def sample(preset: Preset, *parts: str) -> ResolvedTake:
+    """A take resolved at ``preset``, with production parts."""
+    take = ResolvedTake(
+        episode="ep02", shot_id="sh010", take=0, prompt="p", negative="n", seed=1,
+        preset=preset.name, checkpoint=preset.checkpoint, sampler=preset.sampler,
+        scheduler=preset.scheduler, steps=preset.steps, cfg=preset.cfg, width=preset.width,
+        height=preset.height, vae_tiled=preset.vae_tiled, vae_tile_size=preset.vae_tile_size)
+    return with_parts(take, parts)
+
+
+def test_a_sample_take_times_the_preset_with_its_parts():
+    high = BUILTIN_PRESETS["high"]
+    plain = estimate_seconds(high, 4, SLOW)
+    assert estimate_seconds(high, 4, SLOW, sample=sample(high)) == plain
+    heavy = sample(high, "hires", "upscale", "lora")
+    assert estimate_seconds(high, 4, SLOW, sample=heavy) == pytest.approx(
+        SLOW.load_seconds(SD15) + 2 * SLOW.estimate_take_seconds(heavy, 2, SD15))
+    assert estimate_seconds(high, 4, SLOW, sample=heavy) > plain
+    # 111 s fits 120 as plain txt2img; with a hires pass and an upscale it does not
+    samples = {name: sample(p, "hires", "upscale") for name, p in BUILTIN_PRESETS.items()}
+    assert choose_preset(BUILTIN_PRESETS, 4, SLOW, budget_s=120, preference="quality").preset \
+        == "high"
+    choice = choose_preset(BUILTIN_PRESETS, 4, SLOW, budget_s=120, preference="quality",
+                           samples=samples)
+    assert choice.preset != "high"
+    assert choice.expected_s == pytest.approx(estimate_seconds(
+        BUILTIN_PRESETS[choice.preset], 4, SLOW, sample=samples[choice.preset]))

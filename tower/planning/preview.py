@@ -9,6 +9,11 @@ never rendered here is estimated from the families that were (the calibration sc
 them all). The quality preference sets how much of the budget the estimate may use:
 ``speed`` keeps half of it in reserve, ``balanced`` a fifth, ``quality`` none.
 
+A preset's own parts (style LoRAs, hires pass, upscale model) and the shots' (characters,
+layouts, line art) cost time: given a sample take resolved at each preset, the estimate
+is :meth:`TimeModel.estimate_take_seconds`'s, parts included; without one it is the
+preset's plain txt2img time.
+
 The time model's defaults describe a reference card, not this farm: until it has been
 calibrated from at least one measured batch, a budget cannot be judged and the default
 preset is kept ("no render history to estimate from").
@@ -50,15 +55,20 @@ def work(preset: Preset) -> float:
 
 
 def estimate_seconds(preset: Preset, images: int, time_model: TimeModel, servers: int = 1,
-                     vram: VramModel | None = None) -> float | None:
+                     vram: VramModel | None = None,
+                     sample: ResolvedTake | None = None) -> float | None:
     """Expected wall seconds to render ``images`` at ``preset`` on ``servers`` servers.
 
     None while ``time_model`` has measured nothing. ``vram`` supplies the checkpoint
-    table that names the preset checkpoint's family.
+    table that names the preset checkpoint's family. ``sample``, a take resolved at
+    ``preset``, is timed with its parts (every image taken to be like it).
     """
     if not time_model.fits:
         return None
     family = (vram or VramModel()).family(preset.checkpoint)
+    if sample is not None:
+        return time_model.wall_take_seconds(sample, family, images,
+                                            max_batch=preset.max_batch, servers=servers)
     return time_model.wall_seconds(family, preset.width, preset.height, preset.steps, images,
                                    max_batch=preset.max_batch, servers=servers,
                                    vae_tiled=preset.vae_tiled)
@@ -67,28 +77,33 @@ def estimate_seconds(preset: Preset, images: int, time_model: TimeModel, servers
 def choose_preset(presets: Mapping[str, Preset], images: int, time_model: TimeModel, *,
                   budget_s: float | None = None, preference: Preference = "balanced",
                   servers: int = 1, default: str = DEFAULT_PRESET,
-                  vram: VramModel | None = None) -> PresetChoice:
+                  vram: VramModel | None = None,
+                  samples: Mapping[str, ResolvedTake] | None = None) -> PresetChoice:
     """The most expensive preset whose estimate fits the preference's share of the budget.
 
     Without a budget, or without any history to estimate from, the default preset.
     When nothing fits, the cheapest preset (the preview still arrives as soon as it can).
+    ``samples`` (preset name -> a take resolved at it) time the presets with their
+    parts and the shots'; a preset without a sample is timed as plain txt2img.
 
     Raises:
         ValueError: unknown preference or default preset, or a budget that is not positive.
     """
+    def estimate(name: str) -> float | None:
+        return estimate_seconds(presets[name], images, time_model, servers, vram,
+                                (samples or {}).get(name))
+
     if preference not in BUDGET_SHARE:
         raise ValueError(f"quality_preference must be one of {', '.join(PREFERENCES)} "
                          f"(got {preference!r})")
     if default not in presets:
         raise ValueError(f"unknown default preset {default!r}")
     if budget_s is None:
-        return PresetChoice(default, estimate_seconds(presets[default], images, time_model,
-                                                      servers, vram), "no time budget")
+        return PresetChoice(default, estimate(default), "no time budget")
     if budget_s <= 0:
         raise ValueError(f"time_budget_seconds must be positive (got {budget_s})")
     allowed = budget_s * BUDGET_SHARE[preference]
-    known = {name: est for name, p in presets.items()
-             if (est := estimate_seconds(p, images, time_model, servers, vram)) is not None}
+    known = {name: est for name in presets if (est := estimate(name)) is not None}
     if not known:
         return PresetChoice(default, None, "no render history to estimate from")
     fitting = [name for name, est in known.items() if est <= allowed]

@@ -53,7 +53,7 @@ do not inflate the step cost of plain ones; the part costs above are not refitte
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 import polars as pl
@@ -137,14 +137,25 @@ class TimeModel:
         checkpoint once (a preview cannot count on finding it loaded), then renders its
         share in batches of up to ``max_batch``. The busiest server's time is returned.
         """
+        return self._wall(lambda size: self.estimate_seconds(
+            family, width, height, size, steps, vae_tiled), family, images, max_batch, servers)
+
+    def wall_take_seconds(self, take: ResolvedTake, family: str, images: int, *,
+                          max_batch: int = 1, servers: int = 1) -> float:
+        """:meth:`wall_seconds` for ``images`` takes like ``take``, timed with its parts."""
+        return self._wall(lambda size: self.estimate_take_seconds(take, size, family),
+                          family, images, max_batch, servers)
+
+    def _wall(self, batch_seconds: Callable[[int], float], family: str, images: int,
+              max_batch: int, servers: int) -> float:
         if images < 1:
             return 0.0
         share = -(-images // max(1, servers))
         size = max(1, min(max_batch, share))
         full, rest = divmod(share, size)
-        seconds = full * self.estimate_seconds(family, width, height, size, steps, vae_tiled)
+        seconds = full * batch_seconds(size)
         if rest:
-            seconds += self.estimate_seconds(family, width, height, rest, steps, vae_tiled)
+            seconds += batch_seconds(rest)
         return self.load_seconds(family) + seconds
 
     def calibrated(self, metrics: pl.LazyFrame | pl.DataFrame, steps_by_preset: Mapping[str, int],
