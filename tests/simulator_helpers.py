@@ -1,4 +1,5 @@
-"""Helpers for the simulator tests: recorded fixtures, shapes, a WebSocket recorder.
+"""Helpers for the simulator tests: recorded fixtures, shapes, a WebSocket recorder,
+uploads built like the recorded ones.
 
 No tests live here; the module name keeps it among the simulator's test files.
 """
@@ -6,21 +7,25 @@ No tests live here; the module name keeps it among the simulator's test files.
 from __future__ import annotations
 
 import copy
+import io
 import json
 import time
 from typing import Any
 
 import httpx
 from paths import CONTRACT
+from PIL import Image
 from websockets.sync.client import ClientConnection, connect
 
 from tower.simulator import SimulatorServer
 
 TIMEOUT = httpx.Timeout(10.0, connect=2.0)
+PRODUCTION = "production/"
+BOUNDARY = "----ep02FixtureBoundary7MA4YWxkTrZu0gW"
 
 
 def recorded(name: str) -> Any:
-    """A recorded fixture file, parsed."""
+    """A recorded fixture file, parsed (``production/...`` for the production set)."""
     return json.loads((CONTRACT / name).read_text("utf-8"))
 
 
@@ -143,3 +148,68 @@ def long_graph(seed: int = 1, steps: int = 500, prefix: str = "ep01/long") -> di
     graph["3"]["inputs"].update(seed=seed, steps=steps)
     graph["9"]["inputs"]["filename_prefix"] = prefix
     return graph
+
+
+def assert_frame_shapes(frames: list[dict[str, Any]], trace: list[dict[str, Any]]) -> None:
+    """Every message type we sent has the recorded data keys for that type."""
+    recorded_keys: dict[tuple[str, bool], set[str]] = {}
+    for frame in trace:
+        data = frame["data"]
+        recorded_keys[(frame["type"], data.get("node") is None)] = set(data)
+    for frame in frames:
+        data = frame["data"]
+        key = (frame["type"], data.get("node") is None)
+        if key in recorded_keys:
+            assert set(data) == recorded_keys[key], frame
+
+
+def multipart(parts: list[tuple[str, str | tuple[str, bytes, str]]]) -> tuple[bytes, str]:
+    """(body, content type) of a form built by hand, filenames sent verbatim as the
+    recorder sent them: ``(name, value)`` or ``(name, (filename, data, content_type))``."""
+    chunks = []
+    for name, value in parts:
+        if isinstance(value, tuple):
+            filename, data, content_type = value
+            head = (f'Content-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+                    f"Content-Type: {content_type}\r\n")
+        else:
+            head, data = f'Content-Disposition: form-data; name="{name}"\r\n', value.encode()
+        chunks.append(f"--{BOUNDARY}\r\n{head}\r\n".encode() + data + b"\r\n")
+    body = b"".join(chunks) + f"--{BOUNDARY}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={BOUNDARY}"
+
+
+def upload(http: httpx.Client, filename: str, data: bytes, **fields: str) -> httpx.Response:
+    """POST /upload/image with one image part and the given plain fields."""
+    parts: list[tuple[str, str | tuple[str, bytes, str]]] = [
+        ("image", (filename, data, "image/png"))]
+    parts += list(fields.items())
+    body, content_type = multipart(parts)
+    return http.post("/upload/image", content=body, headers={"Content-Type": content_type})
+
+
+def replay_upload(http: httpx.Client, name: str) -> httpx.Response:
+    """Replay a recorded ``upload_image_*.json`` request, file bytes from ``inputs/``."""
+    parts: list[tuple[str, str | tuple[str, bytes, str]]] = []
+    for part in recorded(PRODUCTION + name)["request"]["multipart"]:
+        if "filename" in part:
+            data = (CONTRACT / PRODUCTION / part["source"]).read_bytes()
+            parts.append((part["name"], (part["filename"], data, part["content_type"])))
+        else:
+            parts.append((part["name"], part["value"]))
+    body, content_type = multipart(parts)
+    return http.post("/upload/image", content=body, headers={"Content-Type": content_type})
+
+
+def png(colour: tuple[int, int, int], size: tuple[int, int] = (64, 64)) -> bytes:
+    """A flat-colour PNG."""
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def output_pixels(sim: SimulatorServer, image: dict[str, str]) -> bytes:
+    """The RGB pixels of a saved output (a history ``images`` entry)."""
+    folder = sim.output_dir / image["subfolder"] if image["subfolder"] else sim.output_dir
+    with Image.open(folder / image["filename"]) as img:
+        return img.convert("RGB").tobytes()

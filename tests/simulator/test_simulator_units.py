@@ -20,12 +20,12 @@ from typer.testing import CliRunner
 from tower.cli import app
 from tower.simulator import Faults, costs
 from tower.simulator.catalog import Catalog
-from tower.simulator.config import DEFAULT_CHECKPOINTS
+from tower.simulator.config import SimulatorConfig
 from tower.simulator.executor import _signature
 from tower.simulator.images import UnsafePrefixError, save_path
 from tower.simulator.validation import validate_prompt
 
-CATALOG = Catalog(DEFAULT_CHECKPOINTS)
+CATALOG = Catalog(SimulatorConfig())
 
 
 def _edit(node: str, **inputs: Any) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """The simulator's HTTP and WebSocket routes: ComfyUI 0.3.64's, plus ``/_tower/*``.
 
-Route behaviour follows the recordings in ``shared/comfyui-contract`` (see its README);
+Route behaviour follows the recordings in ``shared/comfyui-contract`` and its
+``production`` folder (see their READMEs);
 ``/_tower/busy``, ``/_tower/faults`` and ``/_tower/restart`` are the simulator's own
 control routes and exist on no real server.
 """
@@ -20,13 +21,16 @@ from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from tower.simulator.catalog import INPUT_LISTS
 from tower.simulator.engine import Engine
 from tower.simulator.faults import FaultMiddleware
+from tower.simulator.folders import UploadRefused, store_upload
 from tower.simulator.hub import ws_text
+from tower.simulator.multipart import parse_form
 from tower.simulator.responses import JSON_TYPE, ComfyJSON, empty, json_body, trouble
 from tower.simulator.system import MODEL_FOLDERS, system_stats
 from tower.simulator.validation import validate_prompt
-from tower.simulator.views import view
+from tower.simulator.views import model_folder, view, view_metadata
 
 SENSITIVE_EXTRA = ("auth_token_comfy_org", "api_key_comfy_org")
 FEATURES = {"supports_preview_metadata": True, "max_upload_size": 104857600}
@@ -59,7 +63,8 @@ async def post_prompt(request: Request) -> Response:
     prompt = data["prompt"]
     prompt_id = str(data["prompt_id"]) if "prompt_id" in data else str(uuid.uuid4())
     try:
-        result = validate_prompt(engine.catalog, prompt, data.get("partial_execution_targets"))
+        result = validate_prompt(engine.catalog, prompt, data.get("partial_execution_targets"),
+                                 engine.folders)
     except Exception:
         return trouble()
     if not result.ok:
@@ -151,7 +156,29 @@ async def _optional_json(request: Request) -> dict[str, Any]:
 
 
 async def get_view(request: Request) -> Response:
-    return view(request, request.app.state.engine.output_dir)
+    return view(request, request.app.state.engine.folders)
+
+
+async def get_view_metadata(request: Request) -> Response:
+    return view_metadata(request, request.app.state.engine.config)
+
+
+async def post_upload_image(request: Request) -> Response:
+    """``/upload/image``: store the ``image`` part under ComfyUI's naming rules."""
+    engine: Engine = request.app.state.engine
+    try:
+        fields = parse_form(request.headers.get("content-type", ""), await request.body())
+        reply = await asyncio.to_thread(store_upload, engine.folders, fields)
+    except UploadRefused:
+        return empty(400)
+    except Exception:
+        return trouble()  # ComfyUI crashes too: a missing folder, an unknown type
+    return ComfyJSON(reply)
+
+
+def _input_listing(engine: Engine) -> dict[str, list[str]]:
+    """The input-folder choices of LoadImage and LoadImageMask, read now."""
+    return {node: engine.folders.input_files(kinds) for node, kinds in INPUT_LISTS.items()}
 
 
 async def get_system_stats(request: Request) -> Response:
@@ -159,12 +186,14 @@ async def get_system_stats(request: Request) -> Response:
 
 
 async def get_object_info(request: Request) -> Response:
-    return Response(request.app.state.engine.catalog.body, media_type=JSON_TYPE)
+    engine: Engine = request.app.state.engine
+    return Response(engine.catalog.object_info(_input_listing(engine)), media_type=JSON_TYPE)
 
 
 async def get_object_info_node(request: Request) -> Response:
+    engine: Engine = request.app.state.engine
     name = request.path_params["node_class"]
-    node = request.app.state.engine.catalog.get(name)
+    node = engine.catalog.node_info(name, _input_listing(engine))
     return ComfyJSON({name: node} if node is not None else {})
 
 
@@ -173,12 +202,7 @@ async def get_models(request: Request) -> Response:
 
 
 async def get_model_folder(request: Request) -> Response:
-    folder = request.path_params["folder"]
-    if folder not in MODEL_FOLDERS:
-        return empty(404)
-    if folder == "checkpoints":
-        return ComfyJSON(list(request.app.state.engine.config.checkpoints))
-    return ComfyJSON([])
+    return model_folder(request, request.app.state.engine.config)
 
 
 async def get_features(request: Request) -> Response:
@@ -257,6 +281,8 @@ ROUTES = [
     Route("/interrupt", post_interrupt, methods=["POST"]),
     Route("/free", post_free, methods=["POST"]),
     Route("/view", get_view, methods=["GET"]),
+    Route("/view_metadata/{folder}", get_view_metadata, methods=["GET"]),
+    Route("/upload/image", post_upload_image, methods=["POST"]),
     Route("/system_stats", get_system_stats, methods=["GET"]),
     Route("/object_info", get_object_info, methods=["GET"]),
     Route("/object_info/{node_class:path}", get_object_info_node, methods=["GET"]),

@@ -1,8 +1,8 @@
 """One simulated ComfyUI process: queue, history, node cache, worker thread.
 
 A :class:`Session` is everything a real ComfyUI restart loses. The :class:`Engine` keeps
-what outlives a restart (settings, faults, output folder, sockets hub, busy log) and
-swaps in a fresh session on :meth:`Engine.restart`.
+what outlives a restart (settings, faults, folders, sockets hub, busy log) and swaps in
+a fresh session on :meth:`Engine.restart`.
 """
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from tower.simulator.catalog import Catalog
 from tower.simulator.config import Faults, SimulatorConfig
 from tower.simulator.executor import Executor, Machine, Stopped
+from tower.simulator.folders import Folders
 from tower.simulator.hub import Hub
 from tower.simulator.jobs import PromptQueue
 
@@ -33,7 +33,7 @@ class Session:
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.executor = Executor(engine.config, engine.faults, engine.catalog, engine.hub,
-                                 engine.machine, engine.output_dir, self.stop)
+                                 engine.machine, engine.folders, self.stop)
         self._free: dict[str, bool] = {}
         self._thread = threading.Thread(target=self._work, daemon=True,
                                         name=f"{engine.config.name}-worker")
@@ -107,11 +107,12 @@ class Session:
 class Engine:
     """Settings, faults and state of one simulator instance."""
 
-    def __init__(self, config: SimulatorConfig, faults: Faults, output_dir: Path) -> None:
+    def __init__(self, config: SimulatorConfig, faults: Faults, folders: Folders) -> None:
         self.config = config
         self.faults = faults
-        self.output_dir = output_dir
-        self.catalog = Catalog(config.checkpoints)
+        self.folders = folders
+        self.output_dir = folders.output
+        self.catalog = Catalog(config)
         self.hub = Hub(lambda: self.faults.drop_ws_after)
         self.machine = Machine()
         self.started_at = time.time()

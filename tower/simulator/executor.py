@@ -5,6 +5,8 @@ ComfyUI 0.3.64 (README facts 7, 9, 11, 12 of the contract recordings), keeps a
 ComfyUI-like node cache (only the latest prompt's nodes, keyed on their inputs), and
 returns the history entry. Sleeping is ``time_scale`` real seconds per simulated second.
 
+A class with ``IS_CHANGED`` (LoadImage: the file's sha256) adds its value to its cache
+key, so the node and everything downstream re-run when the file's content changes.
 Inputs a node class does not declare are handled like ComfyUI's: they are part of the
 node's cache key (``CacheKeySetInputSignature.get_immediate_node_signature`` takes
 every input key) but never reach the node (``execution.get_input_data`` passes declared
@@ -19,16 +21,18 @@ import random
 import threading
 import time
 import traceback
+import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from tower.comfyui import is_link
 from tower.simulator import costs
 from tower.simulator.catalog import Catalog
 from tower.simulator.config import Faults, SimulatorConfig
+from tower.simulator.folders import Folders
 from tower.simulator.hub import Hub
-from tower.simulator.nodes import HANDLERS, SimulatedError, generic
+from tower.simulator.nodes import HANDLERS, IS_CHANGED, SimulatedError, generic
 
 
 class Interrupted(Exception):
@@ -64,13 +68,14 @@ class Executor:
     """Executes prompts for one server session (lost on restart)."""
 
     def __init__(self, config: SimulatorConfig, faults: Faults, catalog: Catalog, hub: Hub,
-                 machine: Machine, output_dir: Path, stop: threading.Event) -> None:
+                 machine: Machine, folders: Folders, stop: threading.Event) -> None:
         self.config = config
         self.faults = faults
         self.catalog = catalog
         self.hub = hub
         self.machine = machine
-        self.output_dir = output_dir
+        self.folders = folders
+        self.output_dir = folders.output
         self.stop = stop
         self.interrupt = threading.Event()
         self.cache: dict[str, tuple[tuple[Any, ...], dict[str, Any] | None]] = {}
@@ -175,7 +180,8 @@ class Executor:
             messages.append([event, data])
             self.send_to_client(event, data, broadcast=broadcast)
 
-        signatures = {nid: _signature(prompt, nid) for nid in prompt}
+        changed = self._is_changed(prompt)
+        signatures = {nid: _signature(prompt, nid, changed=changed) for nid in prompt}
         order = _execution_order(prompt, outputs_to_execute)
         cached = [nid for nid in prompt if signatures[nid] in self.cache]
         message("execution_start", {"prompt_id": prompt_id, "timestamp": now_ms()})
@@ -197,6 +203,17 @@ class Executor:
             return self._finish(run, messages, success=False)
         message("execution_success", {"prompt_id": prompt_id, "timestamp": now_ms()})
         return self._finish(run, messages, success=True)
+
+    def _is_changed(self, prompt: dict[str, Any]) -> dict[str, str]:
+        """``IS_CHANGED`` of the prompt's nodes that have one; an unreadable file gets a
+        value of its own each time, so its node never hits the cache (ComfyUI's NaN)."""
+        changed = {}
+        for node_id, node in prompt.items():
+            check = IS_CHANGED.get(node["class_type"])
+            if check is not None:
+                changed[node_id] = check(self.folders, node.get("inputs", {})) or \
+                    f"unreadable {uuid.uuid4()}"
+        return changed
 
     def _finish(self, run: _Run, messages: list[Any], success: bool) -> dict[str, Any]:
         keep = set(run.signatures.values())
@@ -289,23 +306,37 @@ class _Run:
         return {
             "prompt_id": self.ex.running_id, "node_id": self.current,
             "node_type": self.prompt[self.current]["class_type"], "executed": self.executed,
-            "exception_message": str(err), "exception_type": kind,
+            "exception_message": f"{err}\n", "exception_type": kind,
             "traceback": traceback.format_tb(err.__traceback__),
-            "current_inputs": {k: [repr(v)] for k, v in self.inputs.items()},
-            "current_outputs": list(self.values), "timestamp": now_ms()}
+            "current_inputs": {k: [_shown(v)] for k, v in self.inputs.items()},
+            "current_outputs": list(self.prompt), "timestamp": now_ms()}
 
 
-def _signature(prompt: dict[str, Any], node_id: str, seen: frozenset[str] = frozenset()) -> str:
-    """A node's cache key: its class and every input, declared or not (as ComfyUI), with
-    links replaced by upstream keys, so a changed ancestor changes the key."""
+def _shown(value: Any) -> Any:
+    """An input as ComfyUI's error shows it (``format_value``): JSON scalars as they
+    are, anything else as its string."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)
+
+
+def _signature(prompt: dict[str, Any], node_id: str, seen: frozenset[str] = frozenset(),
+               changed: Mapping[str, str] | None = None) -> str:
+    """A node's cache key: its class, its ``IS_CHANGED`` value if any (``changed``) and
+    every input, declared or not (as ComfyUI), with links replaced by upstream keys, so
+    a changed ancestor changes the key."""
+    changed = changed or {}
     node = prompt[node_id]
     parts: dict[str, Any] = {}
     for name, value in sorted(node.get("inputs", {}).items()):
         if is_link(value) and value[0] in prompt and value[0] not in seen:
-            parts[name] = [_signature(prompt, value[0], seen | {node_id}), value[1]]
+            parts[name] = [_signature(prompt, value[0], seen | {node_id}, changed), value[1]]
         else:
             parts[name] = value
-    return json.dumps([node["class_type"], parts], sort_keys=True, default=str)
+    key: list[Any] = [node["class_type"], parts]
+    if node_id in changed:
+        key.append(changed[node_id])
+    return json.dumps(key, sort_keys=True, default=str)
 
 
 def _execution_order(prompt: dict[str, Any], outputs: list[str]) -> list[str]:

@@ -1,55 +1,22 @@
-"""Simulated renders: deterministic pixels, saved the way ComfyUI's SaveImage saves them.
+"""Saving simulated images the way ComfyUI's SaveImage saves them.
 
-A take's pixels depend only on (checkpoint, positive prompt, seed, noise index, size),
-never on the batch it was rendered in, mirroring ComfyUI with ``LatentFromBatch``
-(see ``tower/spec/graph.py``). Pixels are random colour blocks of 8x8 (one per latent
-cell), drawn from a generator seeded with a hash of those values: cheap to make, and
-any change to the inputs changes the image.
+What the pixels show is decided in :mod:`tower.simulator.pictures`; this module names
+the files (ComfyUI's counters) and writes PNGs with the prompt in their text chunks.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
-import random
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from tower.simulator.pictures import Picture, render
 from tower.store.files import atomic_write_bytes, inside
-
-LATENT_SCALE = 8
-
-
-@dataclass(frozen=True)
-class ImageSpec:
-    """Everything that decides one simulated image's pixels."""
-
-    checkpoint: str
-    text: str
-    seed: int
-    index: int
-    width: int
-    height: int
-
-    def digest(self) -> bytes:
-        key = json.dumps([self.checkpoint, self.text, self.seed, self.index,
-                          self.width, self.height])
-        return hashlib.sha256(key.encode("utf-8")).digest()
-
-
-def render(spec: ImageSpec) -> Image.Image:
-    """The RGB image for ``spec``."""
-    cols = max(1, spec.width // LATENT_SCALE)
-    rows = max(1, spec.height // LATENT_SCALE)
-    rng = random.Random(spec.digest())
-    cells = Image.frombytes("RGB", (cols, rows), rng.randbytes(cols * rows * 3))
-    return cells.resize((spec.width, spec.height), Image.Resampling.NEAREST)
 
 
 def png_bytes(image: Image.Image, prompt: Any, extra_pnginfo: dict[str, Any] | None) -> bytes:
@@ -91,13 +58,13 @@ def save_path(output_dir: Path, prefix: str) -> tuple[Path, str, str, int]:
     return folder, subfolder, stem, highest + 1
 
 
-def save_images(output_dir: Path, prefix: str, specs: list[ImageSpec], prompt: Any,
+def save_images(output_dir: Path, prefix: str, pictures: list[Picture], prompt: Any,
                 extra_pnginfo: dict[str, Any] | None) -> list[dict[str, str]]:
-    """Write one PNG per spec with consecutive counters; returns SaveImage's ui entries."""
+    """Write one PNG per picture with consecutive counters; returns SaveImage's ui entries."""
     folder, subfolder, stem, counter = save_path(output_dir, prefix)
     saved = []
-    for offset, spec in enumerate(specs):
+    for offset, picture in enumerate(pictures):
         name = f"{stem}_{counter + offset:05}_.png"
-        atomic_write_bytes(folder / name, png_bytes(render(spec), prompt, extra_pnginfo))
+        atomic_write_bytes(folder / name, png_bytes(render(picture), prompt, extra_pnginfo))
         saved.append({"filename": name, "subfolder": subfolder, "type": "output"})
     return saved

@@ -15,10 +15,12 @@ from pathlib import Path
 from types import TracebackType
 
 import uvicorn
+from PIL import Image
 
 from tower.simulator.app import create_app
 from tower.simulator.config import Faults, SimulatorConfig
 from tower.simulator.engine import Engine
+from tower.simulator.folders import Folders
 
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 10.0
@@ -33,10 +35,17 @@ class SimulatorServer:
         self._socket = _listen(port)  # first: a busy port fails before anything starts
         self.port: int = self._socket.getsockname()[1]
         self.url = f"http://{HOST}:{self.port}"
-        self._own_dir = config.output_dir is None
-        self.output_dir = Path(config.output_dir or tempfile.mkdtemp(prefix="tower-sim-"))
+        # Always a private temp folder (ComfyUI empties its temp/ at start-up too), which
+        # also holds the output and input folders when no output folder is given.
+        self._temp_root = Path(tempfile.mkdtemp(prefix="tower-sim-"))
+        self.output_dir, self.input_dir = default_folders(config, self._temp_root)
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        self.engine = Engine(config, faults, self.output_dir)
+        if not self.input_dir.exists():
+            self.input_dir.mkdir(parents=True)
+            _example_png(self.input_dir / "example.png")
+        (self._temp_root / "temp").mkdir()
+        folders = Folders.at(self.output_dir, self.input_dir, self._temp_root / "temp")
+        self.engine = Engine(config, faults, folders)
         uv_config = uvicorn.Config(create_app(self.engine), log_level="warning",
                                    lifespan="on", ws="websockets-sansio", access_log=False,
                                    timeout_graceful_shutdown=2)
@@ -67,14 +76,14 @@ class SimulatorServer:
         return [(start, end) for start, end in self.engine.busy()["intervals"]]
 
     def stop(self) -> None:
-        """Stop serving and the worker; removes the output folder if it was a temp one."""
+        """Stop serving and the worker; removes the temp folders (with the output and
+        input folders when they were temp ones)."""
         self.engine.close()
         self._server.should_exit = True
         if self._thread.is_alive():
             self._thread.join(timeout=10)
         self._socket.close()
-        if self._own_dir:
-            shutil.rmtree(self.output_dir, ignore_errors=True)
+        shutil.rmtree(self._temp_root, ignore_errors=True)
 
     def __enter__(self) -> SimulatorServer:
         return self
@@ -85,6 +94,23 @@ class SimulatorServer:
 
     def __repr__(self) -> str:
         return f"SimulatorServer(name={self.config.name!r}, url={self.url!r})"
+
+
+def default_folders(config: SimulatorConfig, temp_root: Path) -> tuple[Path, Path]:
+    """(output, input) folders: as configured; else the input folder is
+    ``<output>-input`` beside the output folder, and both live in ``temp_root`` when no
+    output folder is given."""
+    output = Path(config.output_dir) if config.output_dir else temp_root / "output"
+    default_input = output.with_name(f"{output.name}-input") if config.output_dir \
+        else temp_root / "input"
+    return output, Path(config.input_dir) if config.input_dir else default_input
+
+
+def _example_png(path: Path) -> None:
+    """The ``example.png`` a fresh ComfyUI install has in its input folder (recorded as
+    LoadImage's only choice before any upload)."""
+    image = Image.linear_gradient("L").resize((64, 64)).convert("RGB")
+    image.save(path, format="PNG")
 
 
 def _listen(port: int) -> socket.socket:

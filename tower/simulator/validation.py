@@ -5,7 +5,9 @@ client tested here handles the real server's 400s. Like ComfyUI, validation coer
 values in place (``"steps": "4"`` becomes ``4``) and drops output nodes whose branch is
 invalid while still queueing the valid ones (a 200 with non-empty ``node_errors``).
 Like ``execution.validate_inputs``, only the inputs a class declares are checked: an
-undeclared key is no error and stays in the queued prompt untouched.
+undeclared key is no error and stays in the queued prompt untouched. A class with
+``VALIDATE_INPUTS`` (LoadImage) gets no range or choice check on the inputs that function
+takes, only its own test: the file exists (fact 10 of the production recordings).
 Anything that makes ComfyUI raise (a prompt that is a string, a node that is a number)
 raises here too; the HTTP layer turns that into its text/plain 500.
 """
@@ -19,9 +21,12 @@ from typing import Any
 
 from tower.comfyui import combo_options
 from tower.simulator.catalog import Catalog
+from tower.simulator.folders import Folders
 
 Prompt = dict[str, Any]
 Verdict = tuple[bool, list[dict[str, Any]], str]
+# Classes with VALIDATE_INPUTS(image): the inputs it takes.
+CUSTOM_VALIDATED = {"LoadImage": ("image",), "LoadImageMask": ("image",)}
 
 
 @dataclass
@@ -44,8 +49,12 @@ def _has_class_type(node: Any) -> bool:
     raise TypeError(f"argument of type {type(node).__name__!r} is not iterable")
 
 
-def validate_prompt(catalog: Catalog, prompt: Any, targets: list[str] | None = None) -> Validation:
+def validate_prompt(catalog: Catalog, prompt: Any, targets: list[str] | None = None,
+                    folders: Folders | None = None) -> Validation:
     """Validate (and coerce in place) an API-format prompt.
+
+    ``folders`` are the server's, for LoadImage's file check; without them (a graph
+    checked offline) that check is skipped and any file name passes.
 
     Raises:
         TypeError: where ComfyUI itself would crash (the server answers 500).
@@ -71,17 +80,23 @@ def validate_prompt(catalog: Catalog, prompt: Any, targets: list[str] | None = N
             outputs.append(node_id)
     if not outputs:
         return Validation(False, _error("prompt_no_outputs", "Prompt has no outputs"))
-    return _validate_outputs(catalog, prompt, sorted(outputs))
+    return _validate_outputs(_Checker(catalog, folders), prompt, sorted(outputs))
 
 
-def _validate_outputs(catalog: Catalog, prompt: Prompt, outputs: list[str]) -> Validation:
+@dataclass(frozen=True)
+class _Checker:
+    catalog: Catalog
+    folders: Folders | None
+
+
+def _validate_outputs(checker: _Checker, prompt: Prompt, outputs: list[str]) -> Validation:
     validated: dict[str, Verdict] = {}
     good: list[str] = []
     failures: list[tuple[str, list[dict[str, Any]]]] = []
     node_errors: dict[str, Any] = {}
     for output in outputs:
         try:
-            ok, reasons, _ = _validate_node(catalog, prompt, output, validated)
+            ok, reasons, _ = _validate_node(checker, prompt, output, validated)
         except Exception as ex:
             ok, reasons = False, [_exception_reason(
                 "exception_during_validation", "Exception when validating node", ex, {})]
@@ -113,14 +128,16 @@ def _exception_reason(kind: str, message: str, ex: Exception,
         "traceback": traceback.format_tb(tb)}}
 
 
-def _validate_node(catalog: Catalog, prompt: Prompt, node_id: str,
+def _validate_node(checker: _Checker, prompt: Prompt, node_id: str,
                    validated: dict[str, Verdict]) -> Verdict:
     if node_id in validated:
         return validated[node_id]
+    catalog = checker.catalog
     node = prompt[node_id]
     inputs = node.setdefault("inputs", {})
     class_type = node["class_type"]
     required = catalog.required(class_type)
+    custom = CUSTOM_VALIDATED.get(class_type, ())
     errors: list[dict[str, Any]] = []
     valid = True
     for name, config in catalog.inputs(class_type).items():
@@ -134,15 +151,16 @@ def _validate_node(catalog: Catalog, prompt: Prompt, node_id: str,
         # Not is_link: ComfyUI validates any list as an attempted link, so a list of the
         # wrong shape gets bad_linked_input instead of passing as a constant.
         if isinstance(inputs[name], list):
-            link_error, link_ok = _check_link(catalog, prompt, name, info, inputs[name],
+            link_error, link_ok = _check_link(checker, prompt, name, info, inputs[name],
                                               validated)
             if link_error:
                 errors.append(link_error)
             valid = valid and link_ok
             continue
-        error = _check_value(inputs, name, info)
+        error = _check_value(inputs, name, info, checked=name not in custom)
         if error:
             errors.append(error)
+    errors.extend(_custom_errors(checker.folders, custom, inputs))
     verdict = (not errors and valid, errors, node_id)
     validated[node_id] = verdict
     return verdict
@@ -156,9 +174,26 @@ def _types_match(received: Any, expected: Any) -> bool:
     return bool({t.strip() for t in received.split(",")} & {t.strip() for t in expected.split(",")})
 
 
-def _check_link(catalog: Catalog, prompt: Prompt, name: str, info: list[Any], link: list[Any],
+def _custom_errors(folders: Folders | None, names: tuple[str, ...],
+                   inputs: dict[str, Any]) -> list[dict[str, Any]]:
+    """LoadImage's ``VALIDATE_INPUTS``: ``"Invalid image file: <name>"`` unless it exists."""
+    errors = []
+    for name in names:
+        value = inputs.get(name)
+        if folders is None or name not in inputs or isinstance(value, list):
+            continue
+        if not folders.exists_annotated(value):
+            errors.append({"type": "custom_validation_failed",
+                           "message": "Custom validation failed for node",
+                           "details": f"{name} - Invalid image file: {value}",
+                           "extra_info": {"input_name": name}})
+    return errors
+
+
+def _check_link(checker: _Checker, prompt: Prompt, name: str, info: list[Any], link: list[Any],
                 validated: dict[str, Verdict]) -> tuple[dict[str, Any] | None, bool]:
     """Check one linked input; returns (error for this node, whether the link is valid)."""
+    catalog = checker.catalog
     if len(link) != 2:
         return ({"type": "bad_linked_input", "message": "Bad linked input, must be a length-2 "
                  "list of [node_id, slot_index]", "details": name,
@@ -173,7 +208,7 @@ def _check_link(catalog: Catalog, prompt: Prompt, name: str, info: list[Any], li
                  "extra_info": {"input_name": name, "input_config": info,
                                 "received_type": received, "linked_node": link}}, False)
     try:
-        ok, _, _ = _validate_node(catalog, prompt, source, validated)
+        ok, _, _ = _validate_node(checker, prompt, source, validated)
     except Exception as ex:
         # ComfyUI files this under the linked node, naming this node's input.
         reason = _exception_reason("exception_during_inner_validation",
@@ -188,8 +223,10 @@ def _check_link(catalog: Catalog, prompt: Prompt, name: str, info: list[Any], li
 _CONVERT = {"INT": int, "FLOAT": float, "STRING": str, "BOOLEAN": bool}
 
 
-def _check_value(inputs: dict[str, Any], name: str, info: list[Any]) -> dict[str, Any] | None:
-    """Coerce ``inputs[name]`` like ComfyUI and check its bounds and choices."""
+def _check_value(inputs: dict[str, Any], name: str, info: list[Any],
+                 checked: bool = True) -> dict[str, Any] | None:
+    """Coerce ``inputs[name]`` like ComfyUI and check its bounds and choices (unless
+    ``checked`` is False: an input the class's ``VALIDATE_INPUTS`` takes)."""
     kind = info[0]
     val = inputs[name]
     if isinstance(val, dict) and "__value__" in val:
@@ -204,6 +241,8 @@ def _check_value(inputs: dict[str, Any], name: str, info: list[Any]) -> dict[str
                     "details": f"{name}, {val}, {ex}",
                     "extra_info": {"input_name": name, "input_config": info,
                                    "received_value": val, "exception_message": str(ex)}}
+    if not checked:
+        return None
     bounds = _check_bounds(name, info, val)
     if bounds:
         return bounds

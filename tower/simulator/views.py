@@ -1,41 +1,43 @@
-"""``GET /view``: serve saved images with ComfyUI's checks and status codes."""
+"""``GET /view`` and ``GET /view_metadata``: serve files with ComfyUI's checks and codes."""
 
 from __future__ import annotations
 
 import io
 import os
-from pathlib import Path
 
 from PIL import Image
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 
-from tower.simulator.responses import empty
+from tower.simulator.config import SimulatorConfig
+from tower.simulator.folders import Folders, media_type
+from tower.simulator.responses import ComfyJSON, empty
+from tower.simulator.system import MODEL_FOLDERS
 
-FOLDER_TYPES = ("output", "input", "temp")
 
-
-def view(request: Request, output_dir: Path) -> Response:
+def view(request: Request, folders: Folders) -> Response:
     """Like ComfyUI's ``/view``: 404 without filename or file, 400 for a bad type or a
-    filename with ``..`` or a leading ``/``, 403 for a subfolder escaping the folder."""
+    filename with ``..`` or a leading ``/``, 403 for a subfolder escaping the folder.
+    An annotated name (``"x.png [input]"``) picks its folder itself."""
     query = request.query_params
     filename = query.get("filename")
     if not filename:
         return empty(404)
-    if query.get("type", "output") not in FOLDER_TYPES:
+    filename, folder = folders.annotated(filename)
+    if not filename or filename.startswith("/") or ".." in filename:
         return empty(400)
-    if filename.startswith("/") or ".." in filename:
+    if folder is None:
+        folder = folders.by_type(query.get("type", "output"))
+    if folder is None:
         return empty(400)
-    if query.get("type", "output") != "output":
-        return empty(404)  # the simulator has no input or temp folder
-    base = os.path.abspath(output_dir)
-    folder = base
+    base = str(folder)
+    target = base
     if "subfolder" in query:
-        folder = os.path.abspath(os.path.join(base, query["subfolder"]))
-        if os.path.commonpath((folder, base)) != base:
+        target = os.path.join(base, query["subfolder"])
+        if os.path.commonpath((os.path.abspath(target), base)) != base:
             return empty(403)
     name = os.path.basename(filename)
-    path = os.path.join(folder, name)
+    path = os.path.join(target, name)
     if not os.path.isfile(path):
         return empty(404)
     disposition = {"Content-Disposition": f'filename="{name}"'}
@@ -45,7 +47,29 @@ def view(request: Request, output_dir: Path) -> Response:
     channel = query.get("channel", "rgba")
     if channel in ("rgb", "a"):
         return _channel(path, channel, disposition)
-    return FileResponse(path, media_type="image/png", headers=disposition)
+    # Content-Type given as a header: Starlette would add "; charset=utf-8" to text/*.
+    return FileResponse(path, headers={**disposition, "Content-Type": media_type(name)})
+
+
+def view_metadata(request: Request, config: SimulatorConfig) -> Response:
+    """``/view_metadata/<folder>?filename=``: 200 with the file's safetensors
+    ``__metadata__`` only; an empty 404 for no filename, a name not ending in
+    ``.safetensors``, an unknown folder, a missing file or a file without metadata."""
+    folder = request.path_params["folder"]
+    filename = request.query_params.get("filename")
+    if filename is None or not filename.endswith(".safetensors"):
+        return empty(404)
+    if folder not in MODEL_FOLDERS or filename not in config.models(folder):
+        return empty(404)
+    metadata = config.model_metadata.get(f"{folder}/{filename}")
+    return ComfyJSON(metadata) if metadata is not None else empty(404)
+
+
+def model_folder(request: Request, config: SimulatorConfig) -> Response:
+    """``/models/<folder>``: the sorted names (``[]`` for a folder the config does not
+    fill, see :data:`tower.simulator.config.MODEL_FIELDS`), 404 for an unknown one."""
+    folder = request.path_params["folder"]
+    return ComfyJSON(config.models(folder)) if folder in MODEL_FOLDERS else empty(404)
 
 
 def _preview(path: str, preview: str, headers: dict[str, str]) -> Response:
