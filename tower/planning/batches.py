@@ -28,7 +28,8 @@ class ServerSpec:
     vram_budget_mb: float
     loaded_checkpoint: str | None = None
     speed: float = 1.0  # relative to the time model's reference card
-    models: Inventory | None = None
+    # Compared, not hashed: a dict inventory would make the spec unhashable.
+    models: Inventory | None = field(default=None, hash=False)
 
     def lacks(self, needed: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
         """The files of ``needed`` this server does not have (:func:`missing_models`)."""

@@ -73,6 +73,11 @@ __all__ = [
 
 
 
+# Model files as ``(ComfyUI models folder, file name)`` pairs, and what each server lacks.
+_Files = tuple[tuple[str, str], ...]
+_Lacks = tuple[tuple[str, _Files], ...]
+
+
 class PlanningError(ValueError):
     """The takes cannot be planned on these servers; the message says what to change."""
 
@@ -172,11 +177,11 @@ def _check_models(takes: Sequence[ResolvedTake], servers: Sequence[ServerSpec]
         PlanningError: for takes no server has every model file of; one message lists
             them all, grouped by what each server lacks.
     """
-    by_models: dict[tuple[tuple[str, str], ...], list[ResolvedTake]] = {}
+    by_models: dict[_Files, list[ResolvedTake]] = {}
     for take in takes:
         by_models.setdefault(take.models, []).append(take)
-    stranded: dict[tuple[tuple[str, tuple[tuple[str, str], ...]], ...], list[ResolvedTake]] = {}
-    skipped: dict[tuple[int, tuple[tuple[str, str], ...]], list[ResolvedTake]] = {}
+    stranded: dict[_Lacks, list[ResolvedTake]] = {}
+    skipped: dict[tuple[int, _Files], list[ResolvedTake]] = {}
     for needed, group in by_models.items():
         lacks = [(s.name, s.lacks(needed)) for s in servers]
         if all(missing for _, missing in lacks):
@@ -191,8 +196,7 @@ def _check_models(takes: Sequence[ResolvedTake], servers: Sequence[ServerSpec]
                  f"{model_paths(missing)}" for (rank, missing), group in sorted(skipped.items()))
 
 
-def _stranded_message(stranded: Mapping[tuple[tuple[str, tuple[tuple[str, str], ...]], ...],
-                                        list[ResolvedTake]]) -> str:
+def _stranded_message(stranded: Mapping[_Lacks, list[ResolvedTake]]) -> str:
     lines = ["no server has every model file these takes need (nothing was queued):"]
     groups = sorted(stranded.items(), key=lambda item: min(_order(t) for t in item[1]))
     for lacks, group in groups:
@@ -470,7 +474,7 @@ def apply_decode_policy(takes: Sequence[ResolvedTake], servers: Sequence[ServerS
     """
     _check_servers(servers)
     models = _Models(VramModel(), TimeModel())
-    able: dict[tuple[tuple[str, str], ...], list[ServerSpec]] = {}
+    able: dict[_Files, list[ServerSpec]] = {}
     result = []
     for take in takes:
         candidates = able.setdefault(take.models, _able(take, servers))
