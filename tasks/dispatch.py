@@ -197,7 +197,7 @@ def render_plan(plan: Plan, run: RenderRun, tally: RunTally) -> tuple[ServerPool
     by_name = {s.name: s for s in run.servers}
     pool = ServerPool(plan.batches, {s.name: s.max_queue_depth for s in run.servers},
                       vram_budgets={s.name: s.budget_mb for s in run.servers},
-                      max_failures=run.max_failures)
+                      max_failures=run.max_failures, inventories=run.inventories)
     if not plan.batches:
         return pool, False
     preflight_task(run.servers, [t for b in plan.batches for t in b.takes], run.inventories)

@@ -142,8 +142,8 @@ def test_take_identity_holds_for_layouts_and_hires_whatever_the_batch(tmp_path, 
         edited["presets"]["tiny_final"]["max_batch"] = max_batch
         presets.write_text(yaml.safe_dump(edited), encoding="utf-8")
         data = tmp_path / f"data-{max_batch}"
-        state, summary = render(shot_list, presets, data, [f"gpu-a={sim.url}"],
-                                shots=["sh020", "sh040"])
+        state, _ = render(shot_list, presets, data, [f"gpu-a={sim.url}"],
+                          shots=["sh020", "sh040"])
         assert state.is_completed(), state.message
         rows = OutputIndex(data / "index").scan().collect().sort(["shot_id", "take"])
         hashes.append(rows.select("shot_id", "take", "render_key", "sha256").rows())

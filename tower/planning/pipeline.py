@@ -229,12 +229,15 @@ def _choose(shot_list: ShotList, presets: Mapping[str, Preset], shots: Collectio
     """The preview's preset, from the images it asks for and the calibrated time model.
 
     The images are counted by resolving the takes as the shot list asks, so the count
-    follows the same rules (defaults, shot filter) as the takes finally rendered.
+    follows the same rules (defaults, shot filter) as the takes finally rendered; each
+    preset is timed on the list's first take resolved at it, with its parts (LoRAs,
+    layout, hires...) and the preset's own.
     """
     images = len(_resolve(shot_list, presets, None, shots))
+    samples = {name: _resolve(shot_list, presets, name, shots)[0] for name in presets}
     return choose_preset(presets, images, models.time, budget_s=budget.seconds,
                          preference=budget.preference, servers=len(servers),
-                         vram=models.vram)
+                         vram=models.vram, samples=samples)
 
 
 def _over_budget(plan: Plan, servers: Sequence[ServerSpec]) -> list[str]:

@@ -88,6 +88,7 @@ def _base_metrics(batch: RenderBatch, ctx: RenderContext, server: str, attempt: 
         "server": server, "episode": batch.episode, "preset": batch.preset,
         "checkpoint": batch.checkpoint, "width": first.width, "height": first.height,
         "takes": batch.size, "batch_size": batch.size, "vae_tiled": batch.vae_tiled,
+        "parts": batch.parts,
         "attempt": attempt, "vram_estimated_mb": batch.vram_estimate_mb,
         "vram_budget_mb": ctx.vram_budget_mb,
         "finished_at": (result.finished_at if result and result.finished_at else ctx.now()),
