@@ -215,7 +215,7 @@ def test_default_models_and_metadata(tmp_path: Path) -> None:
 
 def test_folders_beside_the_output_or_in_the_temp_folder(tmp_path: Path) -> None:
     with start_simulator(SimulatorConfig(time_scale=0, output_dir=tmp_path / "out")) as sim:
-        assert sim.input_dir == tmp_path / "out-input"
+        assert sim.input_dir == sim.config.input_dir == tmp_path / "out-input"
         assert sorted(p.name for p in sim.input_dir.iterdir()) == ["example.png"]
     assert (tmp_path / "out-input" / "example.png").is_file()  # kept: not a temp folder
     config = SimulatorConfig(time_scale=0, output_dir=tmp_path / "out",

@@ -11,6 +11,7 @@ import socket
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 
@@ -30,7 +31,6 @@ class SimulatorServer:
     """A started simulator; use as a context manager or call :meth:`stop`."""
 
     def __init__(self, config: SimulatorConfig, faults: Faults, port: int = 0) -> None:
-        self.config = config
         self.faults = faults
         self._socket = _listen(port)  # first: a busy port fails before anything starts
         self.port: int = self._socket.getsockname()[1]
@@ -39,13 +39,14 @@ class SimulatorServer:
         # also holds the output and input folders when no output folder is given.
         self._temp_root = Path(tempfile.mkdtemp(prefix="tower-sim-"))
         self.output_dir, self.input_dir = default_folders(config, self._temp_root)
+        self.config = replace(config, input_dir=self.input_dir)  # the folder in use
         self.output_dir.mkdir(parents=True, exist_ok=True)
         if not self.input_dir.exists():
             self.input_dir.mkdir(parents=True)
             _example_png(self.input_dir / "example.png")
         (self._temp_root / "temp").mkdir()
         folders = Folders.at(self.output_dir, self.input_dir, self._temp_root / "temp")
-        self.engine = Engine(config, faults, folders)
+        self.engine = Engine(self.config, faults, folders)
         uv_config = uvicorn.Config(create_app(self.engine), log_level="warning",
                                    lifespan="on", ws="websockets-sansio", access_log=False,
                                    timeout_graceful_shutdown=2)
