@@ -131,7 +131,7 @@ def render(picture: Picture) -> Image.Image:
     return _sampled(picture)
 
 
-@lru_cache(maxsize=1024)
+@lru_cache(maxsize=256)
 def pixel_digest(picture: Picture) -> str:
     """sha256 of the picture's size and RGB pixels: equal pixels, equal digest."""
     data = picture.data if isinstance(picture, Loaded) else render(picture).tobytes()
