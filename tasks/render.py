@@ -33,6 +33,7 @@ from tower.runtime.failures import RunStopping, classify
 from tower.runtime.inputs import (
     Inventory,
     input_images,
+    lacking,
     renderable,
     server_inventory,
     upload_inputs,
@@ -101,9 +102,12 @@ def preflight_task(servers: Sequence[ComfyUIServer], takes: Sequence[ResolvedTak
     inventories = inventories or {}
     own = {s.name: renderable(takes, inventories.get(s.name)) for s in servers}
     problems: list[str] = []
+    skipped: list[str] = []
     graphs = 0
     for server in servers:
         if not own[server.name]:
+            skipped.append(f"{server.name} gets none of these takes: it lacks "
+                           f"{lacking(takes, inventories.get(server.name))}")
             continue
         server_graphs = preflight_graphs(own[server.name])
         graphs = max(graphs, len(server_graphs))
@@ -116,8 +120,10 @@ def preflight_task(servers: Sequence[ComfyUIServer], takes: Sequence[ResolvedTak
             problems.append(f"{server.name} ({server.base_url}) is not usable: {err}")
     if problems:
         raise ComfyUIPreflightError("preflight failed, nothing was queued:\n"
-                                    + "\n".join(f"- {p}" for p in problems))
+                                    + "\n".join(f"- {p}" for p in problems + skipped))
     logger = get_run_logger()
+    for line in skipped:
+        logger.info("%s", line)
     logger.info("preflight ok: %d servers, up to %d distinct graphs each", len(servers), graphs)
     for server in servers:
         images = input_images(own[server.name])

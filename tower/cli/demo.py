@@ -1,7 +1,9 @@
 """``tower demo``: render the demo episode twice against the simulator, on a real Prefect server.
 
 The second run shows dedup at work: every take is already in the output index, so it
-renders nothing. Each run is checked against the Prefect API afterwards (its task runs
+renders nothing. A third run renders the production episode (characters as LoRAs, a
+layout frame, line art through a ControlNet, a hires final), whose contact sheet shows
+which inputs each image used. Each run is checked against the Prefect API afterwards (its task runs
 are recorded and finished), so what the demo prints is what the UI shows. The flow is
 imported only after ``PREFECT_API_URL`` points at the server, because Prefect reads its
 settings when first imported.
@@ -22,6 +24,8 @@ from tower.cli.local_server import ensure_prefect_server, ensure_simulator
 from tower.store.files import DataRoot
 
 DEMO_SHOT_LIST = Path("shot_lists/ep01_demo.yaml")
+PRODUCTION_SHOT_LIST = Path("shot_lists/ep02_demo.yaml")
+PRODUCTION_PRESETS = Path("shot_lists/ep02_presets.yaml")
 TERMINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "CRASHED"})
 RECORD_TIMEOUT_S = 30.0
 
@@ -53,6 +57,7 @@ class DemoReport:
     data_root: DataRoot
     runs: list[DemoRun] = field(default_factory=list)
     contact_sheet: Path | None = None
+    production_sheet: Path | None = None
 
 
 def ui_base_url(api_url: str, env: Mapping[str, str]) -> str:
@@ -109,14 +114,16 @@ def _counts(result: Any) -> str:
 
 
 def _run_flow(shot_list: Path, simulator_url: str, data_root: DataRoot, api_url: str,
-              ui_url: str) -> DemoRun:
+              ui_url: str, presets: Path | None = None) -> DemoRun:
     try:
         from flows.render_episode import render_episode
     except ImportError as err:
         raise DemoError(f"the render_episode flow is not available: {err}") from err
     try:
         state = render_episode(shot_list=str(shot_list), servers=[simulator_url],
-                               data_root=str(data_root.root), return_state=True)
+                               data_root=str(data_root.root),
+                               presets_file=str(presets) if presets else None,
+                               return_state=True)
     except Exception as err:  # a new user gets one sentence, not a traceback
         raise DemoError(f"the render flow could not run: {type(err).__name__}: {err}") from err
     flow_run_id = str(state.state_details.flow_run_id)
@@ -153,16 +160,24 @@ def run_demo(project_dir: Path, echo: Echo, *, shot_list: Path = DEMO_SHOT_LIST,
     echo(f"  Prefect server:    {info.url} (UI {ui_url})")
     point_prefect_at(info.url, state_dir)
     report = DemoReport(simulator_url, info.url, ui_url, data_root)
-    for number, what in ((1, "render the episode"),
-                         (2, "the same again: everything is in the index, nothing renders")):
+    runs: list[tuple[str, Path, Path | None]] = [
+        ("render the episode", shot_list, None),
+        ("the same again: everything is in the index, nothing renders", shot_list, None)]
+    production = project_dir / PRODUCTION_SHOT_LIST
+    if production.is_file():
+        runs.append(("the production episode: characters, a layout, line art, a hires final",
+                     production, project_dir / PRODUCTION_PRESETS))
+    for number, (what, listed, presets) in enumerate(runs, start=1):
         echo(f"\nRun {number}: {what}")
-        run = _run_flow(shot_list, simulator_url, data_root, info.url, ui_url)
+        run = _run_flow(listed, simulator_url, data_root, info.url, ui_url, presets)
         report.runs.append(run)
         if run.state != "COMPLETED":
             raise DemoError(f"run {number} ended {run.state}; see {run.ui_url}")
         echo(f"Run {number} completed: {_counts(run.result)}{run.task_runs} task runs "
              f"recorded, {run.ui_url}")
-    report.contact_sheet = _find_contact_sheet(report.runs[-1].result, data_root)
+    report.contact_sheet = _find_contact_sheet(report.runs[1].result, data_root)
+    if len(report.runs) > 2:
+        report.production_sheet = _find_contact_sheet(report.runs[2].result, data_root)
     return report
 
 
@@ -176,6 +191,7 @@ def describe(report: DemoReport) -> list[str]:
         "",
         f"Images:        {images}/",
         f"Contact sheet: {report.contact_sheet or '(none written)'}",
+        *([f"Production:    {report.production_sheet}"] if report.production_sheet else []),
         f"Output index:  {root.index}/",
         f"Metrics:       {root.metrics}/",
     ]

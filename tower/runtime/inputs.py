@@ -10,14 +10,13 @@ second server of the same farm finds them there and uploads nothing.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from tower.comfyui import ComfyUIClient, ComfyUIError, ComfyUIProtocolError
+from tower.planning.batches import Inventory, missing_models, model_paths
 from tower.spec.parts import MODEL_FOLDERS, InputImage
 from tower.spec.takes import ResolvedTake
-
-Inventory = Mapping[str, frozenset[str]]
 
 
 class InputChanged(ComfyUIError):
@@ -33,8 +32,13 @@ def server_inventory(client: ComfyUIClient, folders: Sequence[str] = MODEL_FOLDE
 
 def can_render(take: ResolvedTake, inventory: Inventory | None) -> bool:
     """Whether a server with ``inventory`` (None: not known) has every file the take needs."""
-    return inventory is None or all(name in inventory.get(folder, frozenset())
-                                    for folder, name in take.models)
+    return not missing_models(inventory, take.models)
+
+
+def lacking(takes: Iterable[ResolvedTake], inventory: Inventory | None) -> str:
+    """What a server lacks of the files ``takes`` need, for people (empty: nothing)."""
+    needed = dict.fromkeys(model for take in takes for model in take.models)
+    return model_paths(missing_models(inventory, needed))
 
 
 def renderable(takes: Iterable[ResolvedTake], inventory: Inventory | None) -> list[ResolvedTake]:
