@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 import httpx
 import polars as pl
 import pytest
+from paths import REPO
 
 from tower.cli.demo import DemoReport, DemoRun, describe, ui_base_url
 from tower.store.files import DataRoot
@@ -61,9 +63,13 @@ def _tower(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_demo_renders_twice_on_real_servers_and_records_every_task_run(tmp_path):
-    """What `make demo` does, in a scratch project folder on free ports."""
+    """What `make demo` does, in a scratch project folder on free ports: the given list
+    twice, then the production episode (the repository's own ep02 files)."""
     (tmp_path / "shot_lists").mkdir()
     (tmp_path / "shot_lists" / "demo.yaml").write_text(SHOT_LIST)
+    for name in ("ep02_demo.yaml", "ep02_presets.yaml", "characters.yaml"):
+        shutil.copy(REPO / "shot_lists" / name, tmp_path / "shot_lists" / name)
+    shutil.copytree(REPO / "shot_lists" / "ep02", tmp_path / "shot_lists" / "ep02")
     prefect_port, sim_port = free_port(), free_port()
     api = f"http://127.0.0.1:{prefect_port}/api"
     try:
@@ -78,11 +84,12 @@ def test_demo_renders_twice_on_real_servers_and_records_every_task_run(tmp_path)
     assert "Traceback" not in output
     assert "Run 1 completed: 5 takes rendered, 0 from the index" in output
     assert "Run 2 completed: 0 takes rendered, 5 from the index" in output
+    assert "Run 3 completed: 10 takes rendered, 0 from the index" in output
     assert stopped.stdout.count("stopped") == 2, stopped.stdout
     assert not _answers(f"{api}/health")
 
-    # Both runs, and every one of their task runs, finished on the server the UI shows.
-    assert len(flow_runs) == 2 and {r["state_type"] for r in flow_runs} == {"COMPLETED"}
+    # Every run, and every one of its task runs, finished on the server the UI shows.
+    assert len(flow_runs) == 3 and {r["state_type"] for r in flow_runs} == {"COMPLETED"}
     for flow_run in flow_runs:
         runs = task_runs[flow_run["id"]]
         assert runs and {r["state_type"] for r in runs} == {"COMPLETED"}
@@ -91,14 +98,17 @@ def test_demo_renders_twice_on_real_servers_and_records_every_task_run(tmp_path)
 
     root = DataRoot(tmp_path / "data")
     index = pl.read_parquet(root.index / "*.parquet")
-    assert index.height == 5 and index["render_key"].n_unique() == 5
+    assert index.height == 15 and index["render_key"].n_unique() == 15
     assert all((root.renders / rel).is_file() for rel in index["output_path"])
     metrics = pl.read_parquet(root.metrics / "**" / "*.parquet", hive_partitioning=False)
-    assert metrics["run_id"].n_unique() == 1  # the second run rendered nothing
+    assert metrics["run_id"].n_unique() == 2  # the second run rendered nothing
     sheets = list((root.renders / "ep99").rglob("contact-sheets/*.png"))
     # one sheet per run; the second shows the whole episode, served from the index
     assert len(sheets) == 2
     assert str(max(sheets, key=lambda p: p.name).relative_to(tmp_path)) in output
+    production = list((root.renders / "ep02").rglob("contact-sheets/*.png"))
+    assert len(production) == 1
+    assert f"Production:    {production[0].relative_to(tmp_path)}" in output
 
 
 def _task_runs(api: str, flow_run_id: str) -> list[dict]:
