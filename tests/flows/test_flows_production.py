@@ -212,3 +212,16 @@ def test_the_keys_follow_the_image_content_not_its_path(tmp_path):
     shot_list.write_text(text, encoding="utf-8")
     after = [t.key for t in resolve_takes(load_shot_list(shot_list, catalog), catalog)]
     assert before == after
+
+
+def test_a_missing_layout_fails_the_night_naming_file_line_and_field(tmp_path, sims):
+    sim = sims("gpu-a")
+    shot_list, presets = episode(tmp_path)
+    (tmp_path / "art" / "layout.png").unlink()
+    state, _ = render(shot_list, presets, tmp_path / "data", [f"gpu-a={sim.url}"])
+    assert state.is_failed()
+    line = next(number for number, text in enumerate(shot_list.read_text().splitlines(), 1)
+                if "art/layout.png" in text)
+    assert f"ep02.yaml:{line}" in state.message and "layout" in state.message
+    assert "layout.png" in state.message
+    assert prompts_on(sim.url) == [] and uploads_on(sim) == []
