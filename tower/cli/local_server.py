@@ -135,12 +135,16 @@ def _prefect_command(host: str, port: int) -> list[str]:
             "--port", str(port), "--analytics-off"]
 
 
-def _prefect_env(state_dir: Path) -> dict[str, str]:
+def _prefect_env(state_dir: Path, host: str, port: int) -> dict[str, str]:
+    """The server's environment. The UI is told its API address: otherwise it derives
+    it from the default port, and a server on any other port shows an empty UI that
+    "can't connect to Server API at http://127.0.0.1:4200/api"."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     home = (state_dir / "prefect").resolve()
     env |= {
         "PREFECT_HOME": str(home),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_API_URL": f"http://{host}:{port}/api",
     }
     return env
 
@@ -165,7 +169,8 @@ def ensure_prefect_server(state_dir: Path, host: str = DEFAULT_HOST, port: int =
     health = f"{url}/health"
     if answers(health):
         return ServerInfo(url, _read_pid(PREFECT.pid_file(state_dir)), started=False)
-    process = _spawn(PREFECT, state_dir, _prefect_command(host, port), _prefect_env(state_dir))
+    process = _spawn(PREFECT, state_dir, _prefect_command(host, port),
+                     _prefect_env(state_dir, host, port))
     _wait_until(lambda: answers(health), process, PREFECT, state_dir, timeout)
     return ServerInfo(url, process.pid, started=True, source="started")
 
