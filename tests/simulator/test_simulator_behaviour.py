@@ -63,9 +63,19 @@ def _error(entry: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def _wait_running(http, prompt_id: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(item[1] == prompt_id for item in http.get("/queue").json()["queue_running"]):
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"{prompt_id} never started")
+
+
 def test_queue_order_follows_number_and_front(simulator: SimulatorServer) -> None:
     with client(simulator) as http:
         a = submit(http, long_graph(seed=1, prefix="ep01/shA"), client_id="q")
+        _wait_running(http, a["prompt_id"])  # else a busy machine may start a later one first
         b = submit(http, _seeded(2, "ep01/shB"))
         c = submit(http, _seeded(3, "ep01/shC"), front=True)
         d = submit(http, _seeded(4, "ep01/shD"), number=0.5)
