@@ -3,11 +3,13 @@
 Thin on purpose: every figure comes from :mod:`tower.report.build`; this flow picks the
 window (from ``now``, which a test can pin), first compacts the closed days it reads
 (their many per-batch parts become a few files), writes the files atomically under the
-data root, publishes the markdown as an artifact, and adds the farm's status when
-servers are given. Parameters resolve like the render flow's: a data root path, else
-a saved RenderStore block, else ``TOWER_DATA_ROOT``; servers as URLs, ``name=URL`` or
-saved ComfyUIServer block names, else ``TOWER_SERVERS``. Its schedule (the morning
-after the nightly render) is the ``daily-report`` deployment in ``prefect.yaml``.
+data root, publishes the markdown as an artifact (charts embedded as pictures, files
+named relative to the data root, so it reads the same in a browser on any machine),
+and adds the farm's status when servers are given. Parameters resolve like the render
+flow's: a data root path, else a saved RenderStore block, else ``TOWER_DATA_ROOT``;
+servers as URLs, ``name=URL`` or saved ComfyUIServer block names, else
+``TOWER_SERVERS``. Its schedule (the morning after the nightly render) is the
+``daily-report`` deployment in ``prefect.yaml``.
 """
 
 from __future__ import annotations
@@ -21,16 +23,9 @@ from prefect.cache_policies import NO_CACHE
 
 from blocks.comfyui_server import ComfyUIServer
 from tasks.setup import resolve_data_root, resolve_presets, resolve_servers, server_entries
-from tower.report.build import (
-    Report,
-    ReportFiles,
-    build_report,
-    chart_names,
-    chart_window,
-    write_report,
-)
+from tower.report.artifact import artifact_markdown
+from tower.report.build import Report, ReportFiles, build_report, chart_window, write_report
 from tower.report.model import report_window
-from tower.report.render import render_markdown
 from tower.report.status import gather_status, render_status
 from tower.shotlist.presets import Preset
 from tower.store.compaction import CompactResult
@@ -88,15 +83,13 @@ def status_task(servers: list[ComfyUIServer], data: DataRoot, now: datetime) -> 
 
 
 @task(name="publish-report", cache_policy=NO_CACHE)
-def publish_report_task(report: Report, files: ReportFiles, status: str | None = None) -> str:
+def publish_report_task(report: Report, files: ReportFiles, data: DataRoot,
+                        status: str | None = None) -> str:
     """Publish the markdown (and the farm status, if any) as an artifact.
 
-    Chart links point at the files written under the data root.
+    Charts are embedded as JPEGs; written files are named relative to the data root.
     """
-    charts = {kind: str(files.charts[kind]) for kind in chart_names(report.figures.window)}
-    markdown = render_markdown(report, charts)
-    if status:
-        markdown += f"\n## Farm status\n\n```\n{status}\n```\n"
+    markdown = artifact_markdown(report, files, data.root, status)
     create_markdown_artifact(markdown=markdown, key=ARTIFACT_KEY,
                              description=f"Tower performance report {report.figures.window.label}")
     return markdown
@@ -121,7 +114,7 @@ def daily_report(data_root: str | None = None, render_store: str | None = None,
     report = build_report_task(data, day, since, now, presets)
     files = write_report_task(report, data)
     status = status_task(resolve_servers(entries), data, now) if entries else None
-    publish_report_task(report, files, status)
+    publish_report_task(report, files, data, status)
     get_run_logger().info("Report %s written to %s: %d recommendation(s)",
                           report.figures.window.label, files.markdown,
                           len(report.recommendations))

@@ -63,7 +63,11 @@ def test_daily_report_with_saved_blocks_a_day_and_a_server(tmp_path, simulator):
     assert files["markdown"] == farm / "reports" / f"{DAY}.md"
     assert files["json"].is_file() and files["gpu-busy"].is_file()
     assert "(preset draft steps, now 6)" in files["markdown"].read_text()
-    assert f"gpu-a ({simulator.url}): up" in asyncio.run(_artifact_markdown())
+    artifact = asyncio.run(_artifact_markdown())
+    assert f"gpu-a ({simulator.url}): up" in artifact
+    # the charts travel inside the artifact; files are named from the data root
+    assert "](data:image/jpeg;base64," in artifact
+    assert f"`reports/{DAY}-gpu-busy.png`" in artifact and str(farm) not in artifact
 
 
 def test_daily_report_since_a_day_with_a_presets_file(tmp_path):

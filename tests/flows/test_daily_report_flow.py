@@ -3,18 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from uuid import UUID
 
 import polars as pl
 import pytest
 from paths import DEMO_SHOT_LIST
+from PIL import Image
+from prefect import get_client as prefect_client
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    ArtifactFilterKey,
+)
 from report_rows import NOW, T0, run_row, sequential, write_metrics, write_runs
 
 from flows.daily_report import ARTIFACT_KEY, daily_report
 from flows.render_episode import render_episode
+from tower.report.artifact import CHART_MAX_BYTES
+from tower.report.model import CHART_TITLES
 from tower.shotlist.shots import load_shot_list
 from tower.simulator import SimulatorServer
 from tower.spec.takes import resolve_takes
@@ -44,7 +57,50 @@ def test_flow_writes_files_and_publishes_the_markdown(tmp_path: Path) -> None:
     artifact = asyncio.run(_artifact_markdown())
     assert "Tower performance report 2026-11-26" in artifact
     assert "raise queue depth on gpu-a (ComfyUIServer max_queue_depth)" in artifact
-    assert str(tmp_path / "reports" / "2026-11-26-gpu-busy.png") in artifact
+    assert "*Chart file: `reports/2026-11-26-gpu-busy.png`*" in artifact
+    assert str(tmp_path) not in artifact
+
+
+def _artifact_of_run(flow_run_id: UUID) -> str:
+    """The daily-report artifact one flow run published, read back through Prefect."""
+    with prefect_client(sync_client=True) as client:
+        [artifact] = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=[ARTIFACT_KEY]),
+            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    assert artifact.type == "markdown"
+    return artifact.data
+
+
+EMBEDDED = re.compile(r"!\[([^\]]*)\]\(data:image/jpeg;base64,([A-Za-z0-9+/=]+)\)")
+
+
+def test_the_artifact_embeds_its_charts_and_names_files_by_the_data_root(
+        tmp_path: Path) -> None:
+    now = datetime.now(UTC)  # the flow reads the clock itself: its window ends after this
+    start = now - timedelta(hours=6)
+    write_metrics(tmp_path, sequential(6, start=start, gap_s=4.0)
+                  + sequential(3, start=start, preset="high", server="gpu-b", batch_id="h")
+                  + sequential(4, start=start - timedelta(days=3), batch_id="old"))
+    write_runs(tmp_path, [run_row(start=start)])
+    state = daily_report(data_root=str(tmp_path), return_state=True)
+    assert state.is_completed(), state.message
+    paths = state.result()
+    artifact = _artifact_of_run(state.state_details.flow_run_id)
+
+    pictures = dict(EMBEDDED.findall(artifact))
+    assert set(pictures) == set(CHART_TITLES.values())
+    for kind, title in CHART_TITLES.items():
+        jpeg = base64.b64decode(pictures[title], validate=True)
+        assert len(jpeg) <= CHART_MAX_BYTES
+        image = Image.open(io.BytesIO(jpeg))
+        assert image.format == "JPEG" and image.width >= 400 and image.height >= 200
+        assert len(image.convert("L").getcolors(maxcolors=65536) or ()) > 10  # drawn on
+        written = Path(paths[kind]).relative_to(tmp_path).as_posix()
+        assert f"*Chart file: `{written}`*" in artifact
+    for kind in ("markdown", "json"):
+        assert f"`{Path(paths[kind]).relative_to(tmp_path).as_posix()}`" in artifact
+    assert str(tmp_path) not in artifact
+    assert "| gpu-b |" in artifact and len(artifact) < 4 * CHART_MAX_BYTES
 
 
 def test_flow_reports_an_empty_day_and_the_farm_status(tmp_path: Path,

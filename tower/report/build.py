@@ -2,8 +2,10 @@
 
 ``build_report`` reads the datasets under a data root for one window and returns a
 :class:`Report`; ``write_report`` files it under ``reports/`` as markdown, JSON and
-PNG charts, each written atomically. The maths lives in the ``report_*`` modules and
-takes its inputs as arguments; this module is the one place that touches files.
+PNG charts, each written atomically; its markdown links the charts beside it (the
+Prefect artifact embeds them instead: :mod:`tower.report.artifact`). The maths lives
+in the ``report_*`` modules and takes its inputs as arguments; this module is the one
+place that touches files.
 """
 
 from __future__ import annotations
@@ -26,13 +28,14 @@ from tower.report.figures import (
 )
 from tower.report.model import (
     CHART_DAYS,
+    CHART_TITLES,
     COMPONENTS,
     DayPoint,
     Figures,
     TrendRow,
     Window,
 )
-from tower.report.render import render_json, render_markdown
+from tower.report.render import chart_image, render_json, render_markdown
 from tower.report.trends import trends
 from tower.report.verdicts import Recommendation, Verdict, recommendations, verdicts
 from tower.shotlist.presets import BUILTIN_PRESETS, Preset
@@ -98,8 +101,18 @@ def build_report(data: DataRoot, window: Window,
 
 def chart_names(window: Window) -> dict[str, str]:
     """File names of the charts, keyed by what they show."""
-    return {kind: f"{window.label}-{kind}.png"
-            for kind in ("seconds-per-take", "gpu-busy", "time-breakdown")}
+    return {kind: f"{window.label}-{kind}.png" for kind in CHART_TITLES}
+
+
+def shown_charts(report: Report) -> tuple[str, ...]:
+    """The kinds of chart that have something to draw, in :data:`CHART_TITLES` order.
+
+    A window without successful batches leaves the bar charts blank; the line chart
+    is blank only when none of the last :data:`CHART_DAYS` days saw a batch.
+    """
+    drawn = {"seconds-per-take": bool(report.daily), "gpu-busy": bool(report.figures.loads),
+             "time-breakdown": bool(report.figures.presets)}
+    return tuple(kind for kind in CHART_TITLES if drawn[kind])
 
 
 def render_charts(report: Report) -> dict[str, bytes]:
@@ -113,19 +126,18 @@ def render_charts(report: Report) -> dict[str, bytes]:
     busy = {s.server: s.busy_share or 0.0 for s in report.figures.loads}
     stacks = {t.name: t.breakdown for t in report.figures.presets}
     return {
-        "seconds-per-take": line_chart(
-            f"Mean seconds per take by preset, last {CHART_DAYS} days", days, series),
-        "gpu-busy": bar_chart("GPU busy share of active time, per server", busy, top=1.0,
-                              y_format="{:.0%}"),
-        "time-breakdown": stacked_bar_chart(
-            "Mean seconds per batch by preset, by stage", stacks, COMPONENTS),
+        "seconds-per-take": line_chart(CHART_TITLES["seconds-per-take"], days, series),
+        "gpu-busy": bar_chart(CHART_TITLES["gpu-busy"], busy, top=1.0, y_format="{:.0%}"),
+        "time-breakdown": stacked_bar_chart(CHART_TITLES["time-breakdown"], stacks, COMPONENTS),
     }
 
 
 def write_report(report: Report, data: DataRoot) -> ReportFiles:
     """Write ``reports/<day>.md``, ``.json`` and the charts; every file atomically.
 
-    Charts go first so the markdown never links a missing file.
+    Every chart is written, blank or not; the markdown links those with something to
+    draw (:func:`shown_charts`) by file name, as they sit beside it. Charts go first
+    so the markdown never links a missing file.
     """
     label = report.figures.window.label
     names = chart_names(report.figures.window)
@@ -136,5 +148,6 @@ def write_report(report: Report, data: DataRoot) -> ReportFiles:
     json_path = data.inside(f"reports/{label}.json")
     atomic_write_text(json_path, json.dumps(render_json(report), indent=2) + "\n")
     md_path = data.inside(f"reports/{label}.md")
-    atomic_write_text(md_path, render_markdown(report, names))
+    links = {kind: chart_image(kind, names[kind]) for kind in shown_charts(report)}
+    atomic_write_text(md_path, render_markdown(report, links))
     return ReportFiles(md_path, json_path, charts)

@@ -21,6 +21,13 @@ SEED_TARGETS_S: dict[str, float] = {"draft": 30.0, "standard": 60.0, "high": 120
 # Time components of a batch, in the order they happen.
 COMPONENTS = ("queue_wait", "model_load", "sampling", "vae_decode", "download")
 
+# The report's charts by kind, each with the title drawn on it (also its alt text).
+CHART_TITLES: dict[str, str] = {
+    "seconds-per-take": f"Mean seconds per take by preset, last {CHART_DAYS} days",
+    "gpu-busy": "GPU busy share of active time, per server",
+    "time-breakdown": "Mean seconds per batch by preset, by stage",
+}
+
 
 @dataclass(frozen=True)
 class Window:

@@ -1,7 +1,10 @@
 """Rendering a report as markdown (files, Prefect artifact), JSON and terminal text.
 
 The report is first laid out as sections of tables, then each format draws the same
-sections, so the terminal, the markdown file and the artifact never disagree.
+sections, so the terminal, the markdown file and the artifact never disagree. The
+markdown shows each chart after the section that discusses it; what a chart's image
+points at (a file beside the markdown, or the picture itself as a ``data:`` URI) is
+the caller's choice.
 """
 
 from __future__ import annotations
@@ -10,12 +13,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from tower.report.model import COMPONENTS, Figures, Stats, Timing, to_plain
+from tower.report.model import CHART_TITLES, COMPONENTS, Figures, Stats, Timing, to_plain
 
 if TYPE_CHECKING:
     from tower.report.build import Report
 
 NO_RUNS = "No runs in this window: nothing was rendered, so there is nothing to measure."
+PRESET_TIMING = "Time per preset (seconds, successful batches)"
+GPU = "GPU per server"
+TREND = "Trend against the previous 7 days"
+CHARTS = "Charts"
+
+# Each chart follows the section whose figures it draws; any other goes under CHARTS.
+CHART_SECTIONS: dict[str, str] = {"seconds-per-take": TREND, "gpu-busy": GPU,
+                                  "time-breakdown": PRESET_TIMING}
 
 
 @dataclass(frozen=True)
@@ -75,7 +86,7 @@ def _gpu(f: Figures) -> Section:
                   str(s.model_swaps), _n(s.model_load_s / 60), _n(s.vram_peak_mb, 0),
                   _n(s.vram_budget_mb, 0), _pct(s.vram_peak_share), _pct(s.vram_estimate_error),
                   str(s.ooms), str(s.failures), str(s.retries)) for s in f.loads)
-    return Section("GPU per server", headers=headers, rows=rows)
+    return Section(GPU, headers=headers, rows=rows)
 
 
 def _vram(f: Figures) -> Section:
@@ -108,7 +119,7 @@ def _trend(report: Report) -> Section:
                   _trend_value(t.metric, t.delta), t.arrow,
                   {True: "better", False: "worse", None: ""}[t.improved])
                  for t in report.trends)
-    return Section("Trend against the previous 7 days", ("Counts are scaled to this window.",),
+    return Section(TREND, ("Counts are scaled to this window.",),
                    ("figure", "now", "previous 7 days", "delta", "", ""), rows)
 
 
@@ -128,7 +139,7 @@ def sections(report: Report) -> list[Section]:
                                             enumerate(report.recommendations, 1))
                    or ("Nothing to change: no threshold was crossed.",))
     return [head, _volume(f), bottlenecks, recs,
-            _timing("Time per preset (seconds, successful batches)", "preset", f.presets),
+            _timing(PRESET_TIMING, "preset", f.presets),
             _timing("Time per server (seconds, successful batches)", "server", f.servers),
             _gpu(f), _vram(f), _runs(f), _trend(report)]
 
@@ -137,8 +148,9 @@ def _md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def markdown_sections(parts: Sequence[Section]) -> str:
-    """Sections as GitHub-flavoured markdown."""
+def markdown_sections(parts: Sequence[Section],
+                      after: Mapping[str, Sequence[str]] | None = None) -> str:
+    """Sections as GitHub-flavoured markdown, ``after[title]``'s blocks after each one."""
     out: list[str] = []
     for i, s in enumerate(parts):
         out.append(("# " if i == 0 else "## ") + s.title)
@@ -150,16 +162,32 @@ def markdown_sections(parts: Sequence[Section]) -> str:
             out.append("|" + "---|" * len(s.headers))
             out.extend("| " + " | ".join(_md_cell(c) for c in row) + " |" for row in s.rows)
             out.append("")
+        for block in (after or {}).get(s.title, ()):
+            out.extend([block, ""])
     return "\n".join(out)
 
 
+def chart_image(kind: str, source: str) -> str:
+    """A markdown image of chart ``kind`` at ``source`` (a relative file name), titled."""
+    return f"![{CHART_TITLES.get(kind, kind)}]({source})"
+
+
 def render_markdown(report: Report, charts: Mapping[str, str] | None = None) -> str:
-    """The report as markdown; ``charts`` maps chart kinds to file names to link."""
-    text = markdown_sections(sections(report))
-    if charts:
-        links = "\n\n".join(f"![{kind}]({name})" for kind, name in charts.items())
-        text += f"\n## Charts\n\n{links}\n"
-    return text
+    """The report as markdown, with ``charts`` (kind -> a markdown block showing it).
+
+    Each block follows the section that discusses its chart (:data:`CHART_SECTIONS`);
+    one whose section this report lacks goes into a closing "Charts" section, so a
+    chart given is never dropped. Without charts the report has no images.
+    """
+    parts = sections(report)
+    titles = {s.title for s in parts}
+    after: dict[str, list[str]] = {}
+    for kind, block in (charts or {}).items():
+        title = CHART_SECTIONS.get(kind, CHARTS)
+        after.setdefault(title if title in titles else CHARTS, []).append(block)
+    if CHARTS in after:
+        parts.append(Section(CHARTS))
+    return markdown_sections(parts, after)
 
 
 def render_terminal(report: Report) -> str:
