@@ -1,23 +1,19 @@
 """Pure parts of the simulator's production nodes, by tables: upload naming, the
-multipart reader, annotated names, crops and sizes, costs, pixel descriptions."""
+multipart reader, annotated names, crops and sizes, costs (pixels: test_pictures)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import random
 from pathlib import Path
 from typing import Any
 
 import pytest
-from PIL import Image
 from simulator_helpers import multipart, png
 
 from tower.simulator import costs
 from tower.simulator.folders import Folders, UploadedFile, UploadRefused, store_upload
 from tower.simulator.multipart import MalformedForm, parse_form
 from tower.simulator.nodes import Latent, LatentItem, latent_upscale_by, model_scale
-from tower.simulator.pictures import Loaded, Lora, Sampled, center_box, fit, pixel_digest, render
+from tower.simulator.pictures import center_box
 
 RED, BLUE = png((255, 0, 0)), png((0, 0, 255))
 
@@ -187,39 +183,3 @@ def test_controlnet_and_upscale_costs() -> None:
     assert costs.lora_patch_s(3.0) == pytest.approx(1.2)
     assert costs.encode_mb(512, 512, 1) < costs.decode_mb(512, 512, 1, None)
 
-
-def _sampled(**changes: Any) -> Sampled:
-    values: dict[str, Any] = {"checkpoint": "c.safetensors", "text": "aoi", "seed": 1,
-                              "index": 0, "width": 64, "height": 64} | changes
-    return Sampled(**values)
-
-
-INIT = Loaded(64, 64, bytes(range(256)) * 48)
-
-
-@pytest.mark.parametrize("changes", [
-    {"seed": 2}, {"index": 1}, {"text": "ren"}, {"checkpoint": "d.safetensors"},
-    {"width": 72}, {"loras": (Lora("a", 0.8),)}, {"loras": (Lora("a", 0.7),)},
-    {"clip_loras": (Lora("a", 0.8),)}, {"base": INIT}, {"base": INIT, "denoise": 0.5},
-    {"denoise": 0.5},
-])
-def test_every_input_changes_the_pixels(changes: dict[str, Any]) -> None:
-    assert pixel_digest(_sampled(**changes)) != pixel_digest(_sampled())
-    assert render(_sampled(**changes)).tobytes() == render(_sampled(**changes)).tobytes()
-
-
-def test_plain_txt2img_pixels_keep_their_old_key() -> None:
-    """A sampled image without LoRA, init or ControlNet draws the same blocks as before
-    the production nodes (sha256 of the six inputs seeds the generator)."""
-    key = json.dumps(["c.safetensors", "aoi", 1, 0, 64, 64])
-    rng = random.Random(hashlib.sha256(key.encode()).digest())
-    cells = Image.frombytes("RGB", (8, 8), rng.randbytes(8 * 8 * 3))
-    expected = cells.resize((64, 64), Image.Resampling.NEAREST)
-    assert render(_sampled()).tobytes() == expected.tobytes()
-
-
-def test_a_fitted_hint_equals_its_precropped_copy() -> None:
-    wide = Loaded(96, 64, bytes(range(96)) * 64 * 3)
-    cropped = render(wide).crop((16, 0, 80, 64))
-    assert pixel_digest(fit(wide, 64, 64)) == pixel_digest(Loaded(64, 64, cropped.tobytes()))
-    assert fit(INIT, 64, 64) is INIT

@@ -213,7 +213,7 @@ def ksampler(ctx: Context, node_id: str, inputs: dict[str, Any]) -> Result:
     items = tuple(LatentItem(item.index, Sampled(
         model.checkpoint, text, seed, item.index, latent.width, latent.height,
         loras=model.loras, clip_loras=clip_loras, controls=controls, base=item.content,
-        denoise=denoise)) for item in latent.items)
+        denoise=denoise, steps=steps)) for item in latent.items)
     return (Latent(latent.width, latent.height, items),), None
 
 

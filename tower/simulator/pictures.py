@@ -3,9 +3,13 @@
 Nodes pass these descriptions instead of tensors. Each is a frozen value, so equal
 inputs give equal descriptions and so equal pixels, and a take's pixels never depend on
 the batch it was rendered in (ComfyUI's per-index noise, facts 14-16 of the production
-recordings). Drawing is cheap: 8x8 colour blocks for the noise a sampler starts from,
-then whatever a person should see was used: the init image blended in (img2img), the
-ControlNet hint's lines in colour, a labelled band per LoRA.
+recordings). Drawing is cheap and made to be read on a contact sheet: a calm backdrop
+(a two-colour gradient and a few soft shapes, all chosen by a digest of the sampler's
+inputs, so takes and prompts look plainly different), then whatever a person should see
+was used: the init image blended in (img2img), the ControlNet hint's lines in colour, a
+caption naming the take (the prompt's first words, take, seed, size, steps, checkpoint),
+and a labelled band per LoRA. Sizes are fractions of the image, so a hires pass or an
+upscale keeps everything in proportion.
 
 Where ComfyUI's pixels depend on an input image, the description depends on that
 image's *pixels* (:func:`pixel_digest`), not on its file, so a 96x64 hint and the same
@@ -14,8 +18,10 @@ hint cropped beforehand give identical images, as recorded (fact 19).
 
 from __future__ import annotations
 
+import colorsys
 import hashlib
 import json
+import math
 import random
 from dataclasses import dataclass
 from functools import lru_cache
@@ -28,6 +34,12 @@ RESAMPLE = {"nearest-exact": Image.Resampling.NEAREST, "bilinear": Image.Resampl
             "area": Image.Resampling.BOX, "bicubic": Image.Resampling.BICUBIC,
             "lanczos": Image.Resampling.LANCZOS, "bislerp": Image.Resampling.BILINEAR}
 HINT_COLOURS = ((0, 255, 255), (255, 0, 255), (255, 255, 0))
+BACKDROP_SCALE = 4  # shapes drawn at a quarter of the size, then smoothed up
+SHAPES = 3
+CAPTION_TEXT = 1 / 20  # font size as a share of the image's longer side
+PROMPT_LINES = 3
+PANEL = (0, 0, 0, 165)  # the caption's backing: dark, but traces still show through
+INK = (250, 250, 250)
 
 
 @dataclass(frozen=True)
@@ -111,6 +123,7 @@ class Sampled:
     controls: tuple[Control, ...] = ()
     base: Picture | None = None
     denoise: float = 1.0
+    steps: int | None = None
 
 
 Picture = Loaded | Crop | Resize | Upscaled | Sampled
@@ -118,17 +131,25 @@ Picture = Loaded | Crop | Resize | Upscaled | Sampled
 
 def render(picture: Picture) -> Image.Image:
     """The RGB image; a new object each call, free to draw on."""
+    return _draw(picture, labelled=True)
+
+
+def _draw(picture: Picture, labelled: bool) -> Image.Image:
+    """The image, with or without the caption and LoRA bands of the sampled pictures in
+    it: a sampler starting from an earlier pass (hires) blends that pass in unlabelled
+    and labels the result, so no faded caption shows under the new one."""
     if isinstance(picture, Loaded):
         return Image.frombytes("RGB", (picture.width, picture.height), picture.data)
     if isinstance(picture, Crop):
         box = (picture.left, picture.top, picture.left + picture.width,
                picture.top + picture.height)
-        return render(picture.source).crop(box)
+        return _draw(picture.source, labelled).crop(box)
     if isinstance(picture, Resize):
-        return _resize(render(picture.source), picture.width, picture.height, picture.method)
+        return _resize(_draw(picture.source, labelled), picture.width, picture.height,
+                       picture.method)
     if isinstance(picture, Upscaled):
-        return _upscaled(picture)
-    return _sampled(picture)
+        return _upscaled(picture, labelled)
+    return _sampled(picture, labelled)
 
 
 @lru_cache(maxsize=256)
@@ -175,15 +196,17 @@ def _resize(image: Image.Image, width: int, height: int, method: str) -> Image.I
                         RESAMPLE.get(method, Image.Resampling.NEAREST))
 
 
-def _upscaled(picture: Upscaled) -> Image.Image:
-    image = render(picture.source).resize((picture.width, picture.height),
-                                          Image.Resampling.NEAREST)
+def _upscaled(picture: Upscaled, labelled: bool) -> Image.Image:
+    image = _draw(picture.source, labelled).resize((picture.width, picture.height),
+                                                   Image.Resampling.NEAREST)
     shift = 1 + hashlib.sha256(picture.model.encode()).digest()[0] % 3
     return image.point(lambda v: min(255, v + shift))  # another model, other pixels
 
 
 def _noise_key(s: Sampled, hints: list[str]) -> bytes:
-    """Everything that decides the noise pattern; plain txt2img keeps its old key."""
+    """Everything that decides the backdrop: what changes a real render's composition.
+    Steps are left out (more steps refine the same composition; the caption names
+    them); plain txt2img keeps the six-value key it has always had."""
     key: list[Any] = [s.checkpoint, s.text, s.seed, s.index, s.width, s.height]
     extras: dict[str, Any] = {}
     if s.loras:
@@ -202,24 +225,130 @@ def _noise_key(s: Sampled, hints: list[str]) -> bytes:
     return hashlib.sha256(json.dumps(key).encode("utf-8")).digest()
 
 
-def _sampled(s: Sampled) -> Image.Image:
-    prepared = [fit(c.hint, s.width, s.height) for c in s.controls]
-    digest = _noise_key(s, [pixel_digest(p) for p in prepared])
-    cols, rows = max(1, s.width // LATENT_SCALE), max(1, s.height // LATENT_SCALE)
-    rng = random.Random(digest)
-    cells = Image.frombytes("RGB", (cols, rows), rng.randbytes(cols * rows * 3))
-    image = cells.resize((s.width, s.height), Image.Resampling.NEAREST)
+def backdrop(s: Sampled) -> Image.Image:
+    """What a sampled image shows before any trace: a soft two-colour gradient and a
+    few large translucent shapes, their colours and places drawn from the digest of
+    everything that decides the noise (:func:`_noise_key`)."""
+    hints = [pixel_digest(fit(c.hint, s.width, s.height)) for c in s.controls]
+    rng = random.Random(_noise_key(s, hints))
+    hue = rng.random()
+    first, second = _tone(hue, rng), _tone(hue + 0.2 + 0.3 * rng.random(), rng)
+    small = (max(1, s.width // BACKDROP_SCALE), max(1, s.height // BACKDROP_SCALE))
+    image = _gradient(first, second, rng.random() * 2 * math.pi, small)
+    draw = ImageDraw.Draw(image, "RGBA")
+    short = min(small)
+    for _ in range(SHAPES):
+        x, y = rng.random() * small[0], rng.random() * small[1]
+        r = short * (0.15 + 0.25 * rng.random())
+        colour = _tone(hue + rng.random(), rng)
+        draw.ellipse((x - r, y - r * (0.6 + 0.8 * rng.random()), x + r, y + r),
+                     fill=(*colour, 150))
+    image = image.filter(ImageFilter.BoxBlur(1))  # soft edges once scaled up
+    return image.resize((s.width, s.height), Image.Resampling.BILINEAR)
+
+
+def caption(s: Sampled) -> tuple[str, str, tuple[str, ...]]:
+    """(headline, prompt, facts) a sampled image is captioned with: ``take <index>``,
+    the positive prompt (wrapped and cut when drawn), and one line each for the seed
+    and size and for the checkpoint's short name and the steps."""
+    checkpoint = s.checkpoint.replace("\\", "/").rpartition("/")[2]
+    model = checkpoint.removesuffix(".safetensors").removesuffix(".ckpt") or "?"
+    steps = "" if s.steps is None else f" · {s.steps} steps"
+    return (f"take {s.index}", " ".join(s.text.split()),
+            (f"seed {s.seed} · {s.width}x{s.height}", f"{model}{steps}"))
+
+
+def text_size(width: int, height: int) -> int:
+    """Font size for labels on a ``width`` x ``height`` image: a share of the longer
+    side, as a thumbnail shrinks the longer side to fit, but at most a sixteenth of the
+    height so a wide image keeps most of its picture."""
+    return max(6, round(min(max(width, height) * CAPTION_TEXT, height / 16)))
+
+
+def draw_caption(image: Image.Image, headline: str, prompt: str,
+                 facts: tuple[str, ...]) -> None:
+    """Draw a caption block in the bottom-left corner, on a translucent dark panel:
+    the headline a size larger, then at most :data:`PROMPT_LINES` lines of the prompt,
+    then the facts, sized by :func:`text_size`."""
+    size = text_size(image.width, image.height)
+    small, large = _font(size), _font(round(size * 1.5))
+    margin = max(1, size // 3)
+    room = image.width - 4 * margin
+    lines = [(headline, large, round(size * 1.8)),
+             *((line, small, round(size * 1.2)) for line in _wrap(prompt, small, room)),
+             *((fact, small, round(size * 1.2)) for fact in facts)]
+    width = min(room, max(round(font.getlength(text)) for text, font, _ in lines))
+    top = image.height - 3 * margin - sum(height for *_, height in lines)
+    draw = ImageDraw.Draw(image, "RGBA")
+    draw.rectangle((margin, top, 3 * margin + width, image.height - margin), fill=PANEL)
+    y = top + margin
+    for text, font, height in lines:
+        draw.text((2 * margin, y), text, fill=INK, font=font)
+        y += height
+
+
+def _sampled(s: Sampled, labelled: bool) -> Image.Image:
+    image = backdrop(s)
     if s.base is not None:
-        base = render(s.base)
+        base = _draw(s.base, labelled=False)
         if base.size != image.size:
             base = base.resize(image.size, Image.Resampling.NEAREST)
         # Squared: at img2img's usual 0.4-0.7 the layout stays readable, as it does on
         # a real sampler, which keeps the composition far longer than the noise ratio says.
         image = Image.blend(base, image, min(1.0, max(0.0, s.denoise)) ** 2)
-    for i, (control, hint) in enumerate(zip(s.controls, prepared, strict=True)):
-        image = _overlay_hint(image, render(hint), control, HINT_COLOURS[i % 3])
-    _draw_loras(image, s.loras, s.clip_loras)
+    for i, control in enumerate(s.controls):
+        hint = render(fit(control.hint, s.width, s.height))
+        image = _overlay_hint(image, hint, control, HINT_COLOURS[i % 3])
+    if labelled:
+        draw_caption(image, *caption(s))
+        _draw_loras(image, s.loras, s.clip_loras)
     return image
+
+
+def _tone(hue: float, rng: random.Random) -> tuple[int, int, int]:
+    """A muted colour of ``hue``: mid saturation and brightness, so lines and white
+    text stay readable on it."""
+    rgb = colorsys.hsv_to_rgb(hue % 1.0, 0.4 + 0.3 * rng.random(), 0.55 + 0.3 * rng.random())
+    r, g, b = (round(255 * v) for v in rgb)
+    return r, g, b
+
+
+def _gradient(first: tuple[int, int, int], second: tuple[int, int, int], angle: float,
+              size: tuple[int, int]) -> Image.Image:
+    """``first`` to ``second`` along ``angle``: four corners, bilinearly filled."""
+    corners = Image.new("RGB", (2, 2))
+    dx, dy = math.cos(angle), math.sin(angle)
+    for x in (0, 1):
+        for y in (0, 1):
+            t = ((2 * x - 1) * dx + (2 * y - 1) * dy + 1.5) / 3.0
+            t = min(1.0, max(0.0, t))
+            corners.putpixel((x, y), tuple(round(a + (b - a) * t)
+                                           for a, b in zip(first, second, strict=True)))
+    return corners.resize(size, Image.Resampling.BILINEAR)
+
+
+def _wrap(text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont,
+          width: int) -> list[str]:
+    """``text`` in at most :data:`PROMPT_LINES` lines of ``width``, cut with an ellipsis."""
+    lines: list[str] = []
+    space, used = font.getlength(" "), 0.0
+    for word in text.split():  # words measured one by one: kerning across them is noise
+        length = font.getlength(word)
+        if lines and used + space + length <= width:
+            lines[-1], used = f"{lines[-1]} {word}", used + space + length
+        elif len(lines) < PROMPT_LINES:
+            lines.append(word)
+            used = length
+        else:
+            lines[-1] = _cut(lines[-1], font, width)
+            break
+    return lines
+
+
+def _cut(text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, width: int) -> str:
+    while len(text) > 1 and font.getlength(text + "…") > width:
+        text = text[:-1].rstrip(" ,")
+    return text + "…"
 
 
 def _overlay_hint(image: Image.Image, hint: Image.Image, control: Control,
@@ -245,16 +374,17 @@ def _draw_loras(image: Image.Image, loras: tuple[Lora, ...],
         return
     model = {lora.name: lora.strength for lora in loras}
     clip = {lora.name: lora.strength for lora in clip_loras}
-    band = max(6, image.height // 10)
+    size = text_size(image.width, image.height)
+    band, margin = round(size * 1.4), max(1, size // 3)
     draw = ImageDraw.Draw(image)
-    font = _font(band - 2)
+    font = _font(size)
     for i, name in enumerate(names):
         top = i * band
         colour = _colour(name)
         draw.rectangle((0, top, image.width - 1, top + band - 1), fill=colour)
         label = f"{name.removesuffix('.safetensors')} {model.get(name, 0):g}/{clip.get(name, 0):g}"
         ink = (0, 0, 0) if sum(colour) > 380 else (255, 255, 255)
-        draw.text((1, top), label, fill=ink, font=font)
+        draw.text((margin, top + round(size * 0.15)), label, fill=ink, font=font)
 
 
 def _colour(name: str) -> tuple[int, int, int]:
