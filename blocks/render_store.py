@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from prefect.blocks.core import Block
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from tower.shotlist.presets import Preset, apply_overrides
 from tower.store.files import DEFAULT_DATA_ROOT, DataRoot
@@ -21,6 +22,21 @@ class RenderStore(Block):
 
     data_root: str = Field(default=str(DEFAULT_DATA_ROOT),
                            description="Local folder (relative to the worker's directory).")
+    base_url: str | None = Field(
+        default=None,
+        description="Address the studio serves the data root under, e.g. "
+                    "https://renders.studio.lan/tower/: run summaries link contact sheets "
+                    "and images under it (else they name them relative to the data root).")
+
+    @field_validator("base_url")
+    @classmethod
+    def _url_is_http(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"must be an http(s):// URL (got {value!r})")
+        return value.strip().rstrip("/") + "/"
 
     def get_data_root(self) -> DataRoot:
         return DataRoot(Path(self.data_root))

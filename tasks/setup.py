@@ -85,6 +85,15 @@ def resolve_data_root(path: str | None, store_block: str | None) -> DataRoot:
     return DataRoot(settings.data_root_path())
 
 
+def resolve_data_url(path: str | None, store_block: str | None) -> str | None:
+    """Where the studio serves the data root :func:`resolve_data_root` gives: the saved
+    RenderStore block's ``base_url``; None for a folder given as a path or from
+    ``TOWER_DATA_ROOT`` (summaries then name files relative to the data root)."""
+    if path or not store_block:
+        return None
+    return RenderStore.load(store_block).base_url
+
+
 def render_context(root: DataRoot, label: str, started: datetime, flow_run_id: str | None,
                    *, front: bool = False) -> RenderContext:
     """The stores and ids every batch of one run writes with.
