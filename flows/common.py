@@ -25,6 +25,7 @@ from tasks.reporting import publish_summary
 from tasks.setup import (
     render_context,
     resolve_data_root,
+    resolve_data_url,
     resolve_presets,
     resolve_servers,
     server_entries,
@@ -34,7 +35,7 @@ from tower.planning.batches import ServerSpec
 from tower.planning.pipeline import RunPlan
 from tower.runtime.inputs import Inventory
 from tower.runtime.runs import RunArtifacts, RunKind
-from tower.runtime.summary import RunInfo, RunTally, run_status
+from tower.runtime.summary import RunInfo, RunTally, count_line, run_status
 from tower.shotlist.presets import Preset
 from tower.spec.outputs import sheet_items
 from tower.store.files import DataRoot
@@ -48,6 +49,7 @@ class Farm:
     root: DataRoot
     presets: dict[str, Preset]
     inventories: dict[str, Inventory | None] = field(default_factory=dict)
+    data_url: str | None = None  # where the studio serves ``root`` (RenderStore.base_url)
 
     @property
     def specs(self) -> list[ServerSpec]:
@@ -59,7 +61,8 @@ def resolve_farm(servers: list[str] | None, data_root: str | None, render_store:
     """Servers (else ``TOWER_SERVERS``) with their model files, data root and presets."""
     resolved = resolve_servers(server_entries(servers))
     return Farm(resolved, resolve_data_root(data_root, render_store),
-                resolve_presets(presets_file, presets_block), inventory_task(resolved))
+                resolve_presets(presets_file, presets_block), inventory_task(resolved),
+                data_url=resolve_data_url(data_root, render_store))
 
 
 @dataclass(frozen=True)
@@ -89,7 +92,8 @@ def render_and_publish(farm: Farm, planned: RunPlan, how: Rendering, *, started:
     pool, cancelled = render_plan(plan, RenderRun(
         farm.servers, ctx, how.retries, how.retry_backoff_s, how.max_server_failures,
         progress_key=keys.progress, inventories=farm.inventories), tally)
-    tally.images = sheet_items(planned.takes, farm.root.renders, planned.served_paths())
+    tally.images = sheet_items(planned.takes, farm.root.renders, planned.served_paths(),
+                               missing="cancelled" if cancelled else "failed")
     info = RunInfo(run_id=ctx.run_id, flow_run_id=run_uuid, flow=how.flow,
                    episode=planned.episode, preset=preset,
                    servers=tuple(s.name for s in farm.servers), started=started,
@@ -97,7 +101,7 @@ def render_and_publish(farm: Farm, planned: RunPlan, how: Rendering, *, started:
     summary = publish_summary(tally, info, root=farm.root,
                               out_of_rotation=pool.out_of_rotation,
                               status=run_status(tally, cancelled), key=keys.summary,
-                              title=f"{planned.episode} {how.kind}")
+                              title=f"{planned.episode} {how.kind}", base_url=farm.data_url)
     return tally, summary, cancelled
 
 
@@ -117,13 +121,18 @@ def cancel_hook(flow: object, flow_run: object, state: State) -> None:
 def final_state(what: str, tally: RunTally, summary: dict, cancelled: bool) -> State:
     """Cancelled, Failed when any batch finally failed, else Completed; all carry the summary.
 
-    Returning the summary alone would end the run Completed even with failed batches.
+    The message counts every image the night stored in the summary artifact's words
+    (:func:`tower.runtime.summary.count_line`), e.g. ``ep01: 43 images stored (41
+    rendered, 2 from ComfyUI's cache), 2 from the index, 0 failed``; a failed run adds
+    its first failed batches as the summary shows them (no local paths). Returning the
+    summary alone would end the run Completed even with failed batches.
     """
+    counts = count_line(tally)
     if cancelled:
-        return Cancelled(message=f"{what}: cancelled", data=summary)
+        return Cancelled(message=f"{what}: cancelled; {counts}", data=summary)
     if tally.batches_failed:
-        return Failed(message=f"{what}: {tally.batches_failed} batches failed "
-                              f"({tally.takes_failed} takes): "
-                              + "; ".join(tally.failures[:3]), data=summary)
-    return Completed(message=f"{what}: {tally.takes_rendered} rendered, "
-                             f"{tally.takes_deduped} skipped", data=summary)
+        failures = summary.get("failures", tally.failures)
+        noun = "batch" if tally.batches_failed == 1 else "batches"
+        return Failed(message=f"{what}: {counts}; {tally.batches_failed} {noun} failed: "
+                              + "; ".join(failures[:3]), data=summary)
+    return Completed(message=f"{what}: {counts}", data=summary)
