@@ -47,7 +47,7 @@ def test_preview_options_reach_the_flow(tmp_path, sims):
                   "--reuse", "none", *common)
     assert again.returncode == 0, again.stderr
     assert "preset draft: no time budget" in again.stdout
-    assert "| skipped as duplicates | 0 |" in again.stdout  # the default reuses both
+    assert "| from the index (deduplicated) | 0 |" in again.stdout  # the default reuses both
 
     RenderStore(data_root=str(data)).save("cli-preview-farm", overwrite=True)
     RenderPresets(presets={"poster": {"extends": "high", "steps": 40}}

@@ -50,7 +50,7 @@ def test_presets_file_render_store_and_reuse_none(tmp_path, sims):
                   "--render-store", "cli-farm", "--presets-file", str(presets),
                   "--reuse", "none")
     assert again.returncode == 0, again.stderr
-    assert "| skipped as duplicates | 0 |" in again.stdout  # the default would skip all 4
+    assert "| from the index (deduplicated) | 0 |" in again.stdout  # the default would skip all 4
     index = OutputIndex(farm / "index").scan().collect()
     assert index["run_id"].n_unique() == 2 and index.height == 8
     assert set(zip(index["width"], index["height"], strict=True)) == {(640, 384)}

@@ -40,19 +40,24 @@ def test_other_settings_of_the_same_take_get_their_own_file():
 
 
 
-def test_sheet_shows_takes_in_list_order_with_shared_and_indexed_images(tmp_path: Path) -> None:
+def test_sheet_shows_every_take_in_list_order_with_shared_and_indexed_images(tmp_path: Path):
     takes = resolve_takes(load_shot_list(DEMO_LIST))
     dedup = collapse_duplicates(takes)
     dup, twin = dedup.same_as[0]
-    assert sheet_items(takes, tmp_path, dedup.served_paths()) == []  # nothing rendered yet
-    for take in dedup.to_render[:-1]:  # the last take "failed": it is left out
+    before = sheet_items(takes, tmp_path, dedup.served_paths())   # nothing rendered yet
+    assert [(i.path, i.status) for i in before] == [(None, "failed")] * len(takes)
+    for take in dedup.to_render[:-1]:  # the last take "failed": a tile saying so
         path = tmp_path / take_output_path(take)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"png")
-    items = sheet_items(takes, tmp_path, dedup.served_paths())
-    expected = [t for t in takes if t != dedup.to_render[-1]]
-    assert [label.split(" =")[0] for label, _ in items] == [
-        f"{t.shot_id} t{t.take}" for t in expected]
-    shown = dict(items)
+    items = sheet_items(takes, tmp_path, dedup.served_paths(), suspect={takes[0].key})
+    assert [i.label.split(" =")[0] for i in items] == [f"{t.shot_id} t{t.take}" for t in takes]
+    assert [i.shot for i in items] == [t.shot_id for t in takes]
+    lost = dedup.to_render[-1]
+    assert {i.label for i in items if i.status == "failed"} == {f"{lost.shot_id} t{lost.take}"}
+    assert items[0].status == "suspect" and items[0].path is not None
+    shown = {i.label: i.path for i in items}
     assert shown[f"{dup.shot_id} t{dup.take} ={twin.shot_id}"] == \
         tmp_path / take_output_path(twin)
+    cancelled = sheet_items(takes, tmp_path, dedup.served_paths(), missing="cancelled")
+    assert {i.status for i in cancelled} == {"ok", "cancelled"}
