@@ -22,14 +22,14 @@ from flows.common import Rendering, cancel_hook, final_state, render_and_publish
 from tasks.planning import plan_run_task
 from tasks.render import preflight_task
 from tower.runtime.pool import DEFAULT_MAX_FAILURES
-from tower.shotlist.shots import load_shot_list
+from tower.shotlist.shots import episode_of
 
 Reuse = Literal["exact", "similar", "none"]
 
 
 def _episode_of(path: str) -> str:
     try:
-        return load_shot_list(path).episode
+        return episode_of(path) or Path(path).stem
     except (OSError, ValueError):
         return Path(path).stem
 

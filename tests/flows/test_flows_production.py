@@ -14,6 +14,7 @@ import pytest
 import yaml
 from flow_helpers import png_files
 from PIL import Image
+from prefect import get_client
 
 from flows.draft_preview import draft_preview
 from flows.render_episode import render_episode
@@ -101,6 +102,9 @@ def test_every_part_renders_and_a_rerun_renders_and_uploads_nothing(tmp_path, si
     state, summary = render(shot_list, presets, data, [f"gpu-a={sim.url}"])
     assert state.is_completed(), state.message
     assert summary["takes_rendered"] == 8 and summary["takes_failed"] == 0
+    with get_client(sync_client=True) as client:  # named before its presets are read
+        name = client.read_flow_run(state.state_details.flow_run_id).name
+    assert name.startswith("ep02-nightly-")
     assert {"LoraLoader", "LoadImage", "ImageScale", "VAEEncode", "RepeatLatentBatch",
             "ControlNetLoader", "ControlNetApplyAdvanced", "LatentUpscaleBy",
             "UpscaleModelLoader", "ImageUpscaleWithModel"} <= classes_run(sim.url)

@@ -10,7 +10,7 @@ import pytest
 from tower.shotlist.documents import MAX_BYTES, MAX_NODES
 from tower.shotlist.errors import InputError
 from tower.shotlist.presets import load_presets
-from tower.shotlist.shots import load_shot_list
+from tower.shotlist.shots import episode_of, load_shot_list
 
 BILLION_LAUGHS = """\
 episode: ep01
@@ -124,3 +124,14 @@ def test_presets_files_get_the_same_guards(tmp_path: Path, content: bytes,
         load_presets(path)
     with pytest.raises(InputError, match="file not found"):
         load_presets(tmp_path / "nope.yaml")
+
+
+def test_episode_of_reads_the_episode_without_validating(tmp_path):
+    """Run names need the episode before the presets a full validation would take."""
+    listed = tmp_path / "ep07.yaml"
+    listed.write_text("episode: ep07\nshots:\n  - {id: sh010, prompt: x, preset: custom}\n")
+    sheet = tmp_path / "ep08.csv"
+    sheet.write_text("episode,id,prompt,preset\nep08,sh010,x,custom\n")
+    nameless = tmp_path / "nameless.yaml"
+    nameless.write_text("shots: []\n")
+    assert [episode_of(p) for p in (listed, sheet, nameless)] == ["ep07", "ep08", None]

@@ -424,6 +424,23 @@ def read_shot_list(path: str | Path,
     return LoadedShotList(shot_list, source, warnings)
 
 
+def episode_of(path: str | Path) -> str | None:
+    """The episode a shot list names, read without validating the list (run names need
+    it before the presets that a full validation would take are known).
+
+    Raises:
+        InputError: the file cannot be read or parsed.
+    """
+    fmt = format_of(path)
+    doc = parse(*read_text(path), fmt)
+    if fmt == "csv":
+        rows = doc.data["rows"]
+        value = rows[0].get("episode") if rows else None
+    else:
+        value = doc.data.get("episode") if isinstance(doc.data, Mapping) else None
+    return value if isinstance(value, str) and value else None
+
+
 def load_shot_list(path: str | Path,
                    presets: Mapping[str, Preset] = BUILTIN_PRESETS) -> ShotList:
     """Like :func:`read_shot_list`, returning only the validated list."""
