@@ -24,10 +24,9 @@ from tasks.render import inventory_task
 from tasks.reporting import publish_summary
 from tasks.setup import (
     render_context,
-    resolve_data_root,
-    resolve_data_url,
     resolve_presets,
     resolve_servers,
+    resolve_store,
     server_entries,
     server_specs,
 )
@@ -60,9 +59,9 @@ def resolve_farm(servers: list[str] | None, data_root: str | None, render_store:
                  presets_file: str | None, presets_block: str | None) -> Farm:
     """Servers (else ``TOWER_SERVERS``) with their model files, data root and presets."""
     resolved = resolve_servers(server_entries(servers))
-    return Farm(resolved, resolve_data_root(data_root, render_store),
-                resolve_presets(presets_file, presets_block), inventory_task(resolved),
-                data_url=resolve_data_url(data_root, render_store))
+    root, data_url = resolve_store(data_root, render_store)
+    return Farm(resolved, root, resolve_presets(presets_file, presets_block),
+                inventory_task(resolved), data_url=data_url)
 
 
 @dataclass(frozen=True)

@@ -75,23 +75,29 @@ def server_entries(entries: Sequence[str] | None) -> list[str] | None:
     return settings.server_entries(entries) or None
 
 
-def resolve_data_root(path: str | None, store_block: str | None) -> DataRoot:
-    """The data root: a path, else a saved RenderStore block, else ``TOWER_DATA_ROOT``,
-    else data/."""
+def resolve_store(path: str | None, store_block: str | None) -> tuple[DataRoot, str | None]:
+    """The data root and the address the studio serves it under, reading the block once.
+
+    The root: a path, else a saved RenderStore block, else ``TOWER_DATA_ROOT``, else
+    data/. The address is the block's ``base_url``; None for a folder given as a path or
+    from ``TOWER_DATA_ROOT`` (summaries then name files relative to the data root).
+    """
     if path:
-        return DataRoot(Path(path))
+        return DataRoot(Path(path)), None
     if store_block:
-        return RenderStore.load(store_block).get_data_root()
-    return DataRoot(settings.data_root_path())
+        store = RenderStore.load(store_block)
+        return store.get_data_root(), store.base_url
+    return DataRoot(settings.data_root_path()), None
+
+
+def resolve_data_root(path: str | None, store_block: str | None) -> DataRoot:
+    """The data root alone (:func:`resolve_store`)."""
+    return resolve_store(path, store_block)[0]
 
 
 def resolve_data_url(path: str | None, store_block: str | None) -> str | None:
-    """Where the studio serves the data root :func:`resolve_data_root` gives: the saved
-    RenderStore block's ``base_url``; None for a folder given as a path or from
-    ``TOWER_DATA_ROOT`` (summaries then name files relative to the data root)."""
-    if path or not store_block:
-        return None
-    return RenderStore.load(store_block).base_url
+    """The data root's address alone (:func:`resolve_store`)."""
+    return resolve_store(path, store_block)[1]
 
 
 def render_context(root: DataRoot, label: str, started: datetime, flow_run_id: str | None,
