@@ -111,7 +111,6 @@ class Engine:
         self.config = config
         self.faults = faults
         self.folders = folders
-        self.output_dir = folders.output
         self.catalog = Catalog(config)
         self.hub = Hub(lambda: self.faults.drop_ws_after)
         self.machine = Machine()

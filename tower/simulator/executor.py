@@ -75,7 +75,6 @@ class Executor:
         self.hub = hub
         self.machine = machine
         self.folders = folders
-        self.output_dir = folders.output
         self.stop = stop
         self.interrupt = threading.Event()
         self.cache: dict[str, tuple[tuple[Any, ...], dict[str, Any] | None]] = {}

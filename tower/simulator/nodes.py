@@ -13,7 +13,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any, Protocol
 
 from PIL import Image, ImageOps, ImageSequence
@@ -100,7 +99,6 @@ class SimulatedError(Exception):
 class Context(Protocol):
     """What a node handler may use from the executor."""
 
-    output_dir: Path
     folders: Folders
     prompt: dict[str, Any]
     extra_pnginfo: dict[str, Any] | None
@@ -330,7 +328,7 @@ def save_image(ctx: Context, node_id: str, inputs: dict[str, Any]) -> Result:
     images = _as_images(inputs["images"])
     ctx.work(costs.SAVE_S_PER_IMAGE * len(images.pictures))
     try:
-        saved = save_images(ctx.output_dir, str(inputs.get("filename_prefix", "ComfyUI")),
+        saved = save_images(ctx.folders.output, str(inputs.get("filename_prefix", "ComfyUI")),
                             list(images.pictures), ctx.prompt, ctx.extra_pnginfo)
     except Exception as err:
         raise SimulatedError("Exception", str(err)) from err
