@@ -33,8 +33,7 @@ from tower.runtime.failures import RunStopping, classify
 from tower.runtime.inputs import (
     Inventory,
     input_images,
-    lacking,
-    renderable,
+    preflight_scope,
     server_inventory,
     upload_inputs,
 )
@@ -99,15 +98,11 @@ def preflight_task(servers: Sequence[ComfyUIServer], takes: Sequence[ResolvedTak
             missing on each of the others; nothing has been queued anywhere.
         ComfyUIError: an upload failed or an input image changed since planning.
     """
-    inventories = inventories or {}
-    own = {s.name: renderable(takes, inventories.get(s.name)) for s in servers}
+    own, skipped = preflight_scope(takes, [s.name for s in servers], inventories or {})
     problems: list[str] = []
-    skipped: list[str] = []
     graphs = 0
     for server in servers:
         if not own[server.name]:
-            skipped.append(f"{server.name} gets none of these takes: it lacks "
-                           f"{lacking(takes, inventories.get(server.name))}")
             continue
         server_graphs = preflight_graphs(own[server.name])
         graphs = max(graphs, len(server_graphs))

@@ -10,7 +10,7 @@ second server of the same farm finds them there and uploads nothing.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from tower.comfyui import ComfyUIClient, ComfyUIError, ComfyUIProtocolError
@@ -44,6 +44,18 @@ def lacking(takes: Iterable[ResolvedTake], inventory: Inventory | None) -> str:
 def renderable(takes: Iterable[ResolvedTake], inventory: Inventory | None) -> list[ResolvedTake]:
     """The takes a server with ``inventory`` can render."""
     return [take for take in takes if can_render(take, inventory)]
+
+
+def preflight_scope(takes: Sequence[ResolvedTake], servers: Sequence[str],
+                    inventories: Mapping[str, Inventory | None],
+                    ) -> tuple[dict[str, list[ResolvedTake]], list[str]]:
+    """What each server is checked for: the takes its model files allow (all when its
+    inventory is unknown), and a line for each server that gets none, saying what it lacks.
+    """
+    own = {name: renderable(takes, inventories.get(name)) for name in servers}
+    skipped = [f"{name} gets none of these takes: it lacks "
+               f"{lacking(takes, inventories.get(name))}" for name in servers if not own[name]]
+    return own, skipped
 
 
 def input_images(takes: Iterable[ResolvedTake]) -> list[InputImage]:
