@@ -149,6 +149,18 @@ def test_every_bad_override_is_reported_with_its_line(tmp_path: Path) -> None:
     ]
 
 
+def test_a_problem_inside_a_part_has_its_line_and_a_hint(tmp_path: Path) -> None:
+    path = _write(tmp_path, "film:\n  extends: standard\n  hires: {scale: 2, denoise: 0.5, "
+                  "steps: 10, metod: area}\n  loras:\n    - {name: a.safetensors, "
+                  "strength: 150}\n")
+    with pytest.raises(InputError) as caught:
+        load_presets(path)
+    assert [str(p).removeprefix(f"{tmp_path}/") for p in caught.value.problems] == [
+        "presets.yaml:3 preset film: hires.metod: unknown field (did you mean 'method'?)",
+        "presets.yaml:5 preset film: loras.0.strength: must be at most 100.0 (got 150)",
+    ]
+
+
 def test_problems_without_a_file_have_no_line() -> None:
     with pytest.raises(InputError) as caught:
         apply_overrides({"draft": {"steps": -1}})

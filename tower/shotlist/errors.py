@@ -105,17 +105,6 @@ def describe_error(error: dict[str, Any]) -> str:
     return f"{sentence or error['msg']} (got {value!r})"
 
 
-def format_pydantic_error(
-    err: ValidationError, source: str, where: str | None, line: int | None = None
-) -> list[Problem]:
-    """Turn a pydantic ValidationError into Problems, one per failing field."""
-    problems = []
-    for error in err.errors(include_url=False):
-        field = ".".join(str(part) for part in error["loc"]) or None
-        problems.append(Problem(source, line, where, field, describe_error(error)))
-    return problems
-
-
 Loc = tuple[Any, ...]
 
 

@@ -12,8 +12,7 @@ would change.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import replace
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from tower.shotlist.errors import (
     Number,
     Problem,
     Whole,
-    format_pydantic_error,
+    located_problems,
     suggest,
 )
 from tower.shotlist.names import check_name
@@ -103,16 +102,16 @@ def apply_overrides(
     presets = dict(base)
     problems: list[Problem] = []
     for name, raw in overrides.items():
+        line_of = _line_finder(doc, name)
         if not isinstance(name, str):  # YAML reads `1:` or `null:` as a number or None
-            problems += _located([Problem(source, None, f"preset {name}", None,
-                                          "preset names must be text; put it in quotes")],
-                                 doc, name)
+            problems.append(Problem(source, line_of(), f"preset {name}", None,
+                                    "preset names must be text; put it in quotes"))
             continue
-        found = _override_one(name, raw, presets, source)
+        found = _override_one(name, raw, presets, source, line_of)
         if isinstance(found, Preset):
             presets[found.name] = found
         else:
-            problems += _located(found, doc, name)
+            problems += found
     if problems:
         raise InputError(sorted(problems, key=lambda p: p.line or 0))
     return presets
@@ -124,30 +123,33 @@ _REQUIRED = tuple(name for name, info in Preset.model_fields.items()
                   if info.is_required() and name != "name")
 
 
-def _override_one(name: str, raw: Any, presets: Mapping[str, Preset],
-                  source: str) -> Preset | list[Problem]:
-    """The preset ``raw`` defines, or every problem with it."""
+LineOf = Callable[..., int | None]
+
+
+def _override_one(name: str, raw: Any, presets: Mapping[str, Preset], source: str,
+                  line_of: LineOf) -> Preset | list[Problem]:
+    """The preset ``raw`` defines, or every problem with it, each on its field's line."""
     where = f"preset {name}"
     if not isinstance(raw, Mapping):
-        return [Problem(source, None, where, None, "must be a mapping of fields")]
+        return [Problem(source, line_of(), where, None, "must be a mapping of fields")]
     try:
         check_name(name)
     except ValueError as err:
-        return [Problem(source, None, where, None, f"preset name {err}")]
-    problems = [Problem(source, None, where, str(key), "unknown field"
+        return [Problem(source, line_of(), where, None, f"preset name {err}")]
+    problems = [Problem(source, line_of(key), where, str(key), "unknown field"
                         + suggest(key, _OVERRIDABLE - {"extends"}))
                 for key in raw if key not in _OVERRIDABLE]
     fields = {k: v for k, v in raw.items() if k in _OVERRIDABLE and k != "extends"}
     parent_name = raw.get("extends") or (name if name in presets else None)
     parent = presets.get(parent_name) if isinstance(parent_name, str) else None
     if parent_name is not None and parent is None:
-        problems.append(Problem(source, None, where, "extends",
+        problems.append(Problem(source, line_of("extends"), where, "extends",
                                 f"unknown preset {parent_name!r}; "
                                 f"known: {', '.join(sorted(presets))}"))
         return problems
     missing = [f for f in _REQUIRED if f not in fields] if parent is None else []
     if missing:
-        problems.append(Problem(source, None, where, None,
+        problems.append(Problem(source, line_of(), where, None,
                                 "a new preset needs 'extends: <preset>' or every field; "
                                 f"missing: {', '.join(missing)}"))
         return problems
@@ -155,22 +157,16 @@ def _override_one(name: str, raw: Any, presets: Mapping[str, Preset],
     try:
         preset = Preset.model_validate(merged)
     except ValidationError as err:
-        return problems + format_pydantic_error(err, source, where)
+        return problems + located_problems(err, source, line_of, (), where, Preset)
     return problems or preset
 
 
-def _located(problems: list[Problem], doc: Document | None, name: Any) -> list[Problem]:
-    """Give each problem the line of its field (or of its preset) in the file."""
+def _line_finder(doc: Document | None, name: Any) -> LineOf:
+    """The line of a path under preset ``name`` in the file (None without a document)."""
     if doc is None:
-        return problems
+        return lambda *path: None
     base = ("presets", name) if ("presets",) in doc.lines else (name,)
-    return [replace(p, line=doc.line_of(*base, *_field_path(p.field))) for p in problems]
-
-
-def _field_path(field: str | None) -> tuple[str | int, ...]:
-    """``"loras.0.strength"`` as the document's path ``("loras", 0, "strength")``."""
-    parts = field.split(".") if field else []
-    return tuple(int(part) if part.isdigit() else part for part in parts)
+    return lambda *path: doc.line_of(*base, *path)
 
 
 def load_presets(path: str | Path | None) -> dict[str, Preset]:
