@@ -244,19 +244,20 @@ class VramModel:
                       vae_tiled: bool = False, tile_size: int = 512) -> float:
         """The part of the peak above the resident weights, before the margin."""
         c = self.families[family]
-        mp = width * height / MEGAPIXEL
-        return max(c.sampling_mb_per_mp * mp * batch_size,
-                   _decode_mb(c, mp, batch_size, vae_tiled, tile_size))
+        phases = _phases(c, width * height / MEGAPIXEL, batch_size, vae_tiled, tile_size)
+        return max(mb for _, mb in phases)
 
     def estimate_mb(self, checkpoint: str, width: int, height: int, batch_size: int,
                     vae_tiled: bool = False, tile_size: int = 512) -> float:
-        """Estimated peak VRAM (MB) of rendering ``batch_size`` images in one prompt."""
+        """Estimated peak VRAM (MB) of rendering ``batch_size`` images in one prompt.
+
+        A plain txt2img batch: :meth:`estimate_take_mb` of a take without parts.
+        """
         if batch_size < 1 or width < 1 or height < 1:
             raise ValueError("width, height and batch_size must be positive")
-        family = self.family(checkpoint)
-        c = self.families[family]
-        act = self.activation_mb(family, width, height, batch_size, vae_tiled, tile_size)
-        return (c.base_mb + act) * (1.0 + c.margin)
+        c = self.families[self.family(checkpoint)]
+        phases = _phases(c, width * height / MEGAPIXEL, batch_size, vae_tiled, tile_size)
+        return TakeVram(c.base_mb, tuple(phases), c.margin).peak_mb
 
     def estimate_take_mb(self, take: ResolvedTake, batch_size: int) -> float:
         """Estimated peak VRAM (MB) of ``batch_size`` takes like ``take`` in one prompt.
@@ -273,16 +274,10 @@ class VramModel:
         c = self.families[self.family(take.checkpoint)]
         width, height = take.sample_size
         mp = width * height / MEGAPIXEL
-        sampling = c.sampling_mb_per_mp * mp * batch_size
-        resident = c.base_mb
-        loras = sum(not lora.inert for lora in take.loras)
-        if loras:
-            resident += c.lora_mb * loras
-        if take.control is not None:
-            resident += c.controlnet_mb
-            sampling *= 1.0 + c.controlnet_share
-        phases = [(SAMPLING, sampling),
-                  (DECODE, _decode_mb(c, mp, batch_size, take.vae_tiled, take.vae_tile_size))]
+        control = take.control is not None
+        phases = _phases(c, mp, batch_size, take.vae_tiled, take.vae_tile_size, control)
+        resident = (c.base_mb + c.lora_mb * sum(not lora.inert for lora in take.loras)
+                    + (c.controlnet_mb if control else 0.0))
         if take.init_image is not None:
             phases.append((ENCODE, c.full_decode_mb_per_mp * take.width * take.height
                            / MEGAPIXEL))
@@ -325,12 +320,21 @@ class VramModel:
         return model
 
 
-def _decode_mb(c: FamilyCoefficients, mp: float, batch_size: int, vae_tiled: bool,
-               tile_size: int) -> float:
-    """The VAE decode's activations: the whole batch, or one tile of one image."""
+def _phases(c: FamilyCoefficients, mp: float, batch_size: int, vae_tiled: bool,
+            tile_size: int, control: bool = False) -> list[tuple[str, float]]:
+    """Sampling (``controlnet_share`` more with a ControlNet) and VAE decode activations.
+
+    The decode is the whole batch, or with a tiled decode one tile of one image. Every
+    estimate, plain or with parts, starts from these.
+    """
+    sampling = c.sampling_mb_per_mp * mp * batch_size
+    if control:
+        sampling *= 1.0 + c.controlnet_share
     if vae_tiled:
-        return c.tiled_decode_mb_per_mp * min(tile_size * tile_size / MEGAPIXEL, mp)
-    return c.full_decode_mb_per_mp * mp * batch_size
+        decode = c.tiled_decode_mb_per_mp * min(tile_size * tile_size / MEGAPIXEL, mp)
+    else:
+        decode = c.full_decode_mb_per_mp * mp * batch_size
+    return [(SAMPLING, sampling), (DECODE, decode)]
 
 
 def plain_rows(metrics: pl.LazyFrame | pl.DataFrame) -> pl.LazyFrame:
