@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -44,6 +45,7 @@ MODEL_INPUTS = {
 # only, LoadImageMask every top-level file (nodes.py INPUT_TYPES).
 INPUT_LISTS = {"LoadImage": ("image",), "LoadImageMask": None}
 _HOLE = "\u0000input files of {}\u0000"
+_HOLES = re.compile(r'"\\u0000input files of (\w+)\\u0000"')  # as json.dumps spells one
 
 
 def _data(name: str) -> Any:
@@ -76,16 +78,13 @@ class Catalog:
             if node in info:
                 set_choices(info[node]["input"]["required"][name], config.models(folder))
         self.nodes: dict[str, NodeInfo] = info
-        holed = copy.deepcopy(info)
+        # The body with a placeholder for each input-folder list, split around them:
+        # [text, node, text, node, ..., text]. Only the holed nodes are copied.
+        holed = dict(info)
         for node in INPUT_LISTS:
+            holed[node] = copy.deepcopy(info[node])
             set_choices(holed[node]["input"]["required"]["image"], _HOLE.format(node))
-        body = json.dumps(holed)
-        holes = sorted(INPUT_LISTS, key=lambda node: body.index(json.dumps(_HOLE.format(node))))
-        self._parts: list[tuple[str, str]] = []  # (text before the hole, node) pairs
-        for node in holes:
-            before, body = body.split(json.dumps(_HOLE.format(node)), 1)
-            self._parts.append((before, node))
-        self._tail = body
+        self._pieces = _HOLES.split(json.dumps(holed))
 
     def get(self, class_type: str) -> NodeInfo | None:
         node = self.nodes.get(class_type)
@@ -94,8 +93,9 @@ class Catalog:
     def object_info(self, listing: dict[str, list[str]]) -> bytes:
         """The body of ``GET /object_info``, with ``listing`` (node -> its input-folder
         list, see :data:`INPUT_LISTS`) spliced in."""
-        text = "".join(before + json.dumps(listing[node]) for before, node in self._parts)
-        return (text + self._tail).encode("utf-8")
+        pieces = list(self._pieces)
+        pieces[1::2] = [json.dumps(listing[node]) for node in pieces[1::2]]
+        return "".join(pieces).encode("utf-8")
 
     def node_info(self, class_type: str, listing: dict[str, list[str]]) -> NodeInfo | None:
         """``GET /object_info/<class>``'s entry, with its input-folder list if it has one."""
