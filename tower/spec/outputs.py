@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from tower.spec.takes import ResolvedTake
 
@@ -33,7 +33,7 @@ def take_output_path(take: ResolvedTake) -> str:
 # it; ``cancelled``: the run stopped before it was rendered; ``suspect``: an image an
 # output check flagged (drawn with a coloured frame and the word).
 SheetStatus = Literal["ok", "suspect", "failed", "cancelled"]
-SHEET_STATUSES: tuple[SheetStatus, ...] = ("ok", "suspect", "failed", "cancelled")
+SHEET_STATUSES: tuple[SheetStatus, ...] = get_args(SheetStatus)
 
 
 @dataclass(frozen=True)
