@@ -206,8 +206,12 @@ class _Context:
     cast: Cast
     folder: Path
     control_model: Any
-    names: Mapping[tuple[Any, ...], str]
     csv: bool
+
+    @property
+    def names(self) -> Mapping[tuple[Any, ...], str]:
+        """How the file spells a field path (a CSV's columns; dotted otherwise)."""
+        return _CSV_NAMES if self.csv else {}
 
     def field(self, *loc: Any) -> str:
         return self.names.get(loc) or ".".join(map(str, loc))
@@ -339,7 +343,7 @@ def _validate(doc: Document, data: Mapping[str, Any], shot_path: tuple[Any, ...]
         raw_shots = []
     defaults = data.get("defaults")
     control_model = defaults.get("control_model") if isinstance(defaults, Mapping) else None
-    ctx = _Context(doc, presets, cast, folder, control_model, _CSV_NAMES if csv else {}, csv)
+    ctx = _Context(doc, presets, cast, folder, control_model, csv)
     shots, shot_problems = _validate_shots(ctx, raw_shots, shot_path)
     problems += shot_problems
     if problems or top is None:
