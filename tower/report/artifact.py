@@ -5,7 +5,8 @@ where a local file path opens nothing. So each chart with something to draw is
 embedded as a JPEG ``data:`` URI of at most :data:`CHART_MAX_BYTES` (via
 :mod:`tower.embed`) after the section that discusses it, and the files written on the
 farm are named relative to the data root (``reports/2026-11-26.md``), never by an
-absolute path. Pure: the charts are drawn again from the report, nothing is read.
+absolute path. The pictures are the chart files the report just wrote, read back, so
+the artifact shows exactly what is on disk and nothing is drawn twice.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from PIL import Image
 
 from tower.embed import markdown_image
-from tower.report.build import Report, ReportFiles, render_charts, shown_charts
+from tower.report.build import Report, ReportFiles, shown_charts
 from tower.report.charts import CHART_SIZE
 from tower.report.model import CHART_TITLES
 from tower.report.render import render_markdown
@@ -41,7 +42,7 @@ def embedded_charts(pngs: Mapping[str, bytes], files: Mapping[str, str]) -> dict
     """Each chart as a markdown image holding its JPEG, captioned with its file's name.
 
     Args:
-        pngs: chart kind -> the PNG drawn by :func:`tower.report.build.render_charts`.
+        pngs: chart kind -> the chart's PNG bytes.
         files: chart kind -> where that chart was written, relative to the data root.
     """
     blocks: dict[str, str] = {}
@@ -64,8 +65,7 @@ def artifact_markdown(report: Report, files: ReportFiles, root: Path,
         status: the farm's status text, added as its own section when given.
     """
     names = {kind: relative_name(path, root) for kind, path in files.charts.items()}
-    shown = shown_charts(report)
-    pngs = {kind: png for kind, png in render_charts(report).items() if kind in shown}
+    pngs = {kind: files.charts[kind].read_bytes() for kind in shown_charts(report)}
     text = render_markdown(report, embedded_charts(pngs, names))
     if status:
         text += f"\n## Farm status\n\n```\n{status}\n```\n"
