@@ -57,8 +57,8 @@ def key_payload(params: KeyParams) -> dict[str, Any]:
     decode is tiled, since it is unused otherwise.
     """
     payload: dict[str, Any] = {name: getattr(params, name) for name in KEY_FIELDS}
-    payload["cfg"] = repr(float(params.cfg))
-    payload["denoise"] = repr(float(params.denoise))
+    payload["cfg"] = _number(params.cfg)
+    payload["denoise"] = _number(params.denoise)
     payload["seed"] = str(params.seed)
     payload["vae"] = f"tiled:{params.vae_tile_size}" if params.vae_tiled else "full"
     del payload["vae_tiled"], payload["vae_tile_size"]
@@ -76,22 +76,27 @@ def _parts_payload(params: KeyParams) -> dict[str, Any]:
     """
     parts: dict[str, Any] = {}
     if params.loras:
-        parts["loras"] = [[lora.name, repr(float(lora.strength_model)),
-                           repr(float(lora.strength_clip))] for lora in params.loras]
+        parts["loras"] = [[lora.name, _number(lora.strength_model),
+                           _number(lora.strength_clip)] for lora in params.loras]
     if params.init_image is not None:
         parts["init"] = params.init_image.sha256
     if params.control is not None:
         control = params.control
         parts["control"] = {"image": control.image.sha256, "model": control.model,
-                            "strength": repr(float(control.strength)),
-                            "start": repr(float(control.start)), "end": repr(float(control.end))}
+                            "strength": _number(control.strength),
+                            "start": _number(control.start), "end": _number(control.end)}
     if params.hires is not None:
         hires = params.hires
-        parts["hires"] = {"scale": repr(float(hires.scale)), "denoise": repr(float(hires.denoise)),
+        parts["hires"] = {"scale": _number(hires.scale), "denoise": _number(hires.denoise),
                           "steps": hires.steps, "method": hires.method}
     if params.upscale is not None:
         parts["upscale"] = params.upscale.model  # its scale comes from the weights
     return parts
+
+
+def _number(value: float) -> str:
+    """A float as the key writes it: ``repr``, so ``6.5`` and ``6.50`` hash alike."""
+    return repr(float(value))
 
 
 def render_key(params: KeyParams) -> str:
