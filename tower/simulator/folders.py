@@ -102,6 +102,13 @@ def media_type(name: str) -> str:
     return mime
 
 
+def within(base: str | Path, path: str) -> bool:
+    """ComfyUI's containment test (``/view``, ``image_upload``): ``path``, made absolute
+    but with links unresolved, is ``base`` or below it. Unlike
+    :func:`tower.store.files.inside` it lets ``a/../b`` through, as ComfyUI does."""
+    return os.path.commonpath((str(base), os.path.abspath(path))) == str(base)
+
+
 def sha256_file(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
@@ -131,7 +138,7 @@ def store_upload(folders: Folders, fields: dict[str, str | UploadedFile]) -> dic
     subfolder = str(fields.get("subfolder", ""))
     full_output_folder = os.path.join(upload_dir, os.path.normpath(subfolder))
     filepath = os.path.abspath(os.path.join(full_output_folder, filename))
-    if os.path.commonpath((str(upload_dir), filepath)) != str(upload_dir):
+    if not within(upload_dir, filepath):
         raise UploadRefused("outside the folder")
     if not os.path.exists(full_output_folder):
         os.makedirs(full_output_folder)

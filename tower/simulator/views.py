@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 
 from tower.simulator.config import SimulatorConfig
-from tower.simulator.folders import Folders, media_type
+from tower.simulator.folders import Folders, media_type, within
 from tower.simulator.responses import ComfyJSON, empty
 from tower.simulator.system import MODEL_FOLDERS
 
@@ -34,7 +34,7 @@ def view(request: Request, folders: Folders) -> Response:
     target = base
     if "subfolder" in query:
         target = os.path.join(base, query["subfolder"])
-        if os.path.commonpath((os.path.abspath(target), base)) != base:
+        if not within(base, target):
             return empty(403)
     name = os.path.basename(filename)
     path = os.path.join(target, name)
