@@ -39,5 +39,9 @@ def combo_options(spec: object) -> list[Any] | None:
         return list(kind)
     if kind != "COMBO":
         return None
-    extra = spec[1] if len(spec) > 1 and isinstance(spec[1], Mapping) else {}
-    return list(extra.get("options") or [])
+    return list(input_extras(spec).get("options") or [])
+
+
+def input_extras(spec: list[Any]) -> Mapping[str, Any]:
+    """The options dict of an ``/object_info`` input spec (``[type, {...}]``), or empty."""
+    return spec[1] if len(spec) > 1 and isinstance(spec[1], Mapping) else {}

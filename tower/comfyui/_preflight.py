@@ -12,7 +12,7 @@ import difflib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from tower.comfyui._api_format import combo_options, is_link
+from tower.comfyui._api_format import combo_options, input_extras, is_link
 from tower.comfyui._exceptions import ComfyUIPreflightError
 
 NODE_CLASSES = "node classes"
@@ -35,14 +35,9 @@ def combo_inputs(object_info: Mapping[str, Any], class_type: str) -> dict[str, l
     for section in ("required", "optional"):
         for name, spec in (inputs.get(section) or {}).items():
             options = combo_options(spec)
-            if options is not None and not _is_upload(spec):
+            if options is not None and not input_extras(spec).get("image_upload"):
                 found[name] = [str(v) for v in options]
     return found
-
-
-def _is_upload(spec: list[Any]) -> bool:
-    extra = spec[1] if len(spec) > 1 and isinstance(spec[1], Mapping) else {}
-    return bool(extra.get("image_upload"))
 
 
 def find_missing(object_info: Mapping[str, Any], graphs: Iterable[Mapping[str, Any]],
