@@ -230,30 +230,43 @@ def _take_ranges(takes: Sequence[ResolvedTake]) -> str:
     return ", ".join(parts)
 
 
-def _largest_fit(take: ResolvedTake, limit: int, budget: float, models: _Models) -> int:
-    """The largest batch size up to ``limit`` whose estimate fits ``budget`` (0: none)."""
-    best = 0
+def _estimates(take: ResolvedTake, limit: int, budget: float, models: _Models) -> list[float]:
+    """VRAM estimates of batch sizes 1, 2... up to ``limit``, ending at the first above
+    ``budget`` (the largest one that matters)."""
+    needs: list[float] = []
     for size in range(1, limit + 1):
-        if models.vram_mb(take, size) > budget:
+        needs.append(models.vram_mb(take, size))
+        if needs[-1] > budget:
             break
-        best = size
-    return best
+    return needs
+
+
+def _largest_fit(needs: Sequence[float], budget: float) -> int:
+    """The largest batch size whose estimate, and every smaller one's, fits ``budget``."""
+    return next((n for n, mb in enumerate(needs) if mb > budget), len(needs))
 
 
 def _fit_chunk(chunk: _Chunk, servers: Sequence[ServerSpec], models: _Models) -> _Chunk:
-    """Batch sizes and costs per server; the largest budgets take what fits nowhere."""
+    """Batch sizes and costs per server; the largest budgets take what fits nowhere.
+
+    The estimates depend on the chunk alone, so each size is estimated and timed once
+    per chunk, not once per server.
+    """
     able = _able(chunk.first, servers)
-    limit = min(chunk.max_batch, len(chunk.takes))
-    fits = {s.name: _largest_fit(chunk.first, limit, s.vram_budget_mb, models) for s in able}
+    largest = max(s.vram_budget_mb for s in able)
+    needs = _estimates(chunk.first, min(chunk.max_batch, len(chunk.takes)), largest, models)
+    fits = {s.name: _largest_fit(needs, s.vram_budget_mb) for s in able}
     if not any(fits.values()):
-        largest = max(s.vram_budget_mb for s in able)
         fits = {s.name: int(s.vram_budget_mb == largest) for s in able}
+    seconds: dict[int, float] = {}
     for s in able:
         size = fits[s.name]
         if size:
+            if size not in seconds:
+                seconds[size] = sum(models.seconds(chunk.first, len(part))
+                                    for part in _slices(chunk.takes, size))
             chunk.fit[s.name] = size
-            chunk.cost[s.name] = sum(models.seconds(chunk.first, len(part))
-                                     for part in _slices(chunk.takes, size)) / s.speed
+            chunk.cost[s.name] = seconds[size] / s.speed
     return chunk
 
 
