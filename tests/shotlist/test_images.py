@@ -18,12 +18,11 @@ from tower.shotlist.images import (
     MAX_IMAGE_BYTES,
     ImageError,
     _identify,
-    aspect_warnings,
-    crop_fraction,
     read_image,
 )
 from tower.shotlist.presets import BUILTIN_PRESETS
 from tower.shotlist.shots import load_shot_list
+from tower.spec.cropping import aspect_warnings, crop_fraction
 from tower.spec.takes import resolve_takes
 from tower.store.files import DataRoot
 

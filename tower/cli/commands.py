@@ -22,10 +22,10 @@ from tower.cli.report import report_command, status_command
 from tower.cli.servers import demo, server_app
 from tower.cli.store import index_app, metrics_app, plan_command
 from tower.shotlist.errors import InputError
-from tower.shotlist.images import aspect_warnings
 from tower.shotlist.presets import load_presets
 from tower.shotlist.shots import read_shot_list
 from tower.simulator.cli import sim
+from tower.spec.cropping import aspect_warnings
 from tower.spec.parts import CHECKPOINTS
 from tower.spec.takes import resolve_takes
 

@@ -55,9 +55,9 @@ from tower.planning.planner import (
 from tower.planning.preview import Preference, PresetChoice, choose_preset, reuse_similar
 from tower.planning.timing import TimeModel
 from tower.planning.vram import VramModel
-from tower.shotlist.images import aspect_warnings
 from tower.shotlist.presets import Preset
 from tower.shotlist.shots import ShotList, read_shot_list
+from tower.spec.cropping import aspect_warnings
 from tower.spec.takes import ResolvedTake, resolve_takes
 from tower.store.files import DataRoot
 from tower.store.index import DedupResult, IndexRow, OutputIndex, collapse_duplicates
