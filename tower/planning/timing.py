@@ -92,9 +92,7 @@ class TimeModel:
                          steps: int, vae_tiled: bool = False) -> float:
         """Seconds to sample and decode one batch, the checkpoint already loaded."""
         pixels = width * height / MEGAPIXEL * batch_size
-        step = self.step_s_per_mp.get(family, self.default_step_s_per_mp)
-        decode = self.decode_s_per_mp * pixels * (self.tiled_decode_factor if vae_tiled else 1)
-        return self.batch_overhead_s + steps * step * pixels + decode
+        return self._batch_seconds(family, steps, pixels, pixels, vae_tiled)
 
     def estimate_take_seconds(self, take: ResolvedTake, batch_size: int, family: str) -> float:
         """Seconds to render ``batch_size`` takes like ``take`` in one prompt, parts included.
@@ -103,20 +101,17 @@ class TimeModel:
         checkpoint itself is taken as loaded (:meth:`load_seconds` is the planner's to
         add); a ControlNet load and LoRA patching are counted in every batch.
         """
-        step = self.step_s_per_mp.get(family, self.default_step_s_per_mp)
         control = 1.0 + self.controlnet_step_share if take.control is not None else 1.0
         pixels = take.width * take.height / MEGAPIXEL * batch_size
         sampled = take.sample_size[0] * take.sample_size[1] / MEGAPIXEL * batch_size
-        decode = self.decode_s_per_mp * sampled * (
-            self.tiled_decode_factor if take.vae_tiled else 1)
-        seconds = self.batch_overhead_s + take.steps * step * pixels * control + decode
+        seconds = self._batch_seconds(family, take.steps, pixels, sampled, take.vae_tiled,
+                                      control)
         if take.hires is not None:
-            seconds += take.hires.steps * step * sampled * control
+            seconds += take.hires.steps * self._step_s(family) * sampled * control
         if take.init_image is not None:
             seconds += self.decode_s_per_mp * take.width * take.height / MEGAPIXEL
         loras = sum(not lora.inert for lora in take.loras)
-        if loras:
-            seconds += loras * _by_family(self.lora_patch_s, family)
+        seconds += loras * _by_family(self.lora_patch_s, family)
         if take.control is not None:
             seconds += _by_family(self.controlnet_load_s, family)
         if take.upscale is not None:
@@ -124,6 +119,16 @@ class TimeModel:
             seconds += (self.upscale_load_s
                         + self.upscale_s_per_mp * width * height / MEGAPIXEL * batch_size)
         return seconds
+
+    def _step_s(self, family: str) -> float:
+        return self.step_s_per_mp.get(family, self.default_step_s_per_mp)
+
+    def _batch_seconds(self, family: str, steps: int, pixels: float, decoded: float,
+                       vae_tiled: bool, control: float = 1.0) -> float:
+        """Overhead, ``steps`` over ``pixels`` (MP x batch, ``control`` times the step
+        cost) and a decode of ``decoded``: the plain formula every estimate starts from."""
+        decode = self.decode_s_per_mp * decoded * (self.tiled_decode_factor if vae_tiled else 1)
+        return self.batch_overhead_s + steps * self._step_s(family) * pixels * control + decode
 
     def load_seconds(self, family: str) -> float:
         """Seconds to load a checkpoint of ``family`` (a model swap)."""
