@@ -178,7 +178,7 @@ async def post_upload_image(request: Request) -> Response:
 
 def _input_listing(engine: Engine) -> dict[str, list[str]]:
     """The input-folder choices of LoadImage and LoadImageMask, read now."""
-    return {node: engine.folders.input_files(kinds) for node, kinds in INPUT_LISTS.items()}
+    return engine.folders.input_lists(INPUT_LISTS)
 
 
 async def get_system_stats(request: Request) -> Response:
@@ -193,7 +193,8 @@ async def get_object_info(request: Request) -> Response:
 async def get_object_info_node(request: Request) -> Response:
     engine: Engine = request.app.state.engine
     name = request.path_params["node_class"]
-    node = engine.catalog.node_info(name, _input_listing(engine))
+    listing = _input_listing(engine) if name in INPUT_LISTS else {}
+    node = engine.catalog.node_info(name, listing)
     return ComfyJSON({name: node} if node is not None else {})
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import mimetypes
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,12 +79,20 @@ class Folders:
         """Sorted top-level files of the input folder whose extension maps to one of
         ``kinds`` (``filter_files_content_types``); all files when ``kinds`` is None."""
         try:
-            names = [e.name for e in os.scandir(self.input) if e.is_file()]
+            names = sorted(e.name for e in os.scandir(self.input) if e.is_file())
         except FileNotFoundError:
             return []
-        if kinds is not None:
-            names = [n for n in names if content_kind(n) in kinds]
-        return sorted(names)
+        return _of_kinds(names, kinds)
+
+    def input_lists(self, lists: Mapping[str, tuple[str, ...] | None]) -> dict[str, list[str]]:
+        """:meth:`input_files` for each ``key -> kinds`` of ``lists``, from one read of
+        the folder."""
+        names = self.input_files(None)
+        return {key: _of_kinds(names, kinds) for key, kinds in lists.items()}
+
+
+def _of_kinds(names: list[str], kinds: tuple[str, ...] | None) -> list[str]:
+    return names if kinds is None else [n for n in names if content_kind(n) in kinds]
 
 
 def content_kind(name: str) -> str | None:
