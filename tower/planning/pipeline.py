@@ -58,7 +58,7 @@ from tower.planning.vram import VramModel
 from tower.shotlist.presets import Preset
 from tower.shotlist.shots import ShotList, read_shot_list
 from tower.spec.cropping import aspect_warnings
-from tower.spec.takes import ResolvedTake, resolve_takes
+from tower.spec.takes import ResolvedTake, resolve_shot, resolve_takes
 from tower.store.files import DataRoot
 from tower.store.index import DedupResult, IndexRow, OutputIndex, collapse_duplicates
 from tower.store.metrics import MetricsStore
@@ -231,10 +231,11 @@ def _choose(shot_list: ShotList, presets: Mapping[str, Preset], shots: Collectio
     The images are counted by resolving the takes as the shot list asks, so the count
     follows the same rules (defaults, shot filter) as the takes finally rendered; each
     preset is timed on the list's first take resolved at it, with its parts (LoRAs,
-    layout, hires...) and the preset's own.
+    layout, hires...) and the preset's own. Only that first shot is resolved per preset.
     """
     images = len(_resolve(shot_list, presets, None, shots))
-    samples = {name: _resolve(shot_list, presets, name, shots)[0] for name in presets}
+    first = next(s for s in shot_list.shots if not shots or s.id in shots)
+    samples = {name: resolve_shot(shot_list, first, p)[0] for name, p in presets.items()}
     return choose_preset(presets, images, models.time, budget_s=budget.seconds,
                          preference=budget.preference, servers=len(servers),
                          vram=models.vram, samples=samples)
