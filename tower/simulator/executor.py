@@ -16,6 +16,7 @@ the cache, which is how a forced render (``tower.spec.graph``) executes every no
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import threading
@@ -180,7 +181,8 @@ class Executor:
             self.send_to_client(event, data, broadcast=broadcast)
 
         changed = self._is_changed(prompt)
-        signatures = {nid: _signature(prompt, nid, changed=changed) for nid in prompt}
+        memo: dict[str, str] = {}
+        signatures = {nid: _signature(prompt, nid, changed=changed, memo=memo) for nid in prompt}
         order = _execution_order(prompt, outputs_to_execute)
         cached = [nid for nid in prompt if signatures[nid] in self.cache]
         message("execution_start", {"prompt_id": prompt_id, "timestamp": now_ms()})
@@ -320,22 +322,32 @@ def _shown(value: Any) -> Any:
 
 
 def _signature(prompt: dict[str, Any], node_id: str, seen: frozenset[str] = frozenset(),
-               changed: Mapping[str, str] | None = None) -> str:
+               changed: Mapping[str, str] | None = None,
+               memo: dict[str, str] | None = None) -> str:
     """A node's cache key: its class, its ``IS_CHANGED`` value if any (``changed``) and
     every input, declared or not (as ComfyUI), with links replaced by upstream keys, so
-    a changed ancestor changes the key."""
+    a changed ancestor changes the key; the key is a sha256 of all that. ``memo`` keeps
+    one prompt's keys as they are made, so a shared ancestor's key is made once, not
+    once per path to it."""
+    if memo is not None and node_id in memo:
+        return memo[node_id]
     changed = changed or {}
     node = prompt[node_id]
     parts: dict[str, Any] = {}
     for name, value in sorted(node.get("inputs", {}).items()):
         if is_link(value) and value[0] in prompt and value[0] not in seen:
-            parts[name] = [_signature(prompt, value[0], seen | {node_id}, changed), value[1]]
+            parts[name] = [_signature(prompt, value[0], seen | {node_id}, changed, memo),
+                           value[1]]
         else:
             parts[name] = value
     key: list[Any] = [node["class_type"], parts]
     if node_id in changed:
         key.append(changed[node_id])
-    return json.dumps(key, sort_keys=True, default=str)
+    # Hashed: upstream keys nest in this one, and nested JSON text grows with each level.
+    signature = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+    if memo is not None:
+        memo[node_id] = signature
+    return signature
 
 
 def _execution_order(prompt: dict[str, Any], outputs: list[str]) -> list[str]:
