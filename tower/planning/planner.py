@@ -487,15 +487,20 @@ def apply_decode_policy(takes: Sequence[ResolvedTake], servers: Sequence[ServerS
     """
     _check_servers(servers)
     models = _Models(VramModel(), TimeModel())
-    able: dict[_Files, list[ServerSpec]] = {}
+    # Per set of model files: the servers that have them all, and their largest budget.
+    able: dict[_Files, tuple[list[ServerSpec], float]] = {}
     result = []
     for take in takes:
-        candidates = able.setdefault(take.models, _able(take, servers))
-        largest = max(s.vram_budget_mb for s in candidates or servers)
-        if not take.vae_tiled and models.vram_mb(take, 1) > largest:
+        if take.models not in able:
+            candidates = _able(take, servers)
+            able[take.models] = candidates, max(s.vram_budget_mb for s in candidates or servers)
+        candidates, largest = able[take.models]
+        need = models.vram_mb(take, 1)
+        if not take.vae_tiled and need > largest:
             preset = presets.get(take.preset)
             take = take.with_tiled_decode(preset.vae_tile_size if preset else take.vae_tile_size)
-        if candidates and models.vram_mb(take, 1) > largest:
+            need = models.vram_mb(take, 1)
+        if candidates and need > largest:
             raise PlanningError(_too_big(take, candidates, models))
         result.append(take)
     return result
