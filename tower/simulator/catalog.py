@@ -71,8 +71,7 @@ def set_choices(spec: list[Any], values: Any) -> None:
 class Catalog:
     """Node definitions for one simulator instance."""
 
-    def __init__(self, config: SimulatorConfig | None = None) -> None:
-        config = config or SimulatorConfig()
+    def __init__(self, config: SimulatorConfig) -> None:
         info = copy.deepcopy(_recorded())
         for (node, name), folder in MODEL_INPUTS.items():
             if node in info:
