@@ -54,7 +54,6 @@ class _RecordedCatalog(Catalog):
 
     def __init__(self, info: dict) -> None:  # no super(): its copy is not wanted here
         self.nodes = copy.deepcopy(info)
-        self.body = b""
 
 
 # Catalogs of the two recordings, built once: copying 600 kB of object_info per graph
