@@ -6,6 +6,7 @@ one place: a socket that cannot open or drops raises :class:`ComfyUIUnavailable`
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import ssl
@@ -50,7 +51,9 @@ def ws_url(base_url: str, client_id: str) -> str:
     return f"{root.rstrip('/')}/ws?clientId={quote(client_id, safe='')}"
 
 
+@functools.cache
 def ssl_context(verify: bool) -> ssl.SSLContext:
+    """TLS settings for ``wss://``, made once per process (shared by every socket)."""
     context = ssl.create_default_context()
     if not verify:
         context.check_hostname = False
