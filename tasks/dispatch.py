@@ -1,17 +1,26 @@
 """The dispatch loop: batches go out to servers as slots free up, outcomes come back.
 
 The pool (:mod:`tower.runtime.pool`) decides; this loop submits ``render_batch`` runs in
-a thread pool sized to the sum of the servers' queue depths, feeds outcomes back into
-the pool and the tally, updates the progress artifact, and watches the flow run's own
-state so that a cancellation asked for in the UI stops it even when the flow runs in
-the caller's process (a worker-run flow gets the ``on_cancellation`` hook as well).
+a thread pool, feeds outcomes back into the pool and the tally, updates the progress
+artifact, and watches the flow run's own state so that a cancellation asked for in the
+UI stops it even when the flow runs in the caller's process (a worker-run flow gets the
+``on_cancellation`` hook as well).
+
+The loop wakes on events rather than on a clock: a batch whose prompt has finished
+frees its server slot (:class:`tasks.slots.SlotBank` tells the loop) and the next batch
+for that server starts at once, with the freed slot handed over, while the finished
+batch's images are still downloading. The thread pool has room for a second batch per
+slot for that reason. The loop itself makes no Prefect API call (:class:`tasks.watch.RunWatch`
+does), and render task runs carry no tags: Prefect asks the API for tag concurrency slots
+before every task run with tags, one uncached call per run when the tags name the batch,
+which cost about a second per batch on a local server.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import json
-import time
+import queue
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -19,8 +28,8 @@ from typing import Any
 from uuid import UUID
 
 import polars as pl
-from prefect import Task, get_client, get_run_logger, tags
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect import Task, get_client, get_run_logger
+from prefect.artifacts import create_progress_artifact
 from prefect.client.schemas.filters import (
     ArtifactFilter,
     ArtifactFilterFlowRunId,
@@ -30,8 +39,10 @@ from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks.comfyui_server import ComfyUIServer
-from tasks.render import flow_run_stopping, preflight_task, with_retry_policy
+from tasks.render import preflight_task, with_retry_policy
 from tasks.setup import ensure_concurrency_limits
+from tasks.slots import SlotBank
+from tasks.watch import STATE_POLL_S, STOPPING, RunWatch
 from tower.comfyui import ComfyUIError
 from tower.planning.planner import Plan
 from tower.runtime.execute import BatchOutcome, RenderContext
@@ -41,21 +52,19 @@ from tower.runtime.pool import Assignment, ServerPool, total_depth
 from tower.runtime.runs import PLAN_KEY_PREFIXES
 from tower.runtime.summary import RunTally, count_retries
 
-PROMPT_TAG = "prompt:"
-SERVER_TAG = "server:"
-STATE_POLL_S = 0.5
-
 
 def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".strip()
 
 
 InFlight = dict[concurrent.futures.Future[Any], tuple[Assignment, PrefectFuture[Any]]]
+Event = tuple[str, Any]  # ("free", batch id) | ("done", wrapped future) | (STOPPING, None)
 
 
 def _submit(runner: ThreadPoolTaskRunner, render: Task[..., list[BatchOutcome]],
             pool: ServerPool, servers: Mapping[str, ComfyUIServer], ctx: RenderContext,
-            in_flight: InFlight) -> list[str]:
+            slots: SlotBank, in_flight: InFlight, events: queue.SimpleQueue[Event],
+            ) -> list[str]:
     """Start a ``render`` task for every batch the pool hands out now; their prompt ids."""
     started = []
     for assignment in pool.next_assignments():
@@ -63,12 +72,28 @@ def _submit(runner: ThreadPoolTaskRunner, render: Task[..., list[BatchOutcome]],
         if assignment.moved:
             get_run_logger().info("%s moves from %s to %s", assignment.batch.label,
                                   assignment.batch.server, server.name)
-        with tags(f"{PROMPT_TAG}{assignment.batch.prompt_id}", f"{SERVER_TAG}{server.name}"):
-            future = runner.submit(render, parameters={
-                "server": server, "batch": assignment.batch, "ctx": ctx})
+        limit = server.preview_limit_name if ctx.front else server.limit_name
+        slots.reserve(limit, assignment.batch.batch_id)
+        future = runner.submit(render, parameters={
+            "server": server, "batch": assignment.batch, "ctx": ctx, "slots": slots})
         in_flight[future.wrapped_future] = (assignment, future)
+        future.wrapped_future.add_done_callback(lambda done: events.put(("done", done)))
         started.append(assignment.batch.prompt_id)
+    slots.trim()
     return started
+
+
+def _next_events(events: queue.SimpleQueue[Event], timeout: float) -> list[Event]:
+    """Every event there is, waiting up to ``timeout`` for the first."""
+    try:
+        batch = [events.get(timeout=timeout)]
+    except queue.Empty:
+        return []
+    while True:
+        try:
+            batch.append(events.get_nowait())
+        except queue.Empty:
+            return batch
 
 
 def run_batches(pool: ServerPool, servers: Mapping[str, ComfyUIServer], ctx: RenderContext,
@@ -85,26 +110,30 @@ def run_batches(pool: ServerPool, servers: Mapping[str, ComfyUIServer], ctx: Ren
                                            description=f"{total} batches") if total else None
     in_flight: InFlight = {}
     submitted: set[str] = set()
-    cancelled, last_poll = False, 0.0
-    with ThreadPoolTaskRunner(max_workers=total_depth(
-            [s.depth for s in pool.servers.values()])) as runner:
+    events: queue.SimpleQueue[Event] = queue.SimpleQueue()
+    cancelled = False
+    logger = get_run_logger()
+    slots = SlotBank(ctx.flow_run_id, on_free=lambda batch_id: events.put(("free", batch_id)),
+                     log=logger.info)
+    workers = 2 * total_depth([s.depth for s in pool.servers.values()])
+    with (RunWatch(ctx.flow_run_id, progress_id, events) as watch, slots,
+          ThreadPoolTaskRunner(max_workers=workers) as runner):
         while in_flight if cancelled else not pool.finished_all:
             if not cancelled:
-                submitted.update(_submit(runner, render, pool, servers, ctx, in_flight))
-            done, _ = concurrent.futures.wait(list(in_flight), timeout=STATE_POLL_S,
-                                              return_when=concurrent.futures.FIRST_COMPLETED)
-            for wrapped in done:
-                _finish(pool, tally, *in_flight.pop(wrapped))
-            if progress_id is not None and done:
-                finished = tally.batches_done + tally.batches_failed
-                update_progress_artifact(progress_id, min(100.0, 100.0 * finished / total))
-            if not cancelled and time.monotonic() - last_poll > STATE_POLL_S:
-                last_poll = time.monotonic()
-                cancelled = flow_run_stopping(ctx.flow_run_id)
-                if cancelled:
-                    get_run_logger().warning("flow run is being cancelled: removing its prompts")
+                submitted.update(_submit(runner, render, pool, servers, ctx, slots,
+                                         in_flight, events))
+            for kind, item in _next_events(events, STATE_POLL_S):
+                if kind == "free":
+                    pool.left_server(item)
+                elif kind == STOPPING and not cancelled:
+                    cancelled = True
+                    logger.warning("flow run is being cancelled: removing its prompts")
                     _drop_waiting(pool)
                     on_cancel([a.batch.prompt_id for a, _ in in_flight.values()])
+                elif item in in_flight:
+                    _finish(pool, tally, *in_flight.pop(item))
+                    done = tally.batches_done + tally.batches_failed
+                    watch.progress(min(100.0, 100.0 * done / total))
     if cancelled:
         on_cancel(sorted(submitted))
     return cancelled

@@ -3,10 +3,12 @@ uploads), and rendering one batch.
 
 ``render_batch`` holds one slot of the server's global concurrency limit while its
 batch is on the server, so every flow run together keeps at most ``max_queue_depth``
-batches there. Prefect retries it, with exponential backoff and jitter, only for
-failures :func:`tower.runtime.failures.classify` calls transient (unreachable server,
-timeouts); that module also says how many attempts a batch gets in all. Out-of-memory
-splits the batch inside the runtime, and everything else (validation, execution
+batches there; the slot is free again (:mod:`tasks.slots`) as soon as the prompt has
+finished, before its images are downloaded and recorded. Prefect retries it, with
+exponential backoff and jitter, only for failures
+:func:`tower.runtime.failures.classify` calls transient (unreachable server, timeouts);
+that module also says how many attempts a batch gets in all. Out-of-memory splits the
+batch inside the runtime, and everything else (validation, execution
 errors) fails at once with ComfyUI's own message.
 """
 
@@ -20,15 +22,15 @@ from uuid import UUID
 from prefect import Task, get_client, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import TaskRun
-from prefect.concurrency.sync import concurrency
 from prefect.runtime import task_run as current_task_run
 from prefect.states import State
 from prefect.tasks import exponential_backoff
 
 from blocks.comfyui_server import ComfyUIServer
+from tasks.slots import SlotBank
 from tower.comfyui import ComfyUIError, ComfyUIPreflightError
 from tower.planning.planner import RenderBatch
-from tower.runtime.execute import BatchOutcome, RenderContext, execute_with_oom_split
+from tower.runtime.execute import BatchOutcome, RenderContext, render_with_oom_split, store_rendered
 from tower.runtime.failures import RunStopping, classify
 from tower.runtime.inputs import (
     Inventory,
@@ -133,8 +135,8 @@ def preflight_task(servers: Sequence[ComfyUIServer], takes: Sequence[ResolvedTak
       retries=RENDER_RETRIES, retry_delay_seconds=exponential_backoff(RETRY_BACKOFF_S),
       retry_jitter_factor=RETRY_JITTER, retry_condition_fn=retry_if_transient,
       cache_policy=NO_CACHE)
-def render_batch(server: ComfyUIServer, batch: RenderBatch,
-                 ctx: RenderContext) -> list[BatchOutcome]:
+def render_batch(server: ComfyUIServer, batch: RenderBatch, ctx: RenderContext,
+                 slots: SlotBank) -> list[BatchOutcome]:
     """Render ``batch`` on ``server`` (halving it on out-of-memory); index and metrics included.
 
     Raises:
@@ -144,11 +146,15 @@ def render_batch(server: ComfyUIServer, batch: RenderBatch,
                   timeout_s=ctx.timeout_s or server.render_timeout_s)
     attempt = current_task_run.run_count or 1
     limit = server.preview_limit_name if ctx.front else server.limit_name
-    with concurrency(limit, occupy=1, strict=True), server.get_client() as client:
-        # The slot may have taken a while: do not queue anything for a cancelled run.
-        if flow_run_stopping(ctx.flow_run_id):
-            raise RunStopping(f"{batch.label}: flow run is being cancelled; not submitted")
-        outcomes = execute_with_oom_split(client, batch, ctx, attempt=attempt)
+    with server.get_client() as client:
+        with slots.slot(limit, batch.batch_id) as handed_over:
+            # A slot from Prefect may have taken a while: queue nothing for a cancelled
+            # run. (A slot handed over within the run comes straight from the dispatch
+            # loop, which stops starting batches once it sees the cancellation.)
+            if not handed_over and flow_run_stopping(ctx.flow_run_id):
+                raise RunStopping(f"{batch.label}: flow run is being cancelled; not submitted")
+            rendered = render_with_oom_split(client, batch, ctx, attempt=attempt)
+        outcomes = [store_rendered(client, part, ctx, attempt=attempt) for part in rendered]
     get_run_logger().info("%s @%s: %s", batch.label, server.name,
                           ", ".join(f"{o.batch.take_range} {o.status}" for o in outcomes))
     return outcomes

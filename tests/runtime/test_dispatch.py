@@ -56,6 +56,19 @@ def test_a_finished_batch_frees_one_slot_on_its_server():
     assert pool.in_flight == 2 and pool.waiting == 0
 
 
+def test_a_batch_that_left_its_server_frees_its_slot_while_its_images_are_stored():
+    pool = ServerPool(items("a", 3), {"a": 1})
+    first = pool.next_assignments()
+    pool.left_server("a-0")
+    assert ids(pool.next_assignments()) == [("a-1", "a")]
+    assert pool.in_flight == 2                     # a-0 still finishing: the run is not over
+    pool.finished(first[0].batch, "a", ok=False, server_fault=True, error="disk full")
+    pool.left_server("a-1")
+    pool.left_server("a-1")                        # a retry's second notice changes nothing
+    assert ids(pool.next_assignments()) == [("a-2", "a")]
+    assert not pool.finished_all and pool.in_flight == 2
+
+
 def test_idle_server_takes_the_tail_of_the_longest_backlog():
     pool = ServerPool(items("a", 5) + items("b", 1), {"a": 1, "b": 1})
     pool.next_assignments()                      # a-0 on a, b-0 on b

@@ -9,7 +9,12 @@ Each image goes to its take's own path under the render root, then the batch's i
 rows and one metrics row are written before returning: a crash after that loses
 nothing. A failure also writes its metrics row (status ``failed``, ``oom`` or
 ``interrupted``) and then re-raises, so the caller's retry policy decides what happens
-next. ``tasks/`` only adds retries and logging on top.
+next. ``tasks/`` only adds retries, logging and the server's slot on top.
+
+Rendering (:func:`render_prompt`) and storing (:func:`store_rendered`) are separate
+steps because they need different things: the first occupies a place in the server's
+queue, the second only the network and the disk. The caller frees the server's slot
+between them, so the next batch is queued while this one's images download.
 """
 
 from __future__ import annotations
@@ -153,35 +158,62 @@ def _new_rows(rows: Sequence[IndexRow], ctx: RenderContext, takes: Sequence[Reso
     return [row for row in rows if known.get(row.render_key) != row.sha256]
 
 
-def execute_batch(client: ComfyUIClient, batch: RenderBatch, ctx: RenderContext, *,
-                  attempt: int = 1) -> BatchOutcome:
-    """Render ``batch`` on ``client``, store its images, index rows and metrics row.
+@dataclass
+class Rendered:
+    """A batch whose prompt ComfyUI has finished; its images are still on the server."""
+
+    batch: RenderBatch
+    result: RenderResult
+    gpu: GpuSummary | None
+    asked_at: datetime
+
+
+def render_prompt(client: ComfyUIClient, batch: RenderBatch, ctx: RenderContext, *,
+                  attempt: int = 1) -> Rendered:
+    """Queue ``batch`` under its prompt id and wait until ComfyUI has executed it.
+
+    Raises:
+        ComfyUIError: after writing the attempt's metrics row (``failed``/``oom``/
+            ``interrupted``).
+    """
+    graph = build_graph(batch.takes, batch.filename_prefix, fresh=batch.cache_buster)
+    sampler = ctx.measure_gpu(client)
+    asked_at = ctx.now()
+    try:
+        with sampler:
+            result = client.render(graph, prompt_id=batch.prompt_id, front=ctx.front,
+                                   timeout=ctx.timeout_s, on_progress=ctx.on_progress)
+    except Exception as err:
+        _record_failure(err, batch, ctx, server_name(client, batch), attempt, None,
+                        sampler.summary())
+        raise
+    return Rendered(batch, result, sampler.summary(), asked_at)
+
+
+def store_rendered(client: ComfyUIClient, rendered: Rendered, ctx: RenderContext, *,
+                   attempt: int = 1) -> BatchOutcome:
+    """Download a rendered batch's images to their takes' paths, then write its index rows
+    and metrics row.
 
     Status ``cached`` means the server did no new work (every node cached, or the prompt
     had already finished under this id); its index rows are only written where the index
     lacks them.
 
     Raises:
-        ComfyUIError: after writing the attempt's metrics row (``failed``/``oom``/
-            ``interrupted``); a result with a wrong number of images is a
-            ComfyUIProtocolError. Other errors (disk, stores) are recorded and re-raised too.
+        ComfyUIError: after writing the attempt's metrics row; a result with a wrong number
+            of images is a ComfyUIProtocolError. Other errors (disk, stores) are recorded
+            and re-raised too.
     """
+    batch, result = rendered.batch, rendered.result
     server = server_name(client, batch)
-    graph = build_graph(batch.takes, batch.filename_prefix, fresh=batch.cache_buster)
-    sampler = ctx.measure_gpu(client)
-    result: RenderResult | None = None
-    asked_at = ctx.now()
     try:
-        with sampler:
-            result = client.render(graph, prompt_id=batch.prompt_id, front=ctx.front,
-                                   timeout=ctx.timeout_s, on_progress=ctx.on_progress)
         started = time.monotonic()
         files = _download_all(client, batch, result, ctx)
         download_s = time.monotonic() - started
     except Exception as err:
-        _record_failure(err, batch, ctx, server, attempt, result, sampler.summary())
+        _record_failure(err, batch, ctx, server, attempt, result, rendered.gpu)
         raise
-    status = "cached" if _no_new_work(result, asked_at) else "ok"
+    status = "cached" if _no_new_work(result, rendered.asked_at) else "ok"
     rendered_at = result.finished_at or ctx.now()
     rows = [IndexRow.from_take(take, output_path=relative, sha256=file.sha256,
                                size_bytes=file.size, rendered_at=rendered_at, server=server,
@@ -189,31 +221,46 @@ def execute_batch(client: ComfyUIClient, batch: RenderBatch, ctx: RenderContext,
             for take, relative, file in files]
     to_write = _new_rows(rows, ctx, batch.takes) if status == "cached" else rows
     ctx.index.append(to_write)
-    metrics = BatchMetrics(**_base_metrics(batch, ctx, server, attempt, result, sampler.summary()),
+    metrics = BatchMetrics(**_base_metrics(batch, ctx, server, attempt, result, rendered.gpu),
                            status=status, download_s=download_s, images=len(files),
                            bytes_downloaded=sum(file.size for _, _, file in files))
     ctx.metrics.append([metrics])
     return BatchOutcome(batch, status, [file.path for _, _, file in files], rows, metrics)
 
 
-def execute_with_oom_split(client: ComfyUIClient, batch: RenderBatch, ctx: RenderContext, *,
-                           attempt: int = 1) -> list[BatchOutcome]:
+def execute_batch(client: ComfyUIClient, batch: RenderBatch, ctx: RenderContext, *,
+                  attempt: int = 1) -> BatchOutcome:
+    """Render ``batch`` on ``client`` and store it (:func:`render_prompt`, then
+    :func:`store_rendered`)."""
+    return store_rendered(client, render_prompt(client, batch, ctx, attempt=attempt), ctx,
+                          attempt=attempt)
+
+
+def render_with_oom_split(client: ComfyUIClient, batch: RenderBatch, ctx: RenderContext, *,
+                          attempt: int = 1) -> list[Rendered]:
     """Render ``batch``, halving it (recursively) each time the GPU runs out of memory.
 
-    The OOM attempt is recorded by :func:`execute_batch`; each half is a batch of its
+    The OOM attempt is recorded by :func:`render_prompt`; each half is a batch of its
     own (its own id and prompt id; a forced batch's halves stay forced). Takes keep
     their noise indices, so halves render the same images the whole batch would have.
 
     Raises:
         ComfyUIOutOfMemory: a single take does not fit.
-        ComfyUIError: any other failure, as :func:`execute_batch`.
+        ComfyUIError: any other failure, as :func:`render_prompt`.
     """
     try:
-        return [execute_batch(client, batch, ctx, attempt=attempt)]
+        return [render_prompt(client, batch, ctx, attempt=attempt)]
     except ComfyUIOutOfMemory:
         if batch.size <= 1:
             raise
-    outcomes: list[BatchOutcome] = []
+    rendered: list[Rendered] = []
     for half in split_batch(batch):
-        outcomes += execute_with_oom_split(client, half, ctx, attempt=attempt)
-    return outcomes
+        rendered += render_with_oom_split(client, half, ctx, attempt=attempt)
+    return rendered
+
+
+def execute_with_oom_split(client: ComfyUIClient, batch: RenderBatch, ctx: RenderContext, *,
+                           attempt: int = 1) -> list[BatchOutcome]:
+    """Render ``batch`` with :func:`render_with_oom_split`, then store every part of it."""
+    return [store_rendered(client, part, ctx, attempt=attempt)
+            for part in render_with_oom_split(client, batch, ctx, attempt=attempt)]

@@ -72,12 +72,15 @@ class ServerState:
     models: Inventory | None = None
     waiting: deque[Dispatchable] = field(default_factory=deque)
     in_flight: set[str] = field(default_factory=set)
+    finishing: set[str] = field(default_factory=set)
     consecutive_failures: int = 0
     in_rotation: bool = True
     reason: str | None = None
 
     @property
     def free_slots(self) -> int:
+        """Batches this server's queue can take now; a finishing batch (its prompt done,
+        its images still downloading) no longer counts."""
         return max(0, self.depth - len(self.in_flight)) if self.in_rotation else 0
 
     def fits(self, batch: Dispatchable) -> bool:
@@ -140,7 +143,8 @@ class ServerPool:
 
     @property
     def in_flight(self) -> int:
-        return sum(len(s.in_flight) for s in self.servers.values())
+        """Batches handed out and not yet finished, on a server or finishing."""
+        return sum(len(s.in_flight) + len(s.finishing) for s in self.servers.values())
 
     @property
     def waiting(self) -> int:
@@ -185,6 +189,14 @@ class ServerPool:
                     return batch
         return None
 
+    def left_server(self, batch_id: str) -> None:
+        """The batch's prompt is no longer on its server (done, failed or never queued):
+        its slot takes the next batch while its images are still being stored."""
+        for state in self.servers.values():
+            if batch_id in state.in_flight:
+                state.in_flight.discard(batch_id)
+                state.finishing.add(batch_id)
+
     def finished(self, batch: Dispatchable, server: str, *, ok: bool,
                  server_fault: bool = False, error: str = "") -> bool:
         """Record how ``batch`` ended on ``server``; return True if it was requeued.
@@ -197,6 +209,7 @@ class ServerPool:
         """
         state = self.servers[server]
         state.in_flight.discard(batch.batch_id)
+        state.finishing.discard(batch.batch_id)
         if ok:
             state.consecutive_failures = 0
             return False
@@ -253,5 +266,5 @@ class ServerPool:
 
 
 def total_depth(depths: Sequence[int]) -> int:
-    """Worker threads a flow run needs: one per batch that may be in flight at once."""
+    """Batches that may be on the servers at once."""
     return max(1, sum(depths))

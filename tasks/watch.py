@@ -1,0 +1,75 @@
+"""The dispatch loop's two conversations with the Prefect API, kept off the loop.
+
+Moving the progress bar and noticing a cancellation both call the API. On a busy
+SQLite-backed Prefect server any write may come back 503 and be retried after about two
+seconds; made from the dispatch loop, that would hold back the next batch while a GPU
+waits. A thread of its own makes both calls and tells the loop about a cancellation
+through its event queue.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import queue
+import threading
+from typing import Any
+from uuid import UUID
+
+from prefect.artifacts import update_progress_artifact
+
+from tasks.render import flow_run_stopping
+
+STATE_POLL_S = 0.5
+STOPPING = "stopping"
+
+
+class RunWatch:
+    """Polls the flow run's state and moves its progress artifact, in the background.
+
+    Puts ``(STOPPING, None)`` into ``events`` once when the run is being cancelled.
+    """
+
+    def __init__(self, flow_run_id: str | None, progress_id: UUID | None,
+                 events: queue.SimpleQueue[Any], poll_s: float = STATE_POLL_S) -> None:
+        self._flow_run_id = flow_run_id
+        self._progress_id = progress_id
+        self._events = events
+        self._poll_s = poll_s
+        self._percent: float | None = None
+        self._shown: float | None = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=contextvars.copy_context().run,
+                                        args=(self._loop,), name="run-watch", daemon=True)
+
+    def __enter__(self) -> RunWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join()
+
+    def progress(self, percent: float) -> None:
+        """Show ``percent`` on the progress artifact soon (only the latest value counts)."""
+        self._percent = percent
+        self._wake.set()
+
+    def _loop(self) -> None:
+        stopping = False
+        while not self._stop.is_set():
+            self._wake.wait(self._poll_s)
+            self._wake.clear()
+            self._show_progress()
+            if not stopping and not self._stop.is_set() and flow_run_stopping(self._flow_run_id):
+                stopping = True
+                self._events.put((STOPPING, None))
+        self._show_progress()
+
+    def _show_progress(self) -> None:
+        percent = self._percent
+        if self._progress_id is None or percent is None or percent == self._shown:
+            return
+        update_progress_artifact(self._progress_id, percent)
+        self._shown = percent
