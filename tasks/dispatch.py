@@ -23,11 +23,9 @@ import json
 import queue
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
-import polars as pl
 from prefect import Task, get_client, get_run_logger
 from prefect.artifacts import create_progress_artifact
 from prefect.client.schemas.filters import (
@@ -50,7 +48,7 @@ from tower.runtime.failures import classify
 from tower.runtime.inputs import Inventory
 from tower.runtime.pool import Assignment, ServerPool, total_depth
 from tower.runtime.runs import PLAN_KEY_PREFIXES
-from tower.runtime.summary import RunTally, count_retries
+from tower.runtime.summary import RunTally
 
 
 def _error_text(exc: BaseException) -> str:
@@ -235,8 +233,5 @@ def render_plan(plan: Plan, run: RenderRun, tally: RunTally) -> tuple[ServerPool
                             with_retry_policy(run.retries, run.retry_backoff_s), tally,
                             progress_key=run.progress_key,
                             on_cancel=lambda prompts: cancel_prompts(run.servers, prompts))
-    ctx = run.ctx
-    rows = (ctx.metrics.scan(since=ctx.now().date() - timedelta(days=1))
-            .filter(pl.col("run_id") == ctx.run_id).collect())
-    tally.retries = count_retries(rows, [b.batch_id for b in plan.batches])
+    tally.retries = run.ctx.retries([b.batch_id for b in plan.batches])
     return pool, cancelled

@@ -145,6 +145,7 @@ def render_batch(server: ComfyUIServer, batch: RenderBatch, ctx: RenderContext,
     ctx = replace(ctx, vram_budget_mb=server.budget_mb,
                   timeout_s=ctx.timeout_s or server.render_timeout_s)
     attempt = current_task_run.run_count or 1
+    ctx.note_attempt(batch.batch_id, attempt)
     limit = server.preview_limit_name if ctx.front else server.limit_name
     with server.get_client() as client:
         with slots.slot(limit, batch.batch_id) as handed_over:

@@ -311,3 +311,13 @@ def test_oom_halves_of_a_forced_batch_render_anew_too(simulator, client, ctx):
     for outcome in outcomes:
         assert outcome.batch.prompt_id.endswith(forced.fresh)
         assert server_cached_nodes(simulator, outcome.batch.prompt_id) == []
+
+
+def test_every_copy_of_a_run_context_counts_the_same_retries(ctx):
+    per_batch = dataclasses.replace(ctx, vram_budget_mb=8000.0)   # as render_batch makes
+    per_batch.note_attempt("b1", 1)
+    per_batch.note_attempt("b1", 3)
+    ctx.note_attempt("b2", 2)
+    ctx.note_attempt("b1", 2)                                     # a late, older attempt
+    ctx.note_attempt("half", 2)                                   # an OOM half: not planned
+    assert ctx.retries(["b1", "b2", "b3"]) == 3

@@ -20,7 +20,7 @@ between them, so the next batch is queued while this one's images download.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -65,6 +65,16 @@ class RenderContext:
     measure_gpu: Callable[[ComfyUIClient], GpuSampler] = sampler_for
     on_progress: Callable[[ProgressEvent], None] | None = None
     now: Callable[[], datetime] = field(default=_utc_now, repr=False)
+    # The latest attempt of each batch id, shared by every batch of the run (copies of
+    # the context share it), so the run counts its retries without reading its metrics.
+    attempts: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def note_attempt(self, batch_id: str, attempt: int) -> None:
+        self.attempts[batch_id] = max(attempt, self.attempts.get(batch_id, 0))
+
+    def retries(self, batch_ids: Collection[str]) -> int:
+        """Attempts after the first of ``batch_ids`` (OOM halves have ids of their own)."""
+        return sum(max(0, self.attempts.get(batch_id, 0) - 1) for batch_id in batch_ids)
 
 
 @dataclass
