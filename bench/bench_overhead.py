@@ -299,13 +299,17 @@ def prefect_server(url: str | None, tmp: Path) -> Iterator[str]:
 
 
 def write_episode(path: Path, takes: int, per_shot: int) -> None:
-    """An episode of ``takes`` draft takes, ``per_shot`` to a shot, prompts all different."""
+    """An episode of ``takes`` draft takes, ``per_shot`` to a shot, prompts all different.
+
+    Prompts name the night's size, so each size renders anew (the simulators keep the
+    prompts of earlier sizes in their history, under the same prompt ids otherwise).
+    """
     lines = ["episode: bench", "defaults:", "  preset: draft", f"  takes: {per_shot}",
              "shots:"]
     for shot in range(-(-takes // per_shot)):
         count = min(per_shot, takes - shot * per_shot)
         lines += [f"  - id: sh{shot:05d}",
-                  f"    prompt: \"anime key visual, cel shading, bench shot {shot}\"",
+                  f"    prompt: \"anime key visual, cel shading, bench {takes} shot {shot}\"",
                   f"    seed: {1000 + shot}"]
         if count != per_shot:
             lines.append(f"    takes: {count}")
@@ -512,9 +516,6 @@ def main() -> None:
                     results.append(measure("rerun", takes, api, servers, counters, tmp, args,
                                            data_root=tmp / f"data-{takes}"))
                 shutil.rmtree(tmp / f"data-{takes}", ignore_errors=True)
-                for sim_out in tmp.glob("sim*-out"):
-                    shutil.rmtree(sim_out, ignore_errors=True)
-                    sim_out.mkdir()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if args.json_out:
