@@ -2,13 +2,13 @@
 
 Every batch queued on a ComfyUI server holds one slot of that server's Prefect global
 concurrency limit, so all runs together keep at most ``max_queue_depth`` batches there.
-Taking a slot from Prefect is an API call, and on a busy Prefect server (SQLite answers
-concurrent writes with 503, and the Prefect client then backs off for about two
-seconds) one that can take seconds; the bank retries a 503 of its own after 50 ms. Paid between two batches, that left the GPU idle: with 0.3 s
-batches, slots alone capped a server at one batch every 1.5-2.5 s. So a run keeps the
-slot of a batch whose prompt has finished when its next batch for the same server is
-about to start, and hands it over in memory; a slot the run has no work for goes back to
-Prefect at once (:meth:`SlotBank.trim`).
+Taking a slot from Prefect is an API call, and on a busy Prefect server one that can take
+seconds: SQLite answers concurrent writes with 503, and the Prefect client then backs off
+for about two seconds (the bank retries a 503 of its own after 50 ms). Paid between two
+batches, that left the GPU idle: with 0.3 s batches, slots alone capped a server at one
+batch every 1.5-2.5 s. So a run keeps the slot of a batch whose prompt has finished when
+its next batch for the same server is about to start, and hands it over in memory; a
+slot the run has no work for goes back to Prefect at once (:meth:`SlotBank.trim`).
 
 A run therefore keeps a server's slots while it has batches waiting for that server.
 Another run's batches for the same server start when the first run's queue there

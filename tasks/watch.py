@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextvars
 import queue
 import threading
+import time
 from typing import Any
 from uuid import UUID
 
@@ -20,6 +21,7 @@ from prefect.artifacts import update_progress_artifact
 from tasks.render import flow_run_stopping
 
 STATE_POLL_S = 0.5
+PROGRESS_EVERY_S = 1.0
 STOPPING = "stopping"
 
 
@@ -37,7 +39,7 @@ class RunWatch:
         self._poll_s = poll_s
         self._percent: float | None = None
         self._shown: float | None = None
-        self._wake = threading.Event()
+        self._shown_at = float("-inf")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=contextvars.copy_context().run,
                                         args=(self._loop,), name="run-watch", daemon=True)
@@ -48,28 +50,27 @@ class RunWatch:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._wake.set()
         self._thread.join()
 
     def progress(self, percent: float) -> None:
-        """Show ``percent`` on the progress artifact soon (only the latest value counts)."""
+        """Show ``percent`` on the progress artifact within a second; only the latest
+        value counts, so short batches cost one API write a second, not one each."""
         self._percent = percent
-        self._wake.set()
 
     def _loop(self) -> None:
         stopping = False
-        while not self._stop.is_set():
-            self._wake.wait(self._poll_s)
-            self._wake.clear()
+        while not self._stop.wait(self._poll_s):
             self._show_progress()
             if not stopping and not self._stop.is_set() and flow_run_stopping(self._flow_run_id):
                 stopping = True
                 self._events.put((STOPPING, None))
-        self._show_progress()
+        self._show_progress(final=True)
 
-    def _show_progress(self) -> None:
+    def _show_progress(self, final: bool = False) -> None:
         percent = self._percent
         if self._progress_id is None or percent is None or percent == self._shown:
             return
+        if not final and time.monotonic() - self._shown_at < PROGRESS_EVERY_S:
+            return
         update_progress_artifact(self._progress_id, percent)
-        self._shown = percent
+        self._shown, self._shown_at = percent, time.monotonic()

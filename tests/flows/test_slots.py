@@ -129,9 +129,10 @@ def test_a_batch_of_the_run_waiting_for_a_slot_gets_the_next_one_freed():
 
 
 def test_a_missing_limit_is_an_error_not_an_unlimited_slot():
-    with SlotBank() as bank, pytest.raises(SlotLimitMissing, match="does not exist"):
-        with bank.slot(f"comfyui-missing-{uuid.uuid4().hex[:8]}", "b"):
-            pass
+    missing = f"comfyui-missing-{uuid.uuid4().hex[:8]}"
+    with (SlotBank() as bank, pytest.raises(SlotLimitMissing, match="does not exist"),
+          bank.slot(missing, "b")):
+        pass
 
 
 def test_a_batch_frees_its_slot_before_its_images_are_stored(tmp_path, sims):
