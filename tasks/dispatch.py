@@ -35,6 +35,7 @@ from prefect.client.schemas.filters import (
 )
 from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.utilities.annotations import opaque
 
 from blocks.comfyui_server import ComfyUIServer
 from tasks.render import preflight_task, with_retry_policy
@@ -72,8 +73,11 @@ def _submit(runner: ThreadPoolTaskRunner, render: Task[..., list[BatchOutcome]],
                                   assignment.batch.server, server.name)
         limit = server.preview_limit_name if ctx.front else server.limit_name
         slots.reserve(limit, assignment.batch.batch_id)
+        # opaque: Prefect would otherwise walk every object in the parameters (the takes,
+        # the stores, the run's shared attempt counts) for each batch it starts.
         future = runner.submit(render, parameters={
-            "server": server, "batch": assignment.batch, "ctx": ctx, "slots": slots})
+            "server": opaque(server), "batch": opaque(assignment.batch), "ctx": opaque(ctx),
+            "slots": opaque(slots)})
         in_flight[future.wrapped_future] = (assignment, future)
         future.wrapped_future.add_done_callback(lambda done: events.put(("done", done)))
         started.append(assignment.batch.prompt_id)
