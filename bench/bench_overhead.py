@@ -120,7 +120,6 @@ class Steps:
         self.wrap(dispatch, "preflight_task", "preflight")
         self.wrap(dispatch, "ensure_concurrency_limits", "limits")
         self.wrap(dispatch, "run_batches", "batches")
-        self.wrap(dispatch, "count_retries", "count retries")
         self.wrap(common, "sheet_items", "sheet items")
         self.wrap(common, "publish_summary", "publish summary (task)")
         self.wrap(reporting, "publish_sheets", "contact sheets")

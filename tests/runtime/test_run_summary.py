@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import polars as pl
 import pytest
 
 from tower.planning.planner import RenderBatch
@@ -15,7 +14,6 @@ from tower.runtime.summary import (
     RunTally,
     SheetRef,
     count_line,
-    count_retries,
     data_link,
     image_source,
     run_record,
@@ -32,7 +30,7 @@ from tower.shotlist.presets import BUILTIN_PRESETS
 from tower.shotlist.shots import ShotList
 from tower.spec.outputs import SheetItem
 from tower.spec.takes import resolve_takes
-from tower.store.metrics import BatchMetrics, MetricsStore, RunLog
+from tower.store.metrics import BatchMetrics, RunLog
 
 T0 = datetime(2026, 11, 27, 2, 0, tzinfo=UTC)
 
@@ -90,26 +88,6 @@ def test_tally_counts_images_busy_time_and_splits():
     assert run_status(RunTally()) == "completed"
 
 
-def test_count_retries_from_a_real_metrics_store(tmp_path):
-    store = MetricsStore(tmp_path / "metrics")
-    store.append([_metrics("b1", 1, "failed"), _metrics("b1", 2, "failed"),
-                  _metrics("b1", 3), _metrics("b2", 1), _metrics("half", 2)])
-    rows = store.scan().collect()
-    assert count_retries(rows, ["b1", "b2"]) == 2
-    assert count_retries(pl.DataFrame(), ["b1"]) == 0
-
-
-@pytest.mark.parametrize(("counts", "line"), [
-    ({"takes_rendered": 41, "takes_cached": 2, "takes_deduped": 2},
-     "43 images stored (41 rendered, 2 from ComfyUI's cache), 2 from the index, 0 failed"),
-    ({"takes_adopted": 43, "takes_deduped": 2},
-     "43 images stored (43 adopted from a server), 2 from the index, 0 failed"),
-    ({"takes_rendered": 1, "takes_adopted": 2, "takes_cached": 3, "takes_failed": 4},
-     "6 images stored (1 rendered, 2 adopted from a server, 3 from ComfyUI's cache), "
-     "0 from the index, 4 failed"),
-    ({"takes_rendered": 1}, "1 image stored (1 rendered), 0 from the index, 0 failed"),
-    ({"takes_deduped": 45}, "0 images stored, 45 from the index, 0 failed"),
-])
 def test_count_line(counts, line):
     assert count_line(RunTally(**counts)) == line
 

@@ -18,8 +18,6 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import quote
 
-import polars as pl
-
 from tower.runtime.execute import BatchOutcome
 from tower.runtime.runs import artifact_key
 from tower.spec.outputs import SheetItem
@@ -135,19 +133,6 @@ def without_local_paths(text: str, roots: Collection[Path]) -> str:
                        key=len, reverse=True):
         text = text.replace(root + "/", "")
     return text
-
-
-def count_retries(metrics: pl.DataFrame, batch_ids: Collection[str]) -> int:
-    """Retries of the planned batches: their attempts after the first, from the metrics rows.
-
-    ``metrics`` holds one run's METRICS_SCHEMA rows; halves of an OOM split carry
-    their parent's attempt number but ids of their own, so they are not counted.
-    """
-    if metrics.is_empty():
-        return 0
-    retried = (metrics.filter(pl.col("batch_id").is_in(list(batch_ids)) & (pl.col("attempt") > 1))
-               .select("batch_id", "attempt").unique())
-    return retried.height
 
 
 def run_status(tally: RunTally, cancelled: bool = False) -> str:
