@@ -209,20 +209,25 @@ class SlotBank:
 
     def _increment(self, client: SyncPrefectClient, body: dict[str, object]) -> httpx.Response:
         """POST the increment through the Prefect client's own connection (its URL, auth
-        and TLS), retrying a 503 after 50 ms, 100 ms, ... rather than the client's 2 s:
-        a slot is what the GPU waits for. Anything unusual goes through the client."""
+        and TLS), retrying a 503 or a dropped connection after 50 ms, 100 ms, ... rather
+        than the client's 2 s: a slot is what the GPU waits for. Anything else, and a
+        call that keeps failing, goes through the client and its own retries."""
         http = getattr(client, "_client", None)
         if not isinstance(http, httpx.Client):
             return self._increment_slowly(client, body)
+        response: httpx.Response | None = None
         for delay in (*QUICK_RETRY_S, None):
-            with self._api:
-                response = httpx.Client.send(http, http.build_request("POST", INCREMENT,
-                                                                      json=body))
-            if response.status_code != UNAVAILABLE:
+            try:
+                with self._api:
+                    response = httpx.Client.send(http, http.build_request("POST", INCREMENT,
+                                                                          json=body))
+            except httpx.TransportError:  # e.g. a kept-alive connection the server closed
+                response = None
+            if response is not None and response.status_code != UNAVAILABLE:
                 break
             if delay is not None:
                 time.sleep(delay)
-        if response.status_code in (LOCKED, 200, 201):
+        if response is not None and response.status_code in (LOCKED, 200, 201):
             return response
         return self._increment_slowly(client, body)
 

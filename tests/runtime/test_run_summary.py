@@ -88,6 +88,17 @@ def test_tally_counts_images_busy_time_and_splits():
     assert run_status(RunTally()) == "completed"
 
 
+@pytest.mark.parametrize(("counts", "line"), [
+    ({"takes_rendered": 41, "takes_cached": 2, "takes_deduped": 2},
+     "43 images stored (41 rendered, 2 from ComfyUI's cache), 2 from the index, 0 failed"),
+    ({"takes_adopted": 43, "takes_deduped": 2},
+     "43 images stored (43 adopted from a server), 2 from the index, 0 failed"),
+    ({"takes_rendered": 1, "takes_adopted": 2, "takes_cached": 3, "takes_failed": 4},
+     "6 images stored (1 rendered, 2 adopted from a server, 3 from ComfyUI's cache), "
+     "0 from the index, 4 failed"),
+    ({"takes_rendered": 1}, "1 image stored (1 rendered), 0 from the index, 0 failed"),
+    ({"takes_deduped": 45}, "0 images stored, 45 from the index, 0 failed"),
+])
 def test_count_line(counts, line):
     assert count_line(RunTally(**counts)) == line
 
