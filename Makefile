@@ -27,6 +27,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_concurrent_append.py
 	$(BIN)/python bench/bench_plan_quality.py
 	$(BIN)/python bench/bench_report.py
+	$(BIN)/python bench/bench_throughput.py
+	$(BIN)/python bench/bench_overhead.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache data
