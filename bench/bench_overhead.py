@@ -491,6 +491,9 @@ def main() -> None:
         args.servers = args.servers_list
         child(args)
         return
+    if args.profile and not Path(sys.executable).with_name("py-spy").exists():
+        sys.exit("--profile samples the flow process with py-spy: "
+                 ".venv/bin/python -m pip install py-spy")
     sizes = [1000, 5000] if args.quick else [int(t) for t in args.takes.split(",")]
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
     print(f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} CPUs, "
