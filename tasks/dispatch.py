@@ -133,7 +133,9 @@ def run_batches(pool: ServerPool, servers: Mapping[str, ComfyUIServer], ctx: Ren
                     _drop_waiting(pool)
                     on_cancel([a.batch.prompt_id for a, _ in in_flight.values()])
                 elif item in in_flight:
-                    _finish(pool, tally, *in_flight.pop(item))
+                    assignment, future = in_flight.pop(item)
+                    slots.unreserve(assignment.batch.batch_id)
+                    _finish(pool, tally, assignment, future)
                     done = tally.batches_done + tally.batches_failed
                     watch.progress(min(100.0, 100.0 * done / total))
     if cancelled:

@@ -139,6 +139,15 @@ class SlotBank:
             self._reserved[batch_id] = idle.pop()
             return True
 
+    def unreserve(self, batch_id: str) -> None:
+        """A batch ended without using its promised lease (it failed before asking):
+        the lease is idle again."""
+        with self._lock:
+            lease = self._reserved.pop(batch_id, None)
+            if lease is not None:
+                self._idle[lease.limit].append(lease)
+                self._lock.notify_all()
+
     def trim(self) -> None:
         """Give idle leases (nobody reserved them) back to Prefect, in the background."""
         with self._lock:

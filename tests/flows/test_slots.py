@@ -85,6 +85,17 @@ def test_a_reserved_slot_is_only_for_its_batch():
             assert handed is True
 
 
+def test_a_lease_promised_to_a_batch_that_never_asked_is_idle_again():
+    limit = make_limit(1)
+    with SlotBank() as bank:
+        with bank.slot(limit, "a"):
+            pass
+        assert bank.reserve(limit, "crashed-before-asking")
+        bank.unreserve("crashed-before-asking")
+        bank.trim()
+        wait_until(lambda: active(limit) == 0)
+
+
 def test_two_runs_never_hold_more_than_the_limit_and_the_waiter_says_why():
     limit = make_limit(1)
     lines: list[str] = []
