@@ -43,6 +43,7 @@ RENEW_EVERY_S = LEASE_S / 4
 WAIT_LOG_EVERY_S = 60.0
 MAX_RETRY_AFTER_S = 5.0
 LOCKED = 423
+GONE = 410
 UNAVAILABLE = 503
 QUICK_RETRY_S = (0.05, 0.1, 0.2, 0.4, 0.8)
 INCREMENT = "/v2/concurrency_limits/increment-with-lease"
@@ -69,14 +70,17 @@ class SlotBank:
         on_free: called with a batch id each time that batch's slot is free again (its
             prompt finished or failed); the dispatch loop queues the next batch then.
         log: where "waiting for a slot" lines go (the flow run's logger).
+        renew_every_s: how often held leases are renewed (each lasts :data:`LEASE_S`).
     """
 
     def __init__(self, flow_run_id: str | None = None, *,
                  on_free: Callable[[str], object] = lambda batch_id: None,
-                 log: Callable[[str], object] = lambda line: None) -> None:
+                 log: Callable[[str], object] = lambda line: None,
+                 renew_every_s: float = RENEW_EVERY_S) -> None:
         self._holder = (ConcurrencyLeaseHolder(type="flow_run", id=UUID(flow_run_id))
                         if flow_run_id else None)
         self._on_free = on_free
+        self._renew_every_s = renew_every_s
         self._log = log
         self._lock = threading.Condition()
         self._idle: dict[str, list[Lease]] = defaultdict(list)
@@ -121,10 +125,14 @@ class SlotBank:
             self._client = None
 
     @property
-    def held(self) -> int:
-        """Leases this run holds now, in use or idle."""
+    def leases(self) -> tuple[Lease, ...]:
+        """The leases this run holds now, in use or idle."""
         with self._lock:
-            return len(self._held)
+            return tuple(self._held.values())
+
+    @property
+    def held(self) -> int:
+        return len(self.leases)
 
     def reserve(self, limit: str, batch_id: str) -> bool:
         """Promise an idle lease of ``limit`` to ``batch_id``, about to be started.
@@ -273,15 +281,37 @@ class SlotBank:
                       f"itself within {LEASE_S:.0f} s")
 
     def _renew_loop(self) -> None:
-        while not self._stop.wait(RENEW_EVERY_S):
+        while not self._stop.wait(self._renew_every_s):
             with self._lock:
                 leases = list(self._held.values())
             for lease in leases:
-                try:
-                    with self._api:
-                        self._require_client().renew_concurrency_lease(lease.id, LEASE_S)
-                except Exception as err:
-                    self._log(f"could not renew a slot of {lease.limit}: {err}")
+                self._renew(lease)
+
+    def _renew(self, lease: Lease) -> None:
+        try:
+            with self._api:
+                self._require_client().renew_concurrency_lease(lease.id, LEASE_S)
+        except PrefectHTTPStatusError as err:
+            if err.response.status_code != GONE:
+                self._log(f"could not renew a slot of {lease.limit}: {err}")
+                return
+            self._forget(lease)
+            self._log(f"a slot of {lease.limit} expired on the Prefect server; the next "
+                      "batch for it takes a new one")
+        except Exception as err:  # the lease still runs for LEASE_S; the next round retries
+            self._log(f"could not renew a slot of {lease.limit}: {err}")
+
+    def _forget(self, lease: Lease) -> None:
+        """Stop using a lease Prefect no longer knows: a batch using it finishes, but the
+        slot is not handed on."""
+        with self._lock:
+            self._held.pop(lease.id, None)
+            for idle in self._idle.values():
+                if lease in idle:
+                    idle.remove(lease)
+            for batch_id, reserved in list(self._reserved.items()):
+                if reserved == lease:
+                    del self._reserved[batch_id]
 
     def _require_client(self) -> SyncPrefectClient:
         if self._client is None:

@@ -96,6 +96,22 @@ def test_a_lease_promised_to_a_batch_that_never_asked_is_idle_again():
         wait_until(lambda: active(limit) == 0)
 
 
+def test_a_lease_the_server_no_longer_knows_is_never_handed_on():
+    limit = make_limit(1)
+    lines: list[str] = []
+    with SlotBank(log=lines.append, renew_every_s=0.1) as bank:
+        with bank.slot(limit, "a"):
+            pass
+        [lease] = bank.leases
+        with get_client(sync_client=True) as client:   # it expired, as after an outage
+            client.release_concurrency_slots_with_lease(lease.id)
+        wait_until(lambda: bank.held == 0)
+        assert not bank.reserve(limit, "b")
+        assert any("expired on the Prefect server" in line for line in lines)
+        with bank.slot(limit, "b") as handed:           # a new lease from Prefect
+            assert handed is False and active(limit) == 1
+
+
 def test_two_runs_never_hold_more_than_the_limit_and_the_waiter_says_why():
     limit = make_limit(1)
     lines: list[str] = []
