@@ -100,6 +100,10 @@ class ComfyUIServer(Block):
         """
         return preview_limit_name(self.name)
 
+    def slot_limit(self, front: bool) -> str:
+        """The limit a batch holds a slot of: the preview one for front-of-queue batches."""
+        return self.preview_limit_name if front else self.limit_name
+
     def get_client(self) -> ComfyUIClient:
         """A client for this server (close it, or use it as a context manager)."""
         token = self.token.get_secret_value() if self.token is not None else None

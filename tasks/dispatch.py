@@ -71,7 +71,7 @@ def _submit(runner: ThreadPoolTaskRunner, render: Task[..., list[BatchOutcome]],
         if assignment.moved:
             get_run_logger().info("%s moves from %s to %s", assignment.batch.label,
                                   assignment.batch.server, server.name)
-        limit = server.preview_limit_name if ctx.front else server.limit_name
+        limit = server.slot_limit(ctx.front)
         slots.reserve(limit, assignment.batch.batch_id)
         # opaque: Prefect would otherwise walk every object in the parameters (the takes,
         # the stores, the run's shared attempt counts) for each batch it starts.

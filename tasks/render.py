@@ -146,7 +146,7 @@ def render_batch(server: ComfyUIServer, batch: RenderBatch, ctx: RenderContext,
                   timeout_s=ctx.timeout_s or server.render_timeout_s)
     attempt = current_task_run.run_count or 1
     ctx.note_attempt(batch.batch_id, attempt)
-    limit = server.preview_limit_name if ctx.front else server.limit_name
+    limit = server.slot_limit(ctx.front)
     with server.get_client() as client:
         with slots.slot(limit, batch.batch_id) as handed_over:
             # A slot from Prefect may have taken a while: queue nothing for a cancelled

@@ -71,6 +71,8 @@ def test_a_bare_url_is_named_alike_by_block_client_and_limits(url):
         assert server.name == client.name == identity
     assert server.limit_name == limit_name(identity) == f"comfyui-{identity}"
     assert server.preview_limit_name == preview_limit_name(identity)
+    assert (server.slot_limit(front=False), server.slot_limit(front=True)) == (
+        server.limit_name, server.preview_limit_name)
 
 
 @pytest.mark.parametrize(("entries", "why"), [
