@@ -14,7 +14,8 @@ errors) fails at once with ComfyUI's own message.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 from uuid import UUID
@@ -30,7 +31,7 @@ from blocks.comfyui_server import ComfyUIServer
 from tasks.slots import SlotBank
 from tower.comfyui import ComfyUIError, ComfyUIPreflightError
 from tower.planning.planner import RenderBatch
-from tower.runtime.execute import BatchOutcome, RenderContext, render_with_oom_split, store_rendered
+from tower.runtime.execute import BatchOutcome, RenderContext, execute_with_oom_split
 from tower.runtime.failures import RunStopping, classify
 from tower.runtime.inputs import (
     Inventory,
@@ -148,17 +149,25 @@ def render_batch(server: ComfyUIServer, batch: RenderBatch, ctx: RenderContext,
     ctx.note_attempt(batch.batch_id, attempt)
     limit = server.slot_limit(ctx.front)
     with server.get_client() as client:
-        with slots.slot(limit, batch.batch_id) as handed_over:
-            # A slot from Prefect may have taken a while: queue nothing for a cancelled
-            # run. (A slot handed over within the run comes straight from the dispatch
-            # loop, which stops starting batches once it sees the cancellation.)
-            if not handed_over and flow_run_stopping(ctx.flow_run_id):
-                raise RunStopping(f"{batch.label}: flow run is being cancelled; not submitted")
-            rendered = render_with_oom_split(client, batch, ctx, attempt=attempt)
-        outcomes = [store_rendered(client, part, ctx, attempt=attempt) for part in rendered]
+        outcomes = execute_with_oom_split(client, batch, ctx, attempt=attempt,
+                                          queue_place=_slot(slots, limit, batch, ctx))
     get_run_logger().info("%s @%s: %s", batch.label, server.name,
                           ", ".join(f"{o.batch.take_range} {o.status}" for o in outcomes))
     return outcomes
+
+
+@contextmanager
+def _slot(slots: SlotBank, limit: str, batch: RenderBatch, ctx: RenderContext) -> Iterator[None]:
+    """A slot of ``limit`` for ``batch``, refused once the run is being cancelled.
+
+    A slot from Prefect may have taken a while, so the run's state is read again; a slot
+    handed over within the run comes straight from the dispatch loop, which stops
+    starting batches once it sees the cancellation.
+    """
+    with slots.slot(limit, batch.batch_id) as handed_over:
+        if not handed_over and flow_run_stopping(ctx.flow_run_id):
+            raise RunStopping(f"{batch.label}: flow run is being cancelled; not submitted")
+        yield
 
 
 def with_retry_policy(retries: int, backoff_s: float) -> Task[..., list[BatchOutcome]]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -270,7 +271,11 @@ def render_with_oom_split(client: ComfyUIClient, batch: RenderBatch, ctx: Render
 
 
 def execute_with_oom_split(client: ComfyUIClient, batch: RenderBatch, ctx: RenderContext, *,
-                           attempt: int = 1) -> list[BatchOutcome]:
-    """Render ``batch`` with :func:`render_with_oom_split`, then store every part of it."""
-    return [store_rendered(client, part, ctx, attempt=attempt)
-            for part in render_with_oom_split(client, batch, ctx, attempt=attempt)]
+                           attempt: int = 1,
+                           queue_place: AbstractContextManager[object] | None = None,
+                           ) -> list[BatchOutcome]:
+    """Render ``batch`` with :func:`render_with_oom_split` while holding ``queue_place``
+    (the server's slot), then, with the place given up, store every part of it."""
+    with queue_place or nullcontext():
+        rendered = render_with_oom_split(client, batch, ctx, attempt=attempt)
+    return [store_rendered(client, part, ctx, attempt=attempt) for part in rendered]
