@@ -40,8 +40,6 @@ import platform
 import re
 import resource
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -51,10 +49,10 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from prefect_local import prefect_server  # noqa: E402  (bench/ is on the path)
 
 PRESETS_YAML = "presets:\n  draft:\n    width: 64\n    height: 64\n"
 # What a run asks of a server before it renders (model inventory, preflight, uploads).
@@ -252,49 +250,6 @@ def simulators(count: int, tmp: Path) -> Iterator[tuple[list[str], list[RequestC
         sim_server.create_app = original
         for sim in started:
             sim.stop()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def prefect_server(url: str | None, tmp: Path) -> Iterator[str]:
-    """The API URL: ``url``, or a server started here (stopped by process group)."""
-    if url:
-        yield url
-        return
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env |= {"PREFECT_HOME": str(tmp / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED":
-            "false", "PREFECT_UI_ENABLED": "false"}
-    log = (tmp / "prefect-server.log").open("wb")
-    process = subprocess.Popen(
-        [str(Path(sys.executable).with_name("prefect")), "server", "start", "--host",
-         "127.0.0.1", "--port", str(port), "--analytics-off"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    api = f"http://127.0.0.1:{port}/api"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{api}/health", timeout=2).status_code == 200:
-                    break
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"prefect server did not start; see {log.name}")
-            time.sleep(0.5)
-        yield api
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        log.close()
 
 
 def write_episode(path: Path, takes: int, per_shot: int) -> None:
@@ -503,7 +458,7 @@ def main() -> None:
     results: list[dict] = []
     try:
         (tmp / "presets.yaml").write_text(PRESETS_YAML)
-        with prefect_server(args.prefect_url, tmp) as api, \
+        with prefect_server(tmp, args.prefect_url) as api, \
                 simulators(args.servers, tmp) as (servers, counters):
             if args.fixed_cost:
                 result = fixed_cost(api, servers, counters, tmp, args)

@@ -44,7 +44,6 @@ import resource
 import shlex
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -59,6 +58,8 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from prefect_local import prefect_server
 
 from tower.shotlist.presets import load_presets
 from tower.simulator import SimulatorConfig, costs, start_simulator
@@ -115,12 +116,6 @@ def child_flow(spec_file: str) -> None:
 # ---------------------------------------------------------------- servers
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
 def http_json(url: str, timeout: float = 30.0) -> Any:
     with urllib.request.urlopen(url, timeout=timeout) as response:
         return json.loads(response.read())
@@ -147,33 +142,6 @@ def prefect_env(home: Path, api_url: str | None = None) -> dict[str, str]:
     if api_url:
         env["PREFECT_API_URL"] = api_url
     return env
-
-
-@contextlib.contextmanager
-def prefect_server(tmp: Path) -> Iterator[str]:
-    """A private Prefect server (own home and database in ``tmp``); yields its API URL."""
-    port = free_port()
-    home = tmp / "prefect-server"
-    home.mkdir()
-    log = (tmp / "prefect-server.log").open("wb")
-    env = prefect_env(home) | {"PREFECT_UI_API_URL": f"http://{HOST}:{port}/api"}
-    process = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host",
-                                HOST, "--port", str(port), "--analytics-off"],
-                               env=env, stdout=log, stderr=subprocess.STDOUT,
-                               start_new_session=True, cwd=tmp)
-    try:
-        url = f"http://{HOST}:{port}/api"
-        started = time.monotonic()
-        while not _answers(f"{url}/health"):
-            if process.poll() is not None or time.monotonic() - started > PREFECT_START_TIMEOUT_S:
-                raise RuntimeError("Prefect server did not start:\n" + _tail(tmp /
-                                                                             "prefect-server.log"))
-            time.sleep(0.5)
-        print(f"# prefect server {url} up in {time.monotonic() - started:.1f} s", flush=True)
-        yield url
-    finally:
-        _stop_group(process)
-        log.close()
 
 
 def _answers(url: str) -> bool:
