@@ -97,7 +97,8 @@ def test_server_trouble_is_text_plain_500(simulator: SimulatorServer, name: str)
 def test_duplicate_pending_id_and_number_is_500_yet_queued(simulator: SimulatorServer) -> None:
     fixture = recorded("post_prompt_500_duplicate_prompt_id_same_number_pending.json")
     with client(simulator) as http:
-        blocker = submit(http, long_graph())
+        # Long enough to still be running on a loaded machine; it is interrupted below.
+        blocker = submit(http, long_graph(steps=5000))
         first = http.post("/prompt", json=fixture["first"]["request"]["json"])
         second = http.post("/prompt", json=fixture["second"]["request"]["json"])
         pending = http.get("/queue").json()["queue_pending"]
