@@ -145,7 +145,11 @@ def run_batches(pool: ServerPool, servers: Mapping[str, ComfyUIServer], ctx: Ren
 
 def _finish(pool: ServerPool, tally: RunTally, assignment: Assignment,
             future: PrefectFuture[Any]) -> None:
-    """Feed one ended task into the pool (which may requeue it) and the tally."""
+    """Feed one ended task into the pool (which may requeue it) and the tally.
+
+    Every batch the pool gives up on goes into the tally, the ended one and any it
+    stranded (waiting on a server that left rotation, with no other server to take it).
+    """
     logger = get_run_logger()
     batch, server = assignment.batch, assignment.server
     outcome = future.result(raise_on_failure=False)
@@ -155,13 +159,18 @@ def _finish(pool: ServerPool, tally: RunTally, assignment: Assignment,
         return
     error = _error_text(outcome)
     server_fault = classify(outcome).elsewhere
+    was_in = server not in pool.out_of_rotation
     if pool.finished(batch, server, ok=False, server_fault=server_fault, error=error):
         logger.warning("%s failed on %s (%s); sending it to another server", batch.label,
                        server, error)
-        return
-    if server in pool.out_of_rotation:
+    if was_in and server in pool.out_of_rotation:
         logger.error("%s is out of rotation: %s", server, pool.out_of_rotation[server])
-    tally.fail(f"{batch.label} @{server}", batch.size, error)
+        if not pool.active:
+            logger.error("no server left in rotation; the batches still to render fail: %s",
+                         "; ".join(f"{name}: {why}" for name, why in pool.last_errors().items()))
+    for failed in pool.take_failed():
+        where = f" @{failed.server}" if failed.server else ""
+        tally.fail(f"{failed.batch.label}{where}", failed.batch.size, failed.error)
 
 
 def _drop_waiting(pool: ServerPool) -> None:

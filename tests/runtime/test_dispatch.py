@@ -140,8 +140,68 @@ def test_a_batch_is_not_retried_on_a_server_it_already_failed_on():
     (again,) = pool.next_assignments()
     assert again.server == "b"
     assert not pool.finished(again.batch, "b", ok=False, server_fault=True, error="down")
-    assert pool.failed_batches == {"a-0": "down"}
-    assert pool.finished_all
+    assert pool.failed_batches == {"a-0": "down; not retried elsewhere: no server left to "
+                                           "render it (a: failed; b: down)"}
+    assert pool.finished_all and pool.tried("a-0") == {"a", "b"}
+
+
+def test_a_waiting_batch_of_a_server_taken_out_never_goes_back_to_one_it_failed_on():
+    pool = ServerPool(items("b", 1, "x") + items("b", 1) + items("a", 2),
+                      {"a": 1, "b": 1}, max_failures=2)
+    assert ids(pool.next_assignments()) == [("a-0", "a"), ("x-0", "b")]
+    assert pool.finished(Item("x-0", "b"), "b", ok=False, server_fault=True, error="b: boom")
+    assert [b.batch_id for b in pool.servers["a"].waiting] == ["a-1", "x-0"]
+    assert ids(pool.next_assignments()) == [("b-0", "b")]
+    assert pool.finished(Item("a-0", "a"), "a", ok=False, server_fault=True, error="a: boom")
+    assert ids(pool.next_assignments()) == [("a-1", "a")]
+    # a's second failure in a row takes it out while x-0 waits on it; b had x-0 already
+    assert pool.finished(Item("a-1", "a"), "a", ok=False, server_fault=True, error="a: boom")
+    assert not pool.servers["a"].in_rotation
+    assert pool.failed_batches == {"x-0": "no server left to render it (a: out of "
+                                          "rotation, last error: a: boom; b: b: boom)"}
+    assert [f.batch.batch_id for f in pool.take_failed()] == ["x-0"]
+    sent = []
+    pool.finished(Item("b-0", "b"), "b", ok=True)
+    while not pool.finished_all:
+        for assignment in pool.next_assignments():
+            sent.append(ids([assignment])[0])
+            pool.finished(assignment.batch, assignment.server, ok=True)
+    assert sent == [("a-0", "b"), ("a-1", "b")]
+
+
+def test_stealing_never_takes_a_batch_back_to_a_server_it_failed_on():
+    pool = ServerPool(items("a", 1) + items("b", 1, "x") + items("a", 2, "y"),
+                      {"a": 1, "b": 1}, max_failures=5)
+    first = pool.next_assignments()
+    assert ids(first) == [("a-0", "a"), ("x-0", "b")]
+    assert pool.finished(first[1].batch, "b", ok=False, server_fault=True, error="boom")
+    # x-0 now waits on a behind y-0, y-1; b is idle and may steal a's tail, but not x-0
+    assert [b.batch_id for b in pool.servers["a"].waiting] == ["y-0", "y-1", "x-0"]
+    stolen = pool.next_assignments()
+    assert ids(stolen) == [("y-1", "b")]
+    pool.finished(stolen[0].batch, "b", ok=True)
+    assert ids(pool.next_assignments()) == [("y-0", "b")]
+    assert "x-0" in [b.batch_id for b in pool.servers["a"].waiting]
+
+
+def test_with_every_server_failing_each_batch_fails_listing_every_servers_last_error():
+    pool = ServerPool(items("a", 3) + items("b", 3), {"a": 1, "b": 1}, max_failures=2)
+    sent: list[tuple[str, str]] = []
+    reported: list[str] = []
+    while assignments := pool.next_assignments():
+        for assignment in assignments:
+            sent.append((assignment.batch.batch_id, assignment.server))
+            pool.finished(assignment.batch, assignment.server, ok=False, server_fault=True,
+                          error=f"{assignment.server} exploded")
+        reported += [failed.batch.batch_id for failed in pool.take_failed()]
+    assert pool.finished_all and not pool.active
+    assert len(sent) == len(set(sent))                        # never twice on one server
+    assert sorted(reported) == sorted(pool.failed_batches) == [
+        "a-0", "a-1", "a-2", "b-0", "b-1", "b-2"]              # each reported once
+    for error in pool.failed_batches.values():
+        assert "no server left to render it" in error
+        assert "a: out of rotation, last error: a exploded" in error
+        assert "b: out of rotation, last error: b exploded" in error or "b: b exploded" in error
 
 
 def test_errors_that_are_not_the_servers_fault_are_final():
@@ -259,15 +319,21 @@ def test_the_pool_never_sends_a_batch_where_its_models_are_not(data):
     pool = ServerPool(batches, {name: data.draw(st.integers(1, 2)) for name in names},
                       inventories=inventories, max_failures=data.draw(st.integers(1, 3)))
     rendered = set()
+    sent: list[tuple[str, str]] = []
+    reported: list[str] = []
     while assignments := pool.next_assignments():
         for assignment in assignments:
             batch, server = assignment.batch, assignment.server
+            sent.append((batch.batch_id, server))
             assert all(file in inventories[server].get(folder, ())
                        for folder, file in batch.models)
             ok = data.draw(st.booleans())
             pool.finished(batch, server, ok=ok, server_fault=not ok, error="down")
             if ok:
                 rendered.add(batch.batch_id)
+        reported += [failed.batch.batch_id for failed in pool.take_failed()]
     assert pool.finished_all            # every batch rendered or failed, none twice
     assert rendered | set(pool.failed_batches) == {b.batch_id for b in batches}
     assert not rendered & set(pool.failed_batches)
+    assert sorted(reported) == sorted(pool.failed_batches)    # each failure reported once
+    assert len(sent) == len(set(sent))  # no batch goes back to a server it has been on

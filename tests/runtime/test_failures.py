@@ -19,7 +19,7 @@ from tower.comfyui import (
     ComfyUIUnavailable,
     ComfyUIValidationError,
 )
-from tower.runtime.failures import Failure, RunStopping, classify
+from tower.runtime.failures import Failure, RunStopping, classify, max_attempts
 
 
 @pytest.mark.parametrize(("exc", "status", "transient", "elsewhere"), [
@@ -48,3 +48,16 @@ from tower.runtime.failures import Failure, RunStopping, classify
 def test_every_failure_has_one_meaning(exc: BaseException, status: str, transient: bool,
                                        elsewhere: bool) -> None:
     assert classify(exc) == Failure(status, transient, elsewhere)
+
+
+@pytest.mark.parametrize(("servers", "retries", "bound"), [(1, 0, 1), (2, 3, 8), (3, 1, 6)])
+def test_the_attempt_bound_is_servers_times_one_plus_retries(servers: int, retries: int,
+                                                             bound: int) -> None:
+    assert max_attempts(servers, retries) == bound
+
+
+def test_the_attempt_bound_needs_a_server_and_no_negative_retries() -> None:
+    with pytest.raises(ValueError, match="at least one server"):
+        max_attempts(0, 3)
+    with pytest.raises(ValueError, match="negative retries"):
+        max_attempts(2, -1)

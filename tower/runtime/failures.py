@@ -11,14 +11,25 @@ here only:
   to each other server once. A wrong graph, a missing model, a run being cancelled or
   an out-of-memory (which is split into halves instead) would fail the same anywhere.
 
-How many attempts a batch gets in total: on each server, ``1 + retries`` (the flow's
-``retries``, with exponential backoff) while the failure is transient; then, if the
-failure is one another server may not share, one more round on each server it has not
-tried, each round again ``1 + retries``. With every server unreachable that is
-``servers x (1 + retries)`` attempts at most, fewer once servers fall out of rotation
+How many attempts a batch gets in total, :func:`max_attempts`::
+
+    attempts <= servers x (1 + retries)
+
+An attempt is one run of the render task (one prompt, or the halves of an out-of-memory
+split rendered inside it). On one server a batch gets ``1 + retries`` attempts (the
+flow's ``retries``, with exponential backoff) while its failure is transient, and one
+attempt when it is not. Then, if the failure is one another server may not share, the
+pool sends it to a server it has not been on, never back to one it has
+(:mod:`tower.runtime.pool`), each again ``1 + retries`` at most. With every server
+unreachable a batch gets exactly ``servers x (1 + retries)`` while no server leaves
+rotation before the batch reaches it; fewer once servers leave rotation
 (``max_server_failures`` failed batches in a row take a server out for the rest of the
-run; see :mod:`tower.runtime.pool`). Inside one attempt the ComfyUI client itself only
-retries idempotent GETs briefly, so the layers do not multiply further.
+run, and a batch with no server left to try fails at once, quoting each server's last
+error). Prompts: an attempt that splits on out-of-memory submits at most
+``2 x takes - 1`` (the halving tree of a batch of ``takes``), so a batch's prompts are
+bounded by ``max_attempts(...) x (2 x takes - 1)``. Inside one attempt the ComfyUI client itself
+only retries idempotent GETs and an unanswered POST briefly (after checking whether the
+prompt got queued), so the layers do not multiply further.
 
 A new exception class is classified by adding one row to :data:`RULES`.
 """
@@ -79,3 +90,15 @@ def classify(exc: BaseException) -> Failure:
         if isinstance(exc, kinds):
             return failure
     return FAILED_HERE
+
+
+def max_attempts(servers: int, retries: int) -> int:
+    """The most render attempts one batch gets in a run: ``servers x (1 + retries)``.
+
+    ``servers`` is how many servers the run renders on, ``retries`` the flow's retries
+    after a transient failure (see the module docstring for why it cannot be more).
+    """
+    if servers < 1 or retries < 0:
+        raise ValueError(f"need at least one server and no negative retries "
+                         f"(got {servers} servers, {retries} retries)")
+    return servers * (1 + retries)

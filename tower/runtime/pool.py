@@ -12,6 +12,17 @@ A batch only ever moves to a server that has every model file it needs (its
 taken to have everything). A batch that no server left in rotation can take fails,
 saying which files each of them lacks.
 
+A batch never goes back to a server it has been on (the rule Flamenco's job manager
+keeps for a task and the worker that failed it): not when it is requeued after a
+failure, not when the server it waits on leaves rotation, not by work stealing. A
+batch keeps its id wherever it goes, and the halves of an out-of-memory split never
+come back to the pool (they are rendered inside the attempt that split them, on the
+same server), so the rule holds for every take of it. Every server therefore gets a
+batch at most once, which is what bounds its attempts
+(:func:`tower.runtime.failures.max_attempts`). A batch with no server left to try
+fails with each server's last error, so a run whose servers all fail ends saying why
+instead of retrying.
+
 Pure and single-threaded by design: the flow calls :meth:`ServerPool.next_assignments`
 and :meth:`ServerPool.finished` from its own loop, so the policy can be tested with
 plain tables of events and no clock, threads or servers.
@@ -30,6 +41,8 @@ DEFAULT_QUEUE_DEPTH = 2
 # Consecutive batch failures (after task retries) that take a server out of rotation.
 DEFAULT_MAX_FAILURES = 2
 NO_SERVER_LEFT = "no server left to render it"
+# Each server's last error is quoted up to this length in a batch's failure.
+LAST_ERROR_CHARS = 300
 
 
 class Dispatchable(Protocol):
@@ -62,6 +75,15 @@ class Assignment:
         return self.server != self.batch.server
 
 
+@dataclass(frozen=True)
+class FailedBatch:
+    """A batch that finally failed: on ``server``, or before it ran anywhere (None)."""
+
+    batch: Dispatchable
+    server: str | None
+    error: str
+
+
 @dataclass
 class ServerState:
     """One server's standing in the pool."""
@@ -76,6 +98,7 @@ class ServerState:
     consecutive_failures: int = 0
     in_rotation: bool = True
     reason: str | None = None
+    last_error: str | None = None
 
     @property
     def free_slots(self) -> int:
@@ -126,6 +149,7 @@ class ServerPool:
         self.max_failures = max_failures
         self.failed_batches: dict[str, str] = {}
         self._tried: dict[str, set[str]] = {}
+        self._unreported: list[FailedBatch] = []
         for batch in batches:
             if batch.server not in self.servers:
                 raise ValueError(f"batch {batch.batch_id} is planned for unknown server "
@@ -155,6 +179,37 @@ class ServerPool:
         """Nothing waiting and nothing in flight: the run's rendering is over."""
         return self.waiting == 0 and self.in_flight == 0
 
+    def tried(self, batch_id: str) -> frozenset[str]:
+        """The servers ``batch_id`` has been sent to in this run."""
+        return frozenset(self._tried.get(batch_id, ()))
+
+    def take_failed(self) -> list[FailedBatch]:
+        """Batches that finally failed since the last call, each once.
+
+        Includes batches that never ran: those stranded when the last server able to take
+        them left rotation, so the caller's tally counts every batch of the plan.
+        """
+        failed, self._unreported = self._unreported, []
+        return failed
+
+    def last_errors(self) -> dict[str, str]:
+        """Each server's standing for people: its last error, and whether it is out."""
+        report = {}
+        for state in self.servers.values():
+            error = (state.last_error or "no error")[:LAST_ERROR_CHARS]
+            report[state.name] = (error if state.in_rotation
+                                  else f"out of rotation, last error: {error}")
+        return report
+
+    def _fail(self, batch: Dispatchable, server: str | None, error: str) -> None:
+        self.failed_batches[batch.batch_id] = error
+        self._unreported.append(FailedBatch(batch, server, error))
+
+    def _nowhere_left(self) -> str:
+        """Why a batch could go nowhere: every server's last error."""
+        errors = "; ".join(f"{name}: {why}" for name, why in self.last_errors().items())
+        return f"{NO_SERVER_LEFT} ({errors})"
+
     def next_assignments(self) -> list[Assignment]:
         """Fill every free slot: own queue first, else work taken from the busiest server."""
         assignments: list[Assignment] = []
@@ -177,14 +232,14 @@ class ServerPool:
         """The last waiting batch of the longest backlog that ``thief`` can take.
 
         Only batches the victim cannot start right away are taken, so stealing never
-        leaves the victim idle.
+        leaves the victim idle, and never one that has been on ``thief`` already.
         """
         victims = sorted((s for s in self.servers.values()
                           if s is not thief and len(s.waiting) > s.free_slots),
                          key=lambda s: len(s.waiting), reverse=True)
         for victim in victims:
             for batch in reversed(victim.waiting):
-                if thief.can_take(batch):
+                if thief.can_take(batch) and thief.name not in self.tried(batch.batch_id):
                     victim.waiting.remove(batch)
                     return batch
         return None
@@ -214,43 +269,47 @@ class ServerPool:
             state.consecutive_failures = 0
             return False
         state.consecutive_failures += 1
+        state.last_error = error or "failed"
         if state.in_rotation and state.consecutive_failures >= self.max_failures:
             self.take_out(server, f"{state.consecutive_failures} batches failed in a row: "
                                   f"{error}".rstrip(": "))
         if not server_fault:
-            self.failed_batches[batch.batch_id] = error
+            self._fail(batch, server, error)
             return False
         why = self._requeue(batch)
         if why is None:
             return True
-        if why != NO_SERVER_LEFT:       # servers are left, none with the batch's models
-            error = f"{error}; not retried elsewhere: {why}" if error else why
-        self.failed_batches[batch.batch_id] = error
+        if why == NO_SERVER_LEFT:
+            why = self._nowhere_left()
+        self._fail(batch, server, f"{error}; not retried elsewhere: {why}" if error else why)
         return False
 
     def take_out(self, server: str, reason: str) -> None:
-        """Stop sending work to ``server``; its waiting batches go to the others."""
+        """Stop sending work to ``server``; its waiting batches go to the others.
+
+        A waiting batch that no server left in rotation may take (every one of them
+        has had it, or lacks its model files) fails at once, saying why.
+        """
         state = self.servers[server]
         state.in_rotation = False
         state.reason = reason
         orphans = list(state.waiting)
         state.waiting.clear()
         for batch in orphans:
-            why = self._requeue(batch, count_try=False)
+            why = self._requeue(batch)
             if why == NO_SERVER_LEFT:
-                self.failed_batches[batch.batch_id] = f"{why} ({reason})"
+                self._fail(batch, None, self._nowhere_left())
             elif why is not None:
-                self.failed_batches[batch.batch_id] = (
-                    f"{why} ({server} left rotation: {reason})")
+                self._fail(batch, None, f"{why} ({server} left rotation: {reason})")
 
-    def _requeue(self, batch: Dispatchable, *, count_try: bool = True) -> str | None:
+    def _requeue(self, batch: Dispatchable) -> str | None:
         """Queue ``batch`` on the least busy server that may take it; else say why not.
 
-        Only servers with every model file of the batch qualify; among them the ones its
-        VRAM estimate fits are preferred (an estimate may be pessimistic; a missing file
-        is certain failure).
+        Only servers in rotation that the batch has not been on, with every model file of
+        the batch, qualify; among them the ones its VRAM estimate fits are preferred (an
+        estimate may be pessimistic; a missing file is certain failure).
         """
-        tried = self._tried.get(batch.batch_id, set()) if count_try else set()
+        tried = self.tried(batch.batch_id)
         candidates = [s for s in self.active if s.name not in tried]
         if not candidates:
             return NO_SERVER_LEFT
