@@ -62,8 +62,12 @@ def test_scan_reads_only_the_partitions_asked_for(tmp_path: Path) -> None:
     window = store.scan(since=date(2026, 11, 27), until=date(2026, 11, 28)).collect()
     assert_frame_equal(window.sort("batch_id"), frame_of(rows[1:3]))
     assert store.scan(since=date(2026, 12, 24)).collect().height == 0
-    with pytest.raises(pl.exceptions.ComputeError):
-        store.scan().collect()
+    assert store.unreadable(since=date(2026, 11, 27)) == []
+    # read over every day, the broken part is skipped and named, the rest still read
+    assert_frame_equal(store.scan().collect().sort("batch_id"), frame_of(rows))
+    [bad] = store.unreadable()
+    assert bad.path.endswith("date=2026-11-26/part-broken.parquet")
+    assert "not a readable Parquet file" in bad.reason
 
 
 def test_crash_leftovers_and_stray_files_are_ignored(tmp_path: Path) -> None:

@@ -42,7 +42,7 @@ import pyarrow.fs as pafs
 from tower.store import parquet_io as pio
 
 COMPACT_MARK = "~compact-"
-REPLACES_KEY = "tower.replaces"
+REPLACES_KEY = pio.REPLACES_KEY
 LOCK_NAME = "_compact.lock"
 DEFAULT_TARGET_ROWS = 1_000_000
 SCAN_RETRIES = 10
@@ -80,23 +80,59 @@ def combine(results: Iterable[CompactResult]) -> CompactResult:
     return total
 
 
-def live_and_superseded(filesystem: pafs.FileSystem, folder: str,
+@dataclass(frozen=True)
+class Listing:
+    """A folder's finished parts: ``live`` ones a reader reads, ``superseded`` ones a
+    merged file replaces, and ``unreadable`` ones readers skip (see
+    :func:`tower.store.parquet_io.check_part`). ``checks`` holds each live part's footer
+    facts by path."""
+
+    live: list[pafs.FileInfo]
+    superseded: list[pafs.FileInfo]
+    unreadable: list[pio.UnreadablePart]
+    checks: dict[str, pio.PartCheck]
+
+
+def listing(filesystem: pafs.FileSystem, folder: str, schema: pa.Schema) -> Listing:
+    """The folder's parts sorted into live, superseded and unreadable.
+
+    Every part's footer is checked (cached per file, so a second listing reads none).
+    A damaged merged file supersedes nothing: the parts it lists, if they still exist,
+    stay live. A damaged part that a good merged file replaces is not reported: readers
+    never read it and the next compaction deletes it. A part that vanishes while being
+    checked (a compaction removed it) makes the listing start again.
+
+    Raises:
+        StoreError: the folder kept changing under every attempt.
+    """
+    for attempt in range(SCAN_RETRIES):
+        found = pio.list_data_files(filesystem, folder)
+        try:
+            good, bad = pio.check_parts(filesystem, found, schema)
+        except FileNotFoundError:
+            time.sleep(min(0.2, 0.005 * 2 ** attempt))
+            continue
+        replaced: set[str] = set()
+        for _, check in good:
+            replaced |= check.replaces
+        return Listing(
+            live=[info for info, _ in good if info.base_name not in replaced],
+            superseded=[f for f in found if f.base_name in replaced],
+            unreadable=[u for u in bad if PurePosixPath(u.path).name not in replaced],
+            checks={info.path: check for info, check in good})
+    raise pio.StoreError(f"{folder}: parts kept vanishing while being listed")
+
+
+def live_and_superseded(filesystem: pafs.FileSystem, folder: str, schema: pa.Schema,
                         ) -> tuple[list[pafs.FileInfo], list[pafs.FileInfo]]:
-    """The folder's finished parts split into live ones and those a merged file replaces."""
-    found = pio.list_data_files(filesystem, folder)
-    replaced: set[str] = set()
-    for info in found:
-        if COMPACT_MARK in info.base_name:
-            replaced |= replaces(filesystem, info.path)
-    live = [f for f in found if f.base_name not in replaced]
-    superseded = [f for f in found if f.base_name in replaced]
-    return live, superseded
+    """The folder's readable parts split into live ones and those a merged file replaces."""
+    found = listing(filesystem, folder, schema)
+    return found.live, found.superseded
 
 
-def live_files(filesystem: pafs.FileSystem, folder: str) -> list[str]:
-    """Paths of the parts a reader should read: every finished part not superseded."""
-    live, _ = live_and_superseded(filesystem, folder)
-    return pio.paths(live)
+def live_files(filesystem: pafs.FileSystem, folder: str, schema: pa.Schema) -> list[str]:
+    """Paths of the parts a reader should read: every readable part not superseded."""
+    return pio.paths(listing(filesystem, folder, schema).live)
 
 
 def replaces(filesystem: pafs.FileSystem, path: str) -> set[str]:
@@ -128,13 +164,14 @@ def compact_folder(filesystem: pafs.FileSystem, folder: str, schema: pa.Schema,
                                       now or datetime.now(UTC))
         for path in stale:
             filesystem.delete_file(path)
-        live, superseded = live_and_superseded(filesystem, folder)
-        removed = _delete(filesystem, pio.paths(superseded))
-        counts = [(f.path, pio.read_metadata(filesystem, f.path).num_rows) for f in live]
+        found = listing(filesystem, folder, schema)
+        live = found.live
+        removed = _delete(filesystem, pio.paths(found.superseded))
+        counts = [(f.path, found.checks[f.path].num_rows) for f in live]
         groups = plan_compaction(counts, target_rows)
         merged = []
         for group in groups:
-            merged.append(_merge(filesystem, folder, group, schema))
+            merged.append(_merge(filesystem, folder, group, schema, found.checks))
             removed += _delete(filesystem, group)
     after = len(live) - sum(len(g) for g in groups) + len(groups)
     return CompactResult(len(live), after, sum(n for _, n in counts), tuple(merged), removed,
@@ -169,18 +206,54 @@ def merged_name(first_part: str) -> str:
 
 
 def _merge(filesystem: pafs.FileSystem, folder: str, group: Sequence[str],
-           schema: pa.Schema) -> str:
+           schema: pa.Schema, checks: dict[str, pio.PartCheck]) -> str:
     """Write the rows of ``group`` as one merged file listing every part it replaces."""
-    replaced = set()
-    for path in group:
-        name = PurePosixPath(path).name
-        replaced.add(name)
-        if COMPACT_MARK in name:
-            # Parts an earlier merge replaced may still linger after a crash.
-            replaced |= replaces(filesystem, path)
     dest = f"{folder}/{merged_name(PurePosixPath(group[0]).name)}"
     pio.write_table_atomic(filesystem, dest, pio.read_parts(filesystem, group, schema),
-                           metadata={REPLACES_KEY: json.dumps(sorted(replaced))})
+                           metadata={REPLACES_KEY: json.dumps(_replaced_by(group, checks))})
+    return dest
+
+
+def _replaced_by(group: Sequence[str], checks: dict[str, pio.PartCheck]) -> list[str]:
+    """The names a file taking the place of ``group`` must list: the parts themselves and,
+    for merged ones, what they replaced (those may still linger after a crash)."""
+    replaced: set[str] = set()
+    for path in group:
+        replaced.add(PurePosixPath(path).name)
+        replaced |= checks[path].replaces
+    return sorted(replaced)
+
+
+def rewrite_part(filesystem: pafs.FileSystem, folder: str, path: str, schema: pa.Schema,
+                 table: pa.Table, checks: dict[str, pio.PartCheck]) -> str:
+    """Replace the live part ``path`` with a file holding ``table`` (its rows, some removed).
+
+    The compaction protocol with a group of one: the new file takes the part's place in
+    name order and lists it (and what it replaced) in its footer, is renamed into place,
+    and only then is the part deleted, so a reader sees either the old rows or the new
+    ones, never both and never neither. Call it under :func:`folder_lock`.
+    """
+    dest = f"{folder}/{merged_name(PurePosixPath(path).name)}"
+    pio.write_table_atomic(filesystem, dest, pio.rows_to_table(table, schema, dest),
+                           metadata={REPLACES_KEY: json.dumps(_replaced_by([path], checks))})
+    _delete(filesystem, [path])
+    return dest
+
+
+QUARANTINE = "_quarantine"
+
+
+def quarantine(filesystem: pafs.FileSystem, store_root: str, path: str) -> str:
+    """Move the part ``path`` (under ``store_root``) to ``<store_root>/_quarantine/``.
+
+    The folder name starts with ``_``, so readers and compaction never look inside it;
+    the part keeps its folder below the store root (``date=...`` for daily stores) and
+    its name, so it can be inspected or put back by hand. Nothing is deleted.
+    """
+    relative = PurePosixPath(path).relative_to(store_root)
+    dest = f"{store_root}/{QUARANTINE}/{relative}"
+    filesystem.create_dir(str(PurePosixPath(dest).parent), recursive=True)
+    filesystem.move(path, dest)
     return dest
 
 
@@ -219,26 +292,34 @@ def folder_lock(filesystem: pafs.FileSystem, folder: str) -> Iterator[None]:
         filesystem.delete_file(lock)
 
 
-def query_retrying(scan: Callable[[], S], build: Callable[[S], T]) -> T:
+def query_retrying(scan: Callable[[], S], build: Callable[[S], T],
+                   diagnose: Callable[[], list[pio.UnreadablePart]] | None = None) -> T:
     """``build(scan())``, scanning again if a compaction removed a part meanwhile.
 
     ``scan`` lists the live parts (reading merged files' footers) and opens them lazily:
     everything that touches the folder belongs inside it, since a part or a merged file
     listed a moment ago may be gone by the time it is read.
+
+    A read that fails for another reason may be a part whose footer is fine but whose
+    data is damaged: ``diagnose`` then reads the live parts whole and marks the damaged
+    ones unreadable, and the query runs again without them (once). Any other error
+    (a mistake in ``build``) is raised as it came.
     """
+    diagnosed = diagnose is None
     for attempt in range(SCAN_RETRIES):
         try:
             return build(scan())
-        except (FileNotFoundError, pl.exceptions.ComputeError, pio.StoreError) as err:
-            if attempt == SCAN_RETRIES - 1 or not is_vanished(err):
-                raise
-            time.sleep(min(0.2, 0.005 * 2 ** attempt))
+        except (OSError, pa.ArrowException, pl.exceptions.PolarsError, pio.StoreError) as err:
+            if is_vanished(err) and attempt < SCAN_RETRIES - 1:
+                time.sleep(min(0.2, 0.005 * 2 ** attempt))
+                continue
+            if not diagnosed and diagnose is not None and diagnose():
+                diagnosed = True
+                continue
+            raise
     raise AssertionError("unreachable")
 
 
-def is_vanished(err: Exception) -> bool:
+def is_vanished(err: BaseException) -> bool:
     """Whether ``err`` says a part disappeared (a concurrent compaction removed it)."""
-    if isinstance(err, FileNotFoundError):
-        return True
-    text = str(err).lower()
-    return "no such file" in text or "not found" in text or "does not exist" in text
+    return pio.is_not_found(err)

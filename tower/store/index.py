@@ -7,6 +7,11 @@ Compaction (:meth:`OutputIndex.compact`) follows the protocol of
 :mod:`tower.store.compaction`: merged files list the parts they replace, readers skip
 superseded parts, so a reader sees each row exactly once even while it runs. The
 index's own queries rescan when a compaction removed a part they were about to read.
+
+A damaged part (empty, truncated, another schema) is skipped by every query and listed
+by :meth:`OutputIndex.unreadable`, so one bad file costs its own rows (dedup renders
+them again), not the night; ``tower index check`` and ``tower index repair`` name and
+quarantine it (:mod:`tower.store.integrity`).
 """
 
 from __future__ import annotations
@@ -172,17 +177,33 @@ class OutputIndex:
 
     # --- reading -----------------------------------------------------------------
 
+    def listing(self) -> compaction.Listing:
+        """The parts sorted into live, superseded and unreadable (footers cached)."""
+        return compaction.listing(self.filesystem, self.root, INDEX_SCHEMA)
+
     def files(self) -> list[str]:
-        """The live parts: every finished part not replaced by a compacted file."""
-        return compaction.live_files(self.filesystem, self.root)
+        """The live parts: every readable finished part not replaced by a compacted file."""
+        return pio.paths(self.listing().live)
+
+    def unreadable(self) -> list[pio.UnreadablePart]:
+        """Parts every query skips because they cannot be read, each with the reason."""
+        return self.listing().unreadable
 
     def scan(self) -> pl.LazyFrame:
         """Every row, lazily, with INDEX_SCHEMA's columns (a snapshot of the live parts)."""
         return pio.scan_files(self.filesystem, self.files(), INDEX_SCHEMA)
 
-    def _query(self, build: Callable[[pl.LazyFrame], T]) -> T:
-        """Run ``build(scan)``, rescanning if a compaction removed a part meanwhile."""
-        return compaction.query_retrying(self.scan, build)
+    def query(self, build: Callable[[pl.LazyFrame], T]) -> T:
+        """Run ``build(scan)``, rescanning if a compaction removed a part meanwhile and
+        reading around a part found damaged on the way (see
+        :func:`tower.store.compaction.query_retrying`)."""
+        return compaction.query_retrying(self.scan, build, self._diagnose)
+
+    _query = query
+
+    def _diagnose(self) -> list[pio.UnreadablePart]:
+        """Read the live parts whole and mark the damaged ones (after a failed read)."""
+        return pio.verify_fully(self.filesystem, self.listing().live, INDEX_SCHEMA)
 
     # --- dedup -------------------------------------------------------------------
 
@@ -284,11 +305,12 @@ class OutputIndex:
             return len(files), pio.scan_files(self.filesystem, files, INDEX_SCHEMA)
 
         parts, (per_episode, per_preset, totals) = compaction.query_retrying(
-            snapshot, lambda snap: (snap[0], build(snap[1])))
+            snapshot, lambda snap: (snap[0], build(snap[1])), self._diagnose)
         rows, total_bytes, unique = totals.row(0)
         avoided = None
         if run_log is not None:
-            avoided = int(run_log.scan().select(pl.col("takes_deduped").sum()).collect().item())
+            avoided = int(run_log.query(lambda runs: runs.select(
+                pl.col("takes_deduped").sum()).collect().item()))
         return IndexStats(
             parts=parts, rows=rows, unique_keys=unique, total_bytes=total_bytes or 0,
             by_episode=dict(zip(per_episode["episode"], per_episode["rows"], strict=True)),

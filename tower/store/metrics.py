@@ -12,6 +12,9 @@ One part per render batch keeps a crash from losing anything but leaves many sma
 files per day; :meth:`DailyStore.compact` merges a day's parts with the protocol of
 :mod:`tower.store.compaction` (one lock per day folder), and readers skip the parts a merged
 file replaces, so each row is read exactly once even while a compaction runs.
+
+A damaged part (empty, truncated, another schema) is skipped by reads and listed by
+:meth:`DailyStore.unreadable`, so a report or the planner reads every other row.
 """
 
 from __future__ import annotations
@@ -179,15 +182,24 @@ class DailyStore:
                 and (until is None or d <= until.isoformat())
                 and (before is None or d < before.isoformat())]
 
+    def listings(self, since: date | None = None, until: date | None = None,
+                 ) -> list[compaction.Listing]:
+        """Each chosen day's parts sorted into live, superseded and unreadable."""
+        return [compaction.listing(self.filesystem, self.partition_dir(day), self.schema)
+                for day in self.chosen_days(since, until)]
+
     def files(self, since: date | None = None, until: date | None = None) -> list[str]:
         """Live parts of the days in ``since..until`` (inclusive); other folders unread.
 
-        Parts that a compacted file replaces are left out, so no row is read twice.
+        Parts that a compacted file replaces are left out, so no row is read twice, and
+        so are unreadable ones (:meth:`unreadable`).
         """
-        found: list[str] = []
-        for day in self.chosen_days(since, until):
-            found += compaction.live_files(self.filesystem, self.partition_dir(day))
-        return found
+        return [info.path for found in self.listings(since, until) for info in found.live]
+
+    def unreadable(self, since: date | None = None, until: date | None = None,
+                   ) -> list[pio.UnreadablePart]:
+        """Parts of the chosen days that reads skip because they cannot be read."""
+        return [bad for found in self.listings(since, until) for bad in found.unreadable]
 
     def scan(self, since: date | None = None, until: date | None = None) -> pl.LazyFrame:
         """Rows of the days in ``since..until`` (inclusive), columns in schema order.
@@ -199,8 +211,13 @@ class DailyStore:
 
     def query(self, build: Callable[[pl.LazyFrame], T], since: date | None = None,
               until: date | None = None) -> T:
-        """``build(scan(since, until))``, rescanning if a compaction removed a part meanwhile."""
-        return compaction.query_retrying(lambda: self.scan(since, until), build)
+        """``build(scan(since, until))``, rescanning if a compaction removed a part meanwhile
+        and reading around a part found damaged on the way."""
+        def diagnose() -> list[pio.UnreadablePart]:
+            live = [info for found in self.listings(since, until) for info in found.live]
+            return pio.verify_fully(self.filesystem, live, self.schema)
+
+        return compaction.query_retrying(lambda: self.scan(since, until), build, diagnose)
 
     def compact(self, day: date | None = None, *, since: date | None = None,
                 before: date | None = None,

@@ -11,6 +11,12 @@ the crash-safety rules live in one place:
 * Readers list the folder and ignore hidden names (``.`` or ``_`` prefix) and anything
   that is not ``*.parquet``; :mod:`tower.store.compaction` merges small parts and tells
   readers which ones a merged file supersedes.
+* A part that cannot be read (empty, truncated, not Parquet, another schema) must not
+  stop every query of the store: :func:`check_parts` reads each listed part's footer and
+  sets aside the bad ones as :class:`UnreadablePart` (path and reason), so readers read
+  the rest and callers can name the bad files. Parts never change once renamed into
+  place, so each verdict is cached by (path, size, mtime) and a footer is read once per
+  process, not once per query.
 
 Everything goes through a :class:`pyarrow.fs.FileSystem` (local by default), so a
 dataset may live on any filesystem pyarrow supports.
@@ -19,10 +25,11 @@ dataset may live on any filesystem pyarrow supports.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -251,3 +258,169 @@ def read_parts(filesystem: pafs.FileSystem, files: Sequence[str], schema: pa.Sch
 
 def paths(files: Iterable[pafs.FileInfo]) -> list[str]:
     return [f.path for f in files]
+
+
+# --- unreadable parts ------------------------------------------------------------------
+
+# Footer metadata key of a merged file listing the parts it replaces (see compaction).
+REPLACES_KEY = "tower.replaces"
+# Verdicts kept per process; past this many the cache starts again (a bound, not a tuning).
+CHECK_CACHE_LIMIT = 200_000
+
+
+@dataclass(frozen=True)
+class UnreadablePart:
+    """A part file readers skip, and why (``path: reason`` as text)."""
+
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class PartCheck:
+    """What the footer of one part says: a reason it cannot be read (None when it can),
+    its row count and the part names it replaces (merged files only)."""
+
+    reason: str | None
+    num_rows: int = 0
+    replaces: frozenset[str] = frozenset()
+
+
+_checked: dict[tuple[str, int | None, int | None, int], PartCheck] = {}
+# Schemas seen, by id: holding them keeps an id from being reused by another schema, and
+# an id is cheaper to hash than a schema.
+_schemas: dict[int, pa.Schema] = {}
+
+
+def _cache_key(info: pafs.FileInfo, schema: pa.Schema) -> tuple[str, int | None, int | None, int]:
+    _schemas.setdefault(id(schema), schema)
+    return info.path, info.size, info.mtime_ns, id(schema)
+
+
+def check_part(filesystem: pafs.FileSystem, info: pafs.FileInfo, schema: pa.Schema) -> PartCheck:
+    """The verdict on one listed part: readable under ``schema`` or not, and why.
+
+    Reads only the footer (cached by path, size and mtime). A part missing a nullable
+    column is readable (it predates the column); a missing required column or a column
+    of another type is not, since the scan would fail on it.
+
+    Raises:
+        FileNotFoundError: the part vanished since it was listed (a compaction removed
+            it): the caller should list again, not call the part unreadable.
+    """
+    key = _cache_key(info, schema)
+    found = _checked.get(key)
+    if found is not None:
+        return found
+    verdict = _check_footer(filesystem, info, schema)
+    if len(_checked) >= CHECK_CACHE_LIMIT:
+        _checked.clear()
+    _checked[key] = verdict
+    return verdict
+
+
+def _check_footer(filesystem: pafs.FileSystem, info: pafs.FileInfo,
+                  schema: pa.Schema) -> PartCheck:
+    if info.size == 0:
+        return PartCheck("empty file (0 bytes)")
+    try:
+        with filesystem.open_input_file(info.path) as handle:
+            meta = pq.read_metadata(handle)
+            found = meta.schema.to_arrow_schema()
+    except FileNotFoundError:
+        raise
+    except (OSError, pa.ArrowException) as err:
+        if is_not_found(err):
+            raise FileNotFoundError(info.path) from err
+        return PartCheck(f"not a readable Parquet file (truncated or damaged): {err}")
+    reason = schema_mismatch(found, schema)
+    if reason is not None:
+        return PartCheck(reason, meta.num_rows)
+    raw = (meta.metadata or {}).get(REPLACES_KEY.encode())
+    try:
+        replaced = frozenset(json.loads(raw)) if raw else frozenset()
+    except (ValueError, TypeError) as err:
+        return PartCheck(f"footer metadata {REPLACES_KEY} is not a JSON list: {err}",
+                         meta.num_rows)
+    return PartCheck(None, meta.num_rows, replaced)
+
+
+def is_not_found(err: BaseException) -> bool:
+    """Whether ``err`` says a file does not exist (pyarrow words it in the message)."""
+    if isinstance(err, FileNotFoundError):
+        return True
+    text = str(err).lower()
+    return "no such file" in text or "not found" in text or "does not exist" in text
+
+
+_polars_types: dict[pa.Schema, pl.Schema] = {}
+
+
+def schema_mismatch(found: pa.Schema, expected: pa.Schema) -> str | None:
+    """Why a part of schema ``found`` cannot be scanned as ``expected`` (None if it can).
+
+    Compares polars types, which is what the scan insists on; extra columns are ignored
+    and missing nullable ones read as null, as :func:`scan_files` does.
+    """
+    want = _polars_types.get(expected)
+    if want is None:
+        want = _polars_types.setdefault(expected, polars_schema(expected))
+    try:
+        have = polars_schema(found)
+    except (pl.exceptions.PolarsError, pa.ArrowException, ValueError, TypeError) as err:
+        return f"schema polars cannot read: {err}"
+    problems = []
+    for field in expected:
+        if field.name not in have:
+            if not field.nullable:
+                problems.append(f"required column {field.name!r} is missing")
+        elif have[field.name] != want[field.name]:
+            problems.append(f"column {field.name!r} is {have[field.name]},"
+                            f" expected {want[field.name]}")
+    return "wrong schema: " + "; ".join(problems) if problems else None
+
+
+def check_parts(filesystem: pafs.FileSystem, infos: Sequence[pafs.FileInfo], schema: pa.Schema,
+                ) -> tuple[list[tuple[pafs.FileInfo, PartCheck]], list[UnreadablePart]]:
+    """``infos`` split into readable parts (with their footer facts) and unreadable ones.
+
+    Raises:
+        FileNotFoundError: a part vanished since it was listed (list again).
+    """
+    good, bad = [], []
+    for info in infos:
+        verdict = check_part(filesystem, info, schema)
+        if verdict.reason is None:
+            good.append((info, verdict))
+        else:
+            bad.append(UnreadablePart(info.path, verdict.reason))
+    return good, bad
+
+
+def verify_fully(filesystem: pafs.FileSystem, infos: Sequence[pafs.FileInfo],
+                 schema: pa.Schema) -> list[UnreadablePart]:
+    """Read each part whole; mark the ones whose data (not footer) is damaged.
+
+    The footer check cannot see a damaged data page; this is what a store runs when a
+    scan failed for another reason than a vanished part, to find the culprit and read
+    around it from then on. Costs a full read, so it runs only after such a failure.
+    """
+    bad = []
+    for info in infos:
+        try:
+            scan_files(filesystem, [info.path], schema).collect()
+        except (OSError, pa.ArrowException, pl.exceptions.PolarsError) as err:
+            if is_not_found(err):
+                continue
+            reason = f"data cannot be read: {err}"
+            _checked[_cache_key(info, schema)] = PartCheck(reason)
+            bad.append(UnreadablePart(info.path, reason))
+    return bad
+
+
+def forget_checks() -> None:
+    """Drop every cached verdict (tests; a long-lived process after a manual fix)."""
+    _checked.clear()
