@@ -44,6 +44,9 @@ from tower.comfyui._models import (
     SystemStats,
 )
 from tower.comfyui._parse import (
+    check_object_info,
+    decode_json,
+    is_image,
     parse_history,
     parse_queue,
     parse_system_stats,
@@ -179,9 +182,10 @@ class ComfyUIClient:
 
     def _json(self, response: httpx.Response, what: str) -> Any:
         try:
-            return response.json()
+            return decode_json(response)
         except ValueError as err:
-            raise ComfyUIProtocolError(f"{self.name}: {what}: answer is not JSON") from err
+            raise ComfyUIProtocolError(f"{self.name}: {what}: answer is not JSON ({err})"
+                                       ) from err
 
     def _post(self, path: str, body: Any | None = None) -> httpx.Response:
         response = self._send("POST", path, json=body)  # json=None sends no body
@@ -201,8 +205,7 @@ class ComfyUIClient:
             cached = self._object_info
         if cached is None:
             body = self._get("/object_info")
-            if not isinstance(body, dict):
-                raise ComfyUIProtocolError(f"{self.name}: /object_info is not an object")
+            check_object_info(body, self.name)
             with self._lock:
                 self._object_info = cached = body
         return cached
@@ -233,7 +236,8 @@ class ComfyUIClient:
         Read fresh from ``/object_info/LoadImage`` each time: uploads change it.
         """
         info = self._get("/object_info/LoadImage")
-        spec = (((info or {}).get("LoadImage") or {}).get("input") or {}).get("required", {})
+        check_object_info(info, self.name, "/object_info/LoadImage")
+        spec = ((info.get("LoadImage") or {}).get("input") or {}).get("required") or {}
         options = combo_options(spec.get("image"))
         if options is None:
             raise ComfyUIProtocolError(f"{self.name}: /object_info/LoadImage has no image list")
@@ -328,16 +332,17 @@ class ComfyUIClient:
         response = self._send("POST", "/prompt", json=body)
         if response.status_code == 400:
             try:
-                refusal = response.json()
+                refusal = decode_json(response)
             except ValueError:
                 refusal = {"error": {"type": "invalid_prompt", "message": response.text[:200]}}
             raise validation_error(refusal)
         if response.status_code != 200:
             raise self._status_error(response, "POST /prompt")
         answer = self._json(response, "POST /prompt")
-        if not isinstance(answer, dict) or not answer.get("prompt_id"):
-            raise ComfyUIProtocolError(f"{self.name}: POST /prompt: no prompt_id in answer")
-        queued = str(answer["prompt_id"])
+        queued = answer.get("prompt_id") if isinstance(answer, dict) else None
+        if not isinstance(queued, str) or not queued:
+            raise ComfyUIProtocolError(f"{self.name}: POST /prompt: no prompt_id in answer "
+                                       f"(got {queued!r:.80})")
         if answer.get("node_errors"):
             # Some outputs were dropped but the rest is queued: stop it, it is not our graph.
             try:
@@ -494,6 +499,8 @@ class ComfyUIClient:
                     expected = resp.headers.get("Content-Length")
                     with tmp.open("wb") as out:
                         for chunk in resp.iter_bytes(C.DOWNLOAD_CHUNK):
+                            if size == 0 and not is_image(chunk):
+                                raise self._not_an_image(resp, chunk, image)
                             out.write(chunk)
                             digest.update(chunk)
                             size += len(chunk)
@@ -501,10 +508,23 @@ class ComfyUIClient:
             except httpx.TransportError as err:
                 raise ComfyUIUnavailable(f"{self.name}: download of {image.relative_path} "
                                          f"failed: {type(err).__name__}: {err}") from err
+            if size == 0:
+                raise self._not_an_image(resp, b"", image)
             if expected is not None and expected.isdigit() and int(expected) != received:
                 raise ComfyUIUnavailable(f"{self.name}: download of {image.relative_path} "
                                          f"truncated ({received} of {expected} bytes)")
         return DownloadedFile(path=dest, sha256=digest.hexdigest(), size=size)
+
+    def _not_an_image(self, response: httpx.Response, head: bytes,
+                      image: ImageRef) -> ComfyUIProtocolError:
+        """A /view answer that is no image: a proxy's sign-in page, an error as JSON...
+
+        Stored under a take's name it would pass for a render until someone opened it.
+        """
+        kind = response.headers.get("Content-Type", "no Content-Type")
+        return ComfyUIProtocolError(
+            f"{self.name}: GET /view {image.relative_path}: answer is not an image "
+            f"({kind}, {len(head) if head else 'no'} bytes starting {head[:16]!r})")
 
     # -- lifetime --------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tower.comfyui._models import HistoryEntry, RenderResult, RenderStatus
-from tower.comfyui._tracker import PromptTracker
+from tower.comfyui._tracker import PromptTracker, node_ids
 
 PHASES = ("load", "sampling", "decode")
 
@@ -48,9 +48,17 @@ def phase_seconds(graph: Mapping[str, Any], node_seconds: Mapping[str, float],
 
 
 def epoch_ms(value: object) -> datetime | None:
-    """An epoch-milliseconds timestamp from a status message, as an aware UTC datetime."""
+    """An epoch-milliseconds timestamp from a status message, as an aware UTC datetime.
+
+    None when there is none or it is no date (not a number, NaN, or outside the years
+    datetime holds): timestamps only feed the metrics, which record unknown times as
+    missing rather than failing a render that succeeded.
+    """
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return datetime.fromtimestamp(value / 1000, tz=UTC)
+        try:
+            return datetime.fromtimestamp(value / 1000, tz=UTC)
+        except (OverflowError, ValueError, OSError):
+            return None
     return None
 
 
@@ -87,7 +95,7 @@ def build_result(entry: HistoryEntry, tracker: PromptTracker | None, *,
     """The result of a finished prompt."""
     status, kind, data = outcome(entry)
     cached_msg = entry.message("execution_cached") or {}
-    cached_nodes = tuple(str(n) for n in cached_msg.get("nodes") or ())
+    cached_nodes = node_ids(cached_msg.get("nodes"))
     if not cached_nodes and tracker is not None:
         cached_nodes = tracker.cached_nodes
     started_at = epoch_ms((entry.message("execution_start") or {}).get("timestamp"))

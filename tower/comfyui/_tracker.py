@@ -20,6 +20,16 @@ OUTCOMES = {"execution_success": "success", "execution_error": "error",
             "execution_interrupted": "interrupted"}
 
 
+def node_ids(value: Any) -> tuple[str, ...]:
+    """The node ids of an ``execution_cached`` list; anything but a list holds none."""
+    return tuple(str(n) for n in value) if isinstance(value, list) else ()
+
+
+def _step(value: Any) -> int | None:
+    """A sampler step count of a ``progress`` frame, or None when it is not one."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 @dataclass
 class PromptTracker:
     """What the WebSocket said about one prompt so far."""
@@ -42,7 +52,7 @@ class PromptTracker:
         if kind == "execution_start":
             self.started = True
         elif kind == "execution_cached":
-            self.cached_nodes = tuple(str(n) for n in data.get("nodes") or ())
+            self.cached_nodes = node_ids(data.get("nodes"))
         elif kind == "executing":
             self._close(t)
             node = data.get("node")
@@ -60,7 +70,7 @@ class PromptTracker:
         node = data.get("node")
         return ProgressEvent(prompt_id=self.prompt_id, event=kind,
                              node=None if node is None else str(node),
-                             value=data.get("value"), max=data.get("max"))
+                             value=_step(data.get("value")), max=_step(data.get("max")))
 
     @property
     def ended(self) -> bool:
