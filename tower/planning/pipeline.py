@@ -17,6 +17,9 @@ Models. :func:`build_models` fits the models to the metrics history:
 * VRAM: :meth:`VramModel.calibrated` with its own rule, ``VRAM_MIN_BATCHES`` measured
   peaks of a family with some spread in size. It fits a line, and an estimate too low
   is an out-of-memory batch.
+* Batch caps: :func:`tower.planning.caps.batch_caps`, per (server, preset), from the
+  batches that ran out of memory: the next plan uses the size the run halved to on that
+  server, whatever the family-wide VRAM model says.
 * Time: :meth:`TimeModel.calibrated` as soon as a family has ``TIME_MIN_BATCHES``
   measured batch(es). Its step cost is a ratio of sums, an average that a few batches
   already give, and a wrong time costs balance or a preview's preset, never a failed
@@ -44,6 +47,7 @@ from typing import Literal
 
 import polars as pl
 
+from tower.planning.caps import BatchCap, CapKey, batch_caps, cap_sizes
 from tower.planning.planner import (
     Plan,
     PlanningError,
@@ -77,13 +81,15 @@ __all__ = [
 
 @dataclass(frozen=True)
 class PlanningModels:
-    """The VRAM and time models a run was planned with."""
+    """The VRAM and time models a run was planned with, and its batch-size caps."""
 
     vram: VramModel = field(default_factory=VramModel)
     time: TimeModel = field(default_factory=TimeModel)
+    caps: Mapping[CapKey, BatchCap] = field(default_factory=dict)
 
     def describe(self) -> list[str]:
-        """One line per calibrated family, or what stayed at the defaults, for people."""
+        """One line per calibrated family, or what stayed at the defaults, and one per
+        batch-size cap, for people."""
         lines = [f"VRAM model for {family} calibrated from {fit.points} measured batches"
                  for family, fit in sorted(self.vram.fits.items())]
         if not self.vram.fits:
@@ -93,6 +99,7 @@ class PlanningModels:
                   for family, points in sorted(self.time.fits.items())]
         if not self.time.fits:
             lines.append("default time model (no measured batches)")
+        lines += [cap.describe() for _, cap in sorted(self.caps.items())]
         return lines
 
 
@@ -107,7 +114,8 @@ def recent_metrics(root: DataRoot, today: date, days: int = HISTORY_DAYS) -> pl.
 
 def build_models(metrics: pl.LazyFrame | pl.DataFrame | None,
                  presets: Mapping[str, Preset]) -> PlanningModels:
-    """The VRAM and time models fitted to ``metrics`` (the defaults for None).
+    """The VRAM and time models fitted to ``metrics``, and the batch-size caps its
+    out-of-memory batches set (the defaults, no caps, for None).
 
     Step counts come from ``presets``: the metrics rows name their preset, not its steps.
     """
@@ -116,7 +124,7 @@ def build_models(metrics: pl.LazyFrame | pl.DataFrame | None,
     vram = VramModel.calibrated(metrics, min_points=VRAM_MIN_BATCHES)
     steps = {name: preset.steps for name, preset in presets.items()}
     time = TimeModel().calibrated(metrics, steps, vram=vram, min_points=TIME_MIN_BATCHES)
-    return PlanningModels(vram, time)
+    return PlanningModels(vram, time, batch_caps(metrics))
 
 
 @dataclass(frozen=True)
@@ -201,7 +209,8 @@ def plan_run(shot_list: str | Path | ShotList, *, presets: Mapping[str, Preset],
     if reuse == "similar" and not forced:
         to_render, reused = reuse_similar(to_render, index.similar(to_render))
     fresh = force_token(run_id or "") if forced else None
-    plan = plan_batches(to_render, servers, presets, models.vram, models.time, fresh=fresh)
+    plan = plan_batches(to_render, servers, presets, models.vram, models.time, fresh=fresh,
+                        caps=cap_sizes(models.caps))
     return RunPlan(listed, source, takes, dedup, reused, to_render, plan, models,
                    warnings + aspect_warnings(takes) + _over_budget(plan, servers), choice)
 

@@ -113,14 +113,17 @@ class _Models:
 
 def plan_batches(takes: Sequence[ResolvedTake], servers: Sequence[ServerSpec],
                  presets: Mapping[str, Preset], vram: VramModel | None = None,
-                 time_model: TimeModel | None = None, fresh: str | None = None) -> Plan:
+                 time_model: TimeModel | None = None, fresh: str | None = None,
+                 caps: Mapping[tuple[str, str], int] | None = None) -> Plan:
     """Plan ``takes`` (dedup's ``to_render``, decode decided) onto ``servers``.
 
     Every distinct take is planned exactly once; identical duplicates are planned once,
     on a server that has all its model files. ``fresh`` (a forced run's token) goes on
     every batch; it changes no placement. A chunk that fits no server under ``vram`` is
     planned one take per batch on the servers with its models and the largest budget,
-    its estimate above that budget (the pipeline warns).
+    its estimate above that budget (the pipeline warns). ``caps`` limits the batch size
+    of a preset on a server, ``(server, preset) -> size``, below what ``vram`` allows
+    (learned from out-of-memory batches: :mod:`tower.planning.caps`).
 
     Raises:
         PlanningError: no servers, duplicate server names, an unknown preset, or takes
@@ -130,7 +133,7 @@ def plan_batches(takes: Sequence[ResolvedTake], servers: Sequence[ServerSpec],
     models = _Models(vram or VramModel(), time_model or TimeModel())
     chunks = _chunks(takes, presets)
     notes = _check_models([t for c in chunks for t in c.takes], servers)
-    chunks = [_fit_chunk(c, servers, models) for c in chunks]
+    chunks = [_fit_chunk(c, servers, models, caps or {}) for c in chunks]
     order = _chunk_order(chunks)
     placed = _place(order, servers, models)
     plan = _build_plan(placed, servers, models, notes)
@@ -246,16 +249,21 @@ def _largest_fit(needs: Sequence[float], budget: float) -> int:
     return next((n for n, mb in enumerate(needs) if mb > budget), len(needs))
 
 
-def _fit_chunk(chunk: _Chunk, servers: Sequence[ServerSpec], models: _Models) -> _Chunk:
+def _fit_chunk(chunk: _Chunk, servers: Sequence[ServerSpec], models: _Models,
+               caps: Mapping[tuple[str, str], int]) -> _Chunk:
     """Batch sizes and costs per server; the largest budgets take what fits nowhere.
 
     The estimates depend on the chunk alone, so each size is estimated and timed once
-    per chunk, not once per server.
+    per chunk, not once per server. A server's cap for the chunk's preset lowers its
+    size further (never below one take).
     """
     able = _able(chunk.first, servers)
     largest = max(s.vram_budget_mb for s in able)
     needs = _estimates(chunk.first, min(chunk.max_batch, len(chunk.takes)), largest, models)
-    fits = {s.name: _largest_fit(needs, s.vram_budget_mb) for s in able}
+    preset = chunk.first.preset
+    fits = {s.name: min(_largest_fit(needs, s.vram_budget_mb),
+                        max(1, caps.get((s.name, preset), chunk.max_batch)))
+            for s in able}
     if not any(fits.values()):
         fits = {s.name: int(s.vram_budget_mb == largest) for s in able}
     seconds: dict[int, float] = {}
