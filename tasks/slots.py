@@ -17,26 +17,56 @@ its own (:attr:`blocks.comfyui_server.ComfyUIServer.preview_limit_name`) and nev
 behind a nightly run.
 
 Slots are leases: the bank renews them while it holds them, and a lease whose flow
-process died runs out after :data:`LEASE_S`, so a killed run frees its slots by itself.
+process died runs out after :data:`LEASE_S` (the Prefect server's repossessor then frees
+it within its loop, 15 s by default; an ephemeral Prefect API runs no repossessor). Prefect
+refuses leases shorter than 60 s, and a lease only has to outlast a Prefect API hiccup
+(it is renewed while the process lives, whatever the batch length), so 120 s it is.
+
+A killed run's slots come back much sooner when another run needs them: each bank
+publishes its leases in a Prefect variable of its own (its *register*,
+``tower-slots-<hex>``: lease ids and limits, the flow run, host, boot id, PID namespace,
+PID and the PID's start time). A batch that finds its server's limit full reads the
+registers (at once, then every :data:`RECLAIM_EVERY_S`) and gives back the leases of a
+holder that is provably gone:
+
+- its flow run is in a final state (Completed, Failed, Cancelled, Crashed) or deleted:
+  sound from any machine;
+- or it ran on this very machine (same host name, boot id and PID namespace) and its
+  PID is gone or now belongs to a younger process: sound because all three match.
+
+A holder on another machine whose flow run still says Running (a SIGKILLed process
+never reports) cannot be proven dead from here; its slots free when its leases run out
+(:data:`LEASE_S` plus the repossessor's loop, about 135 s). Marking that flow run Crashed
+in the UI frees them at the next reclaim round. A lease given back this way that was in
+fact still used is answered 410 at its holder's next renewal, which then drops it
+(:meth:`SlotBank._forget`), so a mistake costs one batch over the limit, never a
+deadlock. Registers are rewritten at every renewal; one not rewritten for
+:data:`STALE_REGISTER_S` belongs to a holder whose leases have run out and is deleted.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import os
+import socket
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 from types import TracebackType
-from uuid import UUID
+from typing import Any
+from uuid import UUID, uuid4
 
 import httpx
 from prefect import get_client
 from prefect.client.orchestration import SyncPrefectClient
+from prefect.client.schemas.actions import VariableCreate, VariableUpdate
 from prefect.client.schemas.objects import ConcurrencyLeaseHolder
-from prefect.exceptions import PrefectHTTPStatusError
+from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
 LEASE_S = 120.0
 RENEW_EVERY_S = LEASE_S / 4
@@ -47,6 +77,61 @@ GONE = 410
 UNAVAILABLE = 503
 QUICK_RETRY_S = (0.05, 0.1, 0.2, 0.4, 0.8)
 INCREMENT = "/v2/concurrency_limits/increment-with-lease"
+REGISTER_PREFIX = "tower-slots-"
+RECLAIM_EVERY_S = 15.0
+STALE_REGISTER_S = 3 * LEASE_S
+MAX_REGISTERS = 200
+PROC = Path("/proc")
+
+
+@dataclass(frozen=True)
+class Process:
+    """Who holds a bank's leases, precisely enough to tell from the same machine whether
+    that process is still alive (a PID alone could have been reused)."""
+
+    host: str
+    boot_id: str
+    pid_ns: str
+    pid: int
+    started: str  # the PID's start time, clock ticks after boot (/proc/<pid>/stat)
+
+    @classmethod
+    def this(cls) -> Process | None:
+        """This process; None where /proc cannot tell (no liveness checks then)."""
+        try:
+            return cls(host=socket.gethostname(),
+                       boot_id=(PROC / "sys/kernel/random/boot_id").read_text().strip(),
+                       pid_ns=os.readlink(PROC / "self/ns/pid"), pid=os.getpid(),
+                       started=_start_time(os.getpid()) or "")
+        except OSError:
+            return None
+
+    @classmethod
+    def from_register(cls, value: Mapping[str, Any]) -> Process | None:
+        try:
+            return cls(host=str(value["host"]), boot_id=str(value["boot_id"]),
+                       pid_ns=str(value["pid_ns"]), pid=int(value["pid"]),
+                       started=str(value["started"]))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def same_machine(self, other: Process) -> bool:
+        """Same host, same boot and same PID namespace: PIDs mean the same process."""
+        return (self.host, self.boot_id, self.pid_ns) == (other.host, other.boot_id,
+                                                          other.pid_ns)
+
+    def gone(self) -> bool:
+        """Whether this process (seen from the same machine) no longer runs."""
+        return _start_time(self.pid) != self.started
+
+
+def _start_time(pid: int) -> str | None:
+    """Field 22 of ``/proc/<pid>/stat``, or None when there is no such process."""
+    try:
+        stat = (PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # the name may hold spaces and ")"
 
 
 class SlotLimitMissing(RuntimeError):
@@ -70,7 +155,8 @@ class SlotBank:
         on_free: called with a batch id each time that batch's slot is free again (its
             prompt finished or failed); the dispatch loop queues the next batch then.
         log: where "waiting for a slot" lines go (the flow run's logger).
-        renew_every_s: how often held leases are renewed (each lasts :data:`LEASE_S`).
+        renew_every_s: how often held leases are renewed (each lasts :data:`LEASE_S`)
+            and the bank's register rewritten.
     """
 
     def __init__(self, flow_run_id: str | None = None, *,
@@ -95,6 +181,13 @@ class SlotBank:
         self._renewer: threading.Thread | None = None
         self._releaser = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="slot-release")
+        self._flow_run_id = flow_run_id
+        self._process = Process.this()
+        self._register = f"{REGISTER_PREFIX}{uuid4().hex}"
+        self._registered = False
+        self._register_due = threading.Event()
+        self._reclaiming = threading.Lock()
+        self._reclaimed_at = float("-inf")
 
     def __enter__(self) -> SlotBank:
         self._client = get_client(sync_client=True)
@@ -120,6 +213,7 @@ class SlotBank:
         self._stop.set()
         if self._renewer is not None:
             self._renewer.join(timeout=5)
+        self._unregister()
         if self._client is not None:
             self._client.__exit__(None, None, None)
             self._client = None
@@ -213,11 +307,14 @@ class SlotBank:
                 lease = Lease(UUID(granted["lease_id"]), limit)
                 with self._lock:
                     self._held[lease.id] = lease
+                self._publish_soon()
                 return lease, False
             retry_after = float(response.headers.get("Retry-After", 1.0))
             if logged_at is None or time.monotonic() - logged_at > WAIT_LOG_EVERY_S:
                 logged_at = time.monotonic()
                 self._log(self._waiting_line(client, limit))
+            if self._reclaim(limit):
+                continue
             with self._lock:
                 self._lock.wait_for(lambda: bool(self._idle[limit]),
                                     timeout=min(retry_after, MAX_RETRY_AFTER_S))
@@ -279,6 +376,145 @@ class SlotBank:
         except Exception as err:  # an unreleased lease still expires after LEASE_S
             self._log(f"could not give back a slot of {lease.limit} ({err}); it frees "
                       f"itself within {LEASE_S:.0f} s")
+        self._publish_soon()
+
+    # The register: this bank's leases, where a later run can find them.
+
+    def _register_value(self) -> dict[str, Any]:
+        with self._lock:
+            leases = {str(lease.id): lease.limit for lease in self._held.values()}
+        process = asdict(self._process) if self._process is not None else {}
+        return {"flow_run": self._flow_run_id, **process, "leases": leases}
+
+    def _publish_soon(self) -> None:
+        """Rewrite the register in the background (off the batch's path); requests made
+        while one is pending are served by it."""
+        if self._register_due.is_set():
+            return
+        self._register_due.set()
+        try:
+            self._releaser.submit(self._publish)
+        except RuntimeError:  # closing: the register is deleted anyway
+            self._register_due.clear()
+
+    def _publish(self) -> None:
+        self._register_due.clear()
+        client = self._client
+        if client is None:
+            return
+        value = self._register_value()
+        if not value["leases"] and not self._registered:
+            return
+        try:
+            with self._api:
+                if self._registered:
+                    client.update_variable(VariableUpdate(name=self._register, value=value))
+                else:
+                    client.create_variable(VariableCreate(name=self._register, value=value))
+                    self._registered = True
+        except Exception as err:  # the leases still expire by themselves
+            self._log(f"could not record this run's slots in {self._register}: {err}")
+
+    def _unregister(self) -> None:
+        if not self._registered or self._client is None:
+            return
+        try:
+            with self._api:
+                self._client.delete_variable_by_name(self._register)
+        except ObjectNotFound:
+            pass
+        except Exception as err:  # a left-over register is deleted once stale
+            self._log(f"could not delete {self._register}: {err}")
+        self._registered = False
+
+    def _reclaim(self, limit: str) -> bool:
+        """Give back the slots of ``limit`` whose holders are provably gone (see the
+        module docstring), at most every :data:`RECLAIM_EVERY_S` and one batch at a time.
+
+        Returns whether any slot of ``limit`` was given back.
+        """
+        now = time.monotonic()
+        if now - self._reclaimed_at < RECLAIM_EVERY_S or not self._reclaiming.acquire(
+                blocking=False):
+            return False
+        try:
+            self._reclaimed_at = now
+            freed = 0
+            for name, value, updated in self._registers():
+                leases = value.get("leases") or {}
+                if not isinstance(leases, dict):
+                    continue
+                if updated is not None and (datetime.now(UTC) - updated).total_seconds() \
+                        > STALE_REGISTER_S:
+                    self._drop_register(name)  # its leases ran out long ago
+                    continue
+                if limit not in leases.values():
+                    continue
+                why = self._gone(value)
+                if why is None:
+                    continue
+                for lease_id in leases:
+                    self._release_theirs(lease_id)
+                self._drop_register(name)
+                mine = sum(1 for held in leases.values() if held == limit)
+                freed += mine
+                self._log(f"gave back {mine} slots of {limit} held by flow run "
+                          f"{value.get('flow_run') or 'unknown'}: {why}")
+            return freed > 0
+        except Exception as err:  # reclaiming is a shortcut; the leases still expire
+            self._log(f"could not check who holds the slots of {limit}: {err}")
+            return False
+        finally:
+            self._reclaiming.release()
+
+    def _registers(self) -> list[tuple[str, dict[str, Any], datetime | None]]:
+        """Every other bank's register: (name, value, last written)."""
+        client = self._require_client()
+        with self._api:
+            response = client.request("POST", "/variables/filter", json={
+                "variables": {"name": {"like_": REGISTER_PREFIX}}, "limit": MAX_REGISTERS})
+        found = []
+        for item in response.json():
+            name, value = item.get("name", ""), item.get("value")
+            if name == self._register or not name.startswith(REGISTER_PREFIX) \
+                    or not isinstance(value, dict):
+                continue
+            updated = item.get("updated")
+            found.append((name, value,
+                          datetime.fromisoformat(updated) if isinstance(updated, str) else None))
+        return found
+
+    def _gone(self, value: Mapping[str, Any]) -> str | None:
+        """Why the holder of a register is provably gone, or None if it may be alive."""
+        flow_run = value.get("flow_run")
+        if flow_run:
+            try:
+                with self._api:
+                    state = self._require_client().read_flow_run(UUID(str(flow_run))).state
+            except ObjectNotFound:
+                return "its flow run no longer exists"
+            if state is not None and state.is_final():
+                return f"its flow run is {state.name}"
+        theirs = Process.from_register(value)
+        if (theirs is not None and self._process is not None
+                and theirs.same_machine(self._process) and theirs.gone()):
+            return f"its process {theirs.pid} on {theirs.host} is gone"
+        return None
+
+    def _release_theirs(self, lease_id: str) -> None:
+        try:
+            with self._api:
+                self._require_client().release_concurrency_slots_with_lease(UUID(lease_id))
+        except PrefectHTTPStatusError as err:
+            if err.response.status_code not in (404, GONE):
+                raise
+
+    def _drop_register(self, name: str) -> None:
+        try:
+            with self._api:
+                self._require_client().delete_variable_by_name(name)
+        except ObjectNotFound:
+            pass
 
     def _renew_loop(self) -> None:
         while not self._stop.wait(self._renew_every_s):
@@ -286,6 +522,8 @@ class SlotBank:
                 leases = list(self._held.values())
             for lease in leases:
                 self._renew(lease)
+            if leases or self._registered:
+                self._publish_soon()  # also tells others the register is not stale
 
     def _renew(self, lease: Lease) -> None:
         try:
@@ -312,6 +550,7 @@ class SlotBank:
             for batch_id, reserved in list(self._reserved.items()):
                 if reserved == lease:
                     del self._reserved[batch_id]
+        self._publish_soon()
 
     def _require_client(self) -> SyncPrefectClient:
         if self._client is None:

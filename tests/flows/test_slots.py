@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from prefect import flow, get_client
+from prefect.client.schemas.actions import VariableCreate
+from prefect.settings import PREFECT_API_URL
 
 from blocks.comfyui_server import ComfyUIServer
 from tasks.render import render_batch
 from tasks.setup import ensure_concurrency_limits
-from tasks.slots import SlotBank, SlotLimitMissing
+from tasks.slots import RECLAIM_EVERY_S, REGISTER_PREFIX, SlotBank, SlotLimitMissing
 from tower.planning.planner import RenderBatch, batch_id_for
 from tower.runtime.execute import RenderContext
 from tower.shotlist.shots import Shot, ShotList
@@ -23,6 +29,8 @@ from tower.store.index import OutputIndex
 from tower.store.metrics import MetricsStore
 
 pytestmark = pytest.mark.usefixtures("prefect_backend")
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def make_limit(slots: int) -> str:
@@ -190,3 +198,88 @@ def test_a_batch_frees_its_slot_before_its_images_are_stored(tmp_path, sims):
     assert [o.status for o in outcomes] == ["ok"]
     assert ctx.index.scan().collect().height == 2 and len(outcomes[0].images) == 2
     assert active(server.limit_name) == 0
+
+
+HOLD_A_SLOT = """
+import sys, time
+from tasks.slots import SlotBank
+with SlotBank() as bank, bank.slot(sys.argv[1], "theirs"):
+    print("holding", flush=True)
+    time.sleep(600)
+"""
+
+
+def hold_in_child(limit: str) -> subprocess.Popen[str]:
+    """A process of its own holding one slot of ``limit`` until it is killed (no flow run:
+    only its process can tell whether it is alive)."""
+    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    child = subprocess.Popen([sys.executable, "-c", HOLD_A_SLOT, limit],
+                             stdout=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    assert child.stdout is not None and child.stdout.readline().strip() == "holding"
+    return child
+
+
+def registers(**match: object) -> list[dict]:
+    """The slot registers whose values hold ``match`` (e.g. ``pid=...``)."""
+    with get_client(sync_client=True) as client:
+        response = client.request("POST", "/variables/filter", json={
+            "variables": {"name": {"like_": REGISTER_PREFIX}}})
+    return [v["value"] for v in response.json()
+            if all(v["value"].get(key) == want for key, want in match.items())]
+
+
+def test_a_killed_holders_slot_is_given_back_to_the_next_waiter_at_once():
+    """A SIGKILLed run never releases its leases and Prefect keeps them 120 s or more;
+    a waiting run proves the holder dead (same machine, PID gone) and frees them."""
+    limit = make_limit(1)
+    child = hold_in_child(limit)
+    try:
+        wait_until(lambda: any(r["leases"] for r in registers(pid=child.pid)))
+        lines: list[str] = []
+        got = threading.Event()
+        with SlotBank(log=lines.append) as bank:
+            def waiter() -> None:
+                with bank.slot(limit, "mine"):
+                    got.set()
+            thread = threading.Thread(target=waiter, daemon=True)
+            thread.start()
+            assert not got.wait(3)          # the holder is alive: its slot stays its own
+            assert any("1 of 1 slots taken, 0 of them by this run" in x for x in lines)
+            killed_at = time.monotonic()
+            child.kill()
+            child.wait()
+            assert got.wait(RECLAIM_EVERY_S + 10)
+            freed_after = time.monotonic() - killed_at
+            thread.join(5)
+        assert freed_after < RECLAIM_EVERY_S + 10
+        assert any(f"gave back 1 slots of {limit} held by flow run unknown: its process "
+                   f"{child.pid} on " in x for x in lines), lines
+        assert registers(pid=child.pid) == []
+        assert active(limit) == 0
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_finished_flow_runs_slots_are_given_back_even_from_another_machine():
+    """A register whose flow run is final frees its leases whoever reads it, PIDs aside."""
+    limit = make_limit(1)
+
+    @flow
+    def crashed_elsewhere() -> str:
+        from prefect.runtime import flow_run
+        return str(flow_run.id)
+
+    flow_run_id = crashed_elsewhere()          # Completed now: a final state
+    with get_client(sync_client=True) as client:
+        granted = client.request("POST", "/v2/concurrency_limits/increment-with-lease",
+                                 json={"names": [limit], "slots": 1, "lease_duration": 600})
+        client.create_variable(VariableCreate(name=f"{REGISTER_PREFIX}{uuid.uuid4().hex}", value={
+            "flow_run": flow_run_id, "host": "render-07", "boot_id": "b", "pid_ns": "pid:[1]",
+            "pid": 1, "started": "1", "leases": {granted.json()["lease_id"]: limit}}))
+    lines: list[str] = []
+    with SlotBank(log=lines.append) as bank, bank.slot(limit, "mine") as handed:
+        assert handed is False
+    assert any(f"held by flow run {flow_run_id}: its flow run is Completed" in x
+               for x in lines), lines
+    assert registers(flow_run=flow_run_id) == []
