@@ -72,11 +72,14 @@ def read_text(path: str | Path) -> tuple[str, str]:
         raise _fail(source, f"file is larger than {MAX_BYTES // (1024 * 1024)} MiB; "
                             "split the episode into several shot lists")
     if b"\x00" in raw:
-        raise _fail(source, "binary file: expected UTF-8 text (YAML, CSV or JSON)")
+        raise _fail(source, "binary file: expected UTF-8 text (YAML, CSV or JSON)",
+                    raw.count(b"\n", 0, raw.index(b"\x00")) + 1)
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        raise _fail(source, f"not UTF-8 text (bad byte at offset {err.start})") from None
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise _fail(source, f"not UTF-8 text (bad byte {raw[err.start]:#04x} at offset "
+                            f"{err.start}); save the file as UTF-8", line) from None
     if not text.strip():
         raise _fail(source, "file is empty")
     return source, text
@@ -102,8 +105,14 @@ def format_of(path: str | Path) -> str:
                            "use .yaml, .yml, .csv or .json")
 
 
-def _yaml_error(source: str, err: yaml.YAMLError) -> InputError:
+def _yaml_error(source: str, err: yaml.YAMLError, text: str = "") -> InputError:
     """PyYAML's complaint, with its line, without its ``<unicode string>`` marks."""
+    if isinstance(err, yaml.reader.ReaderError):  # a character YAML does not allow
+        line = text.count("\n", 0, err.position) + 1 if text else None
+        what = f"#x{err.character:04x}" if isinstance(err.character, int) else \
+            repr(err.character)
+        return _fail(source, f"not valid YAML: character {what} is not allowed "
+                             f"({err.reason}); write it escaped in double quotes", line)
     if isinstance(err, yaml.MarkedYAMLError) and err.problem:
         mark = err.problem_mark or err.context_mark
         return _fail(source, f"not valid YAML: {err.problem}", mark.line + 1 if mark else None)
@@ -115,7 +124,7 @@ def _compose(source: str, text: str) -> yaml.Node | None:
     try:
         return loader.get_single_node()
     except yaml.YAMLError as err:
-        raise _yaml_error(source, err) from None
+        raise _yaml_error(source, err, text) from None
     except RecursionError:
         raise _fail(source, "nesting too deep") from None
     finally:

@@ -10,6 +10,7 @@ field and what is wrong, and reads every input image before anything is queued.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,23 @@ def _check_size(value: int | None) -> int | None:
     return value
 
 
+# C0 and C1 control characters but tab and line breaks; YAML refuses them unescaped too.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def _check_text(value: str | None) -> str | None:
+    """Refuse invisible control characters in prompts and notes.
+
+    They come from copy-paste, change the render key without a visible difference and
+    would reach terminals and logs as escape sequences.
+    """
+    found = _CONTROL.search(value) if isinstance(value, str) else None
+    if found:
+        raise ValueError(f"must not contain control characters (got {found.group()!r} "
+                         f"at character {found.start() + 1})")
+    return value
+
+
 def _check_takes(value: int | None) -> int | None:
     if value is not None and not 1 <= value <= MAX_TAKES:
         raise ValueError(f"must be between 1 and {MAX_TAKES} (got {value})")
@@ -68,6 +86,7 @@ class ShotDefaults(BaseModel):
 
     _size = field_validator("width", "height")(_check_size)
     _takes = field_validator("takes")(_check_takes)
+    _text = field_validator("negative", "style_prefix", "style_suffix")(_check_text)
 
 
 class Shot(BaseModel):
@@ -93,6 +112,7 @@ class Shot(BaseModel):
     _id = field_validator("id")(check_name)
     _size = field_validator("width", "height")(_check_size)
     _takes = field_validator("takes")(_check_takes)
+    _text = field_validator("prompt", "negative", "notes")(_check_text)
 
     @field_validator("prompt")
     @classmethod
