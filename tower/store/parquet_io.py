@@ -330,10 +330,8 @@ def _check_footer(filesystem: pafs.FileSystem, info: pafs.FileInfo,
         with filesystem.open_input_file(info.path) as handle:
             meta = pq.read_metadata(handle)
             found = meta.schema.to_arrow_schema()
-    except FileNotFoundError:
-        raise
     except (OSError, pa.ArrowException) as err:
-        if is_not_found(err):
+        if filesystem.get_file_info(info.path).type == pafs.FileType.NotFound:
             raise FileNotFoundError(info.path) from err
         return PartCheck(f"not a readable Parquet file (truncated or damaged): {err}")
     reason = schema_mismatch(found, schema)
@@ -349,10 +347,13 @@ def _check_footer(filesystem: pafs.FileSystem, info: pafs.FileInfo,
 
 
 def is_not_found(err: BaseException) -> bool:
-    """Whether ``err`` says a file does not exist (pyarrow words it in the message)."""
+    """Whether ``err`` says a file does not exist (pyarrow and polars word it in the
+    message; "magic bytes not found" is a damaged file, not a missing one)."""
     if isinstance(err, FileNotFoundError):
         return True
     text = str(err).lower()
+    if "magic bytes" in text:
+        return False
     return "no such file" in text or "not found" in text or "does not exist" in text
 
 
