@@ -8,7 +8,7 @@ publishes the plan table.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import date
+from datetime import date, timedelta
 from logging import Logger, LoggerAdapter
 from pathlib import Path
 
@@ -17,11 +17,20 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from tower.planning.batches import Plan, ServerSpec
-from tower.planning.pipeline import PresetBudget, Reuse, RunPlan, plan_run, recent_metrics
+from tower.planning.pipeline import (
+    HISTORY_DAYS,
+    PresetBudget,
+    Reuse,
+    RunPlan,
+    plan_run,
+    recent_metrics,
+)
 from tower.runtime.runs import RunArtifacts, RunKind
 from tower.shotlist.presets import Preset
 from tower.shotlist.shots import ShotList
 from tower.store.files import DataRoot
+from tower.store.index import OutputIndex
+from tower.store.metrics import MetricsStore
 
 
 @task(name="plan-run", cache_policy=NO_CACHE)
@@ -48,9 +57,24 @@ def plan_run_task(shot_list: str | Path | ShotList, presets: Mapping[str, Preset
     run = plan_run(shot_list, presets=presets, servers=servers, data_root=root,
                    metrics=recent_metrics(root, today), preset=preset, shots=shots,
                    force=force, reuse=reuse, run_id=run_id, budget=budget)
-    log_run_plan(get_run_logger(), run)
+    logger = get_run_logger()
+    log_unreadable_parts(logger, root, today - timedelta(days=HISTORY_DAYS))
+    log_run_plan(logger, run)
     publish_plan(run.plan, RunArtifacts(kind, run.episode).plan)
     return run
+
+
+def log_unreadable_parts(logger: Logger | LoggerAdapter, root: DataRoot, since: date) -> None:
+    """A warning naming each index or metrics part planning read around.
+
+    The stores skip a damaged part rather than fail the night; its rows are simply not
+    there (its takes render again, its batches do not calibrate the models). The
+    warning says so and names the file, so it is repaired, not silently lost.
+    """
+    parts = OutputIndex(root.index).unreadable() + MetricsStore(root.metrics).unreadable(since)
+    for bad in parts:
+        logger.warning("skipped unreadable part %s; its rows were not read"
+                       " (tower index check / tower index repair)", bad)
 
 
 def log_run_plan(logger: Logger | LoggerAdapter, run: RunPlan) -> None:

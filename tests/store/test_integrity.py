@@ -4,6 +4,7 @@ of damage with its path, repair fixes what it can and a second check is clean.""
 from __future__ import annotations
 
 import hashlib
+import logging
 import multiprocessing as mp
 import os
 from dataclasses import replace
@@ -133,7 +134,7 @@ def test_check_lists_every_damage_with_its_path(tmp_path: Path) -> None:
     zero = str((root.index / "part-zero.parquet").absolute())
     assert by_path[zero].detail == "empty file (0 bytes)"
     wrong_schema = next(p for p in report.problems if "wrong-schema" in p.path)
-    assert "required column 'batch_id' is missing" in wrong_schema.detail
+    assert "required columns 'batch_id', 'server'," in wrong_schema.detail
     assert "column 'run_id' is Int64, expected String" in wrong_schema.detail
     assert all(line.startswith(p.kind) and p.path in line
                for line, p in zip(report.lines(), report.problems, strict=False))
@@ -214,6 +215,32 @@ def test_a_part_with_damaged_data_is_found_by_a_query_and_read_around(tmp_path: 
     assert index.query(lambda frame: frame.collect()).height == 1
     [found] = index.unreadable()
     assert found.path == bad and "data cannot be read" in found.reason
+
+
+class Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_planning_logs_a_warning_naming_each_skipped_part(tmp_path: Path) -> None:
+    from tasks.planning import log_unreadable_parts
+
+    root, expected = damaged_root(tmp_path)
+    logger = logging.getLogger("test-planning")
+    collect = Collect()
+    logger.addHandler(collect)
+    try:
+        log_unreadable_parts(logger, root, since=OLD.date() - timedelta(days=1))
+    finally:
+        logger.removeHandler(collect)
+    named = {path for path, kind in expected.items() if kind == "unreadable_part"
+             and "/runs/" not in path}
+    assert len(collect.messages) == len(named) == 3
+    assert all(any(path in m for m in collect.messages) for path in named)
 
 
 def _append_loop(index_root: str, image: str, count: int) -> None:

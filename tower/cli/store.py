@@ -1,11 +1,12 @@
-"""``tower plan``, ``tower index compact|stats`` and ``tower metrics compact``.
+"""``tower plan``, ``tower index compact|stats|check|repair`` and ``tower metrics compact``.
 
 The planner, the output index and the metrics store by hand.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+import json
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -17,6 +18,8 @@ from tower.planning.vram import GPU_PROFILES
 from tower.settings import DATA_ROOT_ENV, data_root_path
 from tower.shotlist.errors import InputError
 from tower.shotlist.presets import load_presets
+from tower.shotlist.shots import load_shot_list
+from tower.store import integrity
 from tower.store.compaction import CompactResult
 from tower.store.files import DEFAULT_DATA_ROOT, DataRoot
 from tower.store.index import OutputIndex
@@ -94,6 +97,8 @@ def plan_command(
         return
     for warning in run.warnings:
         typer.echo(f"warning: {warning}", err=True)
+    for bad in unreadable_parts(root):
+        typer.echo(f"warning: skipped unreadable part {bad}", err=True)
     for line in run.models.describe():
         typer.echo(line)
     result = run.dedup
@@ -156,6 +161,8 @@ def stats_command(data_root: DataRootOption = None) -> None:
     except StoreError as err:
         _fail(str(err))
         return
+    for bad in OutputIndex(root.index).unreadable():
+        typer.echo(f"warning: skipped unreadable part {bad}", err=True)
     typer.echo(f"{stats.rows} rows in {stats.parts} parts, {stats.unique_keys} unique images,"
                f" {stats.total_bytes / 1e6:.1f} MB")
     typer.echo(f"re-rendered: {stats.rerendered}, served from the index: "
@@ -165,3 +172,91 @@ def stats_command(data_root: DataRootOption = None) -> None:
                    f" {stats.bytes_by_episode[episode] / 1e6:.1f} MB")
     for name, rows in stats.by_preset.items():
         typer.echo(f"  preset {name}: {rows} takes")
+
+
+def unreadable_parts(root: DataRoot) -> list[str]:
+    """The index and metrics parts reads skipped, as ``path: reason`` lines."""
+    return [str(bad) for bad in OutputIndex(root.index).unreadable()
+            + MetricsStore(root.metrics).unreadable()]
+
+
+DEFAULT_GRACE_S = integrity.DEFAULT_GRACE.total_seconds()
+JsonOption = Annotated[bool, typer.Option("--json", help="print the report as JSON")]
+QuickOption = Annotated[bool, typer.Option(
+    "--quick", help="compare image sizes only, not their sha256 (no image is read)")]
+GraceOption = Annotated[float, typer.Option(
+    "--grace", min=0, help="seconds: files modified more recently are not judged (a running"
+    " batch writes its images before its index rows)")]
+
+
+@index_app.command("check")
+def check_command(data_root: DataRootOption = None, as_json: JsonOption = False,
+                  quick: QuickOption = False,
+                  grace: GraceOption = DEFAULT_GRACE_S) -> None:
+    """Compare the index with the render folder and the stores' part files.
+
+    One line per problem, naming its file: unreadable parts (index, metrics, run log),
+    the newest row of a key whose image is missing or has another size or sha256,
+    identical rows stored twice, take images no row points at. Exit code 1 when a
+    problem is found. Safe while a flow runs.
+    """
+    root = DataRoot(data_root_path(data_root))
+    try:
+        report = integrity.check(root, grace=timedelta(seconds=grace), hash_files=not quick)
+    except StoreError as err:
+        _fail(str(err))
+        return
+    if as_json:
+        typer.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        for line in report.lines():
+            typer.echo(line)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@index_app.command("repair")
+def repair_command(
+    data_root: DataRootOption = None,
+    shot_lists: Annotated[Optional[list[Path]], typer.Option(  # noqa: UP045
+        "--shot-list", help="shot list whose takes orphan images are matched against"
+        " (repeatable): a file name holds only 12 of the render key's 64 digits")] = None,
+    presets: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        "--presets", help="YAML presets file the shot lists were rendered with")] = None,
+    as_json: JsonOption = False, quick: QuickOption = False,
+    grace: GraceOption = DEFAULT_GRACE_S,
+) -> None:
+    """Fix what ``tower index check`` finds, saying what was done.
+
+    Unreadable parts move to ``_quarantine/`` in their store; rows whose image is gone
+    or different are dropped (the next run renders them again) and such images moved to
+    ``renders/_quarantine/``; duplicate rows are kept once; orphan images are indexed
+    when a take of a ``--shot-list`` has exactly their path. Nothing is deleted. Exit
+    code 1 when problems remain. Safe while a flow runs.
+    """
+    root = DataRoot(data_root_path(data_root))
+    wait = timedelta(seconds=grace)
+    try:
+        known = load_presets(presets)
+        lists = [load_shot_list(path, known) for path in shot_lists or []]
+        takes = integrity.candidate_takes(lists, known)
+        report = integrity.check(root, grace=wait, hash_files=not quick)
+        result = integrity.repair(root, report, takes=takes, grace=wait)
+        after = integrity.check(root, grace=wait, hash_files=not quick)
+    except InputError as err:
+        _fail("\n".join(str(p) for p in err.problems))
+        return
+    except StoreError as err:
+        _fail(str(err))
+        return
+    if as_json:
+        typer.echo(json.dumps({**result.to_json(), "after": after.to_json()}, indent=2))
+    else:
+        for line in result.actions:
+            typer.echo(line)
+        for line in result.unrepaired:
+            typer.echo(f"not repaired: {line}")
+        for line in after.lines():
+            typer.echo(f"after repair: {line}")
+    if not after.ok:
+        raise typer.Exit(1)

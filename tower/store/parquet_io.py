@@ -373,14 +373,17 @@ def schema_mismatch(found: pa.Schema, expected: pa.Schema) -> str | None:
         have = polars_schema(found)
     except (pl.exceptions.PolarsError, pa.ArrowException, ValueError, TypeError) as err:
         return f"schema polars cannot read: {err}"
-    problems = []
+    problems, missing = [], []
     for field in expected:
         if field.name not in have:
             if not field.nullable:
-                problems.append(f"required column {field.name!r} is missing")
+                missing.append(field.name)
         elif have[field.name] != want[field.name]:
             problems.append(f"column {field.name!r} is {have[field.name]},"
                             f" expected {want[field.name]}")
+    if missing:
+        problems.append("required column" + ("s " if len(missing) > 1 else " ")
+                        + ", ".join(repr(name) for name in missing) + " missing")
     return "wrong schema: " + "; ".join(problems) if problems else None
 
 
