@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit
 
 from prefect.blocks.core import Block
@@ -10,9 +11,11 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from tower.comfyui import ComfyUIClient, limit_name, preview_limit_name, server_identity
 from tower.planning.vram import GPU_PROFILES
 from tower.runtime.pool import DEFAULT_QUEUE_DEPTH
+from tower.shotlist.errors import Whole
 from tower.shotlist.names import check_name
 
 DEFAULT_VRAM_PROFILE = "12gb"
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token
 
 
 class ComfyUIServer(Block):
@@ -34,16 +37,20 @@ class ComfyUIServer(Block):
                              description="Header that carries the token.")
     token: SecretStr | None = Field(default=None, description="API token, if any.")
     verify_tls: bool = Field(default=True, description="Check TLS certificates.")
-    timeout_s: float = Field(default=30.0, gt=0, description="Seconds per HTTP request.")
-    connect_timeout_s: float = Field(default=5.0, gt=0, description="Seconds to connect.")
-    render_timeout_s: float | None = Field(default=None, gt=0,
+    # Infinite seconds or budgets are typos that would make a wait or a plan endless.
+    timeout_s: float = Field(default=30.0, gt=0, allow_inf_nan=False,
+                             description="Seconds per HTTP request.")
+    connect_timeout_s: float = Field(default=5.0, gt=0, allow_inf_nan=False,
+                                     description="Seconds to connect.")
+    render_timeout_s: float | None = Field(default=None, gt=0, allow_inf_nan=False,
                                            description="Give up on one batch after this.")
     gpu_profile: str | None = Field(default=None,
                                     description=f"One of {', '.join(GPU_PROFILES)}.")
-    vram_budget_mb: float | None = Field(default=None, gt=0,
+    vram_budget_mb: float | None = Field(default=None, gt=0, allow_inf_nan=False,
                                          description="VRAM the planner may fill (MB).")
-    max_queue_depth: int = Field(default=DEFAULT_QUEUE_DEPTH, ge=1, le=16)
-    speed: float = Field(default=1.0, gt=0, description="Relative speed for the planner.")
+    max_queue_depth: Whole = Field(default=DEFAULT_QUEUE_DEPTH, ge=1, le=16)
+    speed: float = Field(default=1.0, gt=0, allow_inf_nan=False,
+                         description="Relative speed for the planner.")
 
     _name = field_validator("name")(check_name)
 
@@ -51,9 +58,22 @@ class ComfyUIServer(Block):
     @classmethod
     def _url_is_http(cls, value: str) -> str:
         parts = urlsplit(value)
+        try:
+            parts.port  # noqa: B018 - raises for a port that is no number or out of range
+        except ValueError:
+            raise ValueError(f"port must be a number up to 65535 (got {value!r})") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"must be an http(s)://host:port URL (got {value!r})")
         return value.rstrip("/")
+
+    @field_validator("auth_header")
+    @classmethod
+    def _header_name(cls, value: str) -> str:
+        """A header name with a space or line break would corrupt every request."""
+        if not _HEADER_NAME.fullmatch(value):
+            raise ValueError(f"must be an HTTP header name such as Authorization "
+                             f"(got {value!r})")
+        return value
 
     @field_validator("gpu_profile")
     @classmethod

@@ -28,6 +28,14 @@ class RenderStore(Block):
                     "https://renders.studio.lan/tower/: run summaries link contact sheets "
                     "and images under it (else they name them relative to the data root).")
 
+    @field_validator("data_root")
+    @classmethod
+    def _root_is_a_folder(cls, value: str) -> str:
+        """An empty root would scatter renders and metrics over the worker's directory."""
+        if not value.strip():
+            raise ValueError("must name a folder (got an empty string)")
+        return value
+
     @field_validator("base_url")
     @classmethod
     def _url_is_http(cls, value: str | None) -> str | None:

@@ -8,6 +8,7 @@ and 64 (got 100)``, so the production team can fix a whole list in one pass.
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, get_args
@@ -56,7 +57,23 @@ def reject_bool(value: Any) -> Any:
 
 
 Whole = Annotated[int, BeforeValidator(reject_bool)]
-Number = Annotated[float, BeforeValidator(reject_bool)]
+def reject_non_finite(value: Any) -> Any:
+    """Refuse booleans (see :func:`reject_bool`), NaN and infinities where a number belongs.
+
+    YAML reads ``.nan`` and ``.inf`` and a CSV cell ``nan`` parses as a float; NaN passes
+    no range check and infinity breaks the arithmetic downstream: neither is a setting.
+    """
+    reject_bool(value)
+    try:
+        number = float(value) if isinstance(value, str | float) else None
+    except ValueError:
+        return value  # not a number at all: pydantic says so
+    if number is not None and not math.isfinite(number):
+        raise ValueError(f"must be a finite number (got {value!r})")
+    return value
+
+
+Number = Annotated[float, BeforeValidator(reject_non_finite)]
 
 
 def suggest(name: Any, known: Iterable[Any]) -> str:
