@@ -67,7 +67,10 @@ def render_episode(shot_list: str, shots: list[str] | None = None, preset: str |
         data_root / render_store: a folder, or a saved RenderStore block; default
             ``TOWER_DATA_ROOT``, else ``data``.
         retries, retry_backoff_s: Prefect retries of a batch after a transient failure.
-        max_server_failures: consecutive failed batches that take a server out.
+            A batch gets at most ``servers x (1 + retries)`` attempts in all, never two
+            rounds on one server (:func:`tower.runtime.failures.max_attempts`).
+        max_server_failures: consecutive failed batches that take a server out; with
+            none left in rotation the run fails, quoting each server's last error.
 
     Returns:
         The run summary; a Failed state carrying it when any batch finally failed.
