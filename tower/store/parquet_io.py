@@ -29,6 +29,7 @@ import json
 import os
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, is_dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -266,6 +267,7 @@ def paths(files: Iterable[pafs.FileInfo]) -> list[str]:
 REPLACES_KEY = "tower.replaces"
 # Verdicts kept per process; past this many the cache starts again (a bound, not a tuning).
 CHECK_CACHE_LIMIT = 200_000
+CHECK_THREADS = 8
 
 
 @dataclass(frozen=True)
@@ -366,6 +368,8 @@ def schema_mismatch(found: pa.Schema, expected: pa.Schema) -> str | None:
     Compares polars types, which is what the scan insists on; extra columns are ignored
     and missing nullable ones read as null, as :func:`scan_files` does.
     """
+    if found.equals(expected):
+        return None  # the usual case, and much cheaper than converting to polars types
     want = _polars_types.get(expected)
     if want is None:
         want = _polars_types.setdefault(expected, polars_schema(expected))
@@ -394,6 +398,12 @@ def check_parts(filesystem: pafs.FileSystem, infos: Sequence[pafs.FileInfo], sch
     Raises:
         FileNotFoundError: a part vanished since it was listed (list again).
     """
+    todo = [info for info in infos if _cache_key(info, schema) not in _checked]
+    if len(todo) > 1:
+        # Footers not seen yet (a fresh process): read them side by side; pyarrow
+        # releases the GIL while reading, so this costs about one footer per thread.
+        with ThreadPoolExecutor(min(CHECK_THREADS, len(todo))) as pool:
+            list(pool.map(lambda info: check_part(filesystem, info, schema), todo))
     good, bad = [], []
     for info in infos:
         verdict = check_part(filesystem, info, schema)
