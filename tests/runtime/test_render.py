@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
+from conftest import SIM_TIME_SCALE
 from PIL import Image
 
 from tower.comfyui import (
@@ -28,6 +29,7 @@ from tower.runtime.execute import (
 )
 from tower.runtime.gpu import GpuReading, GpuSampler
 from tower.shotlist.shots import Shot, ShotList
+from tower.simulator import SimulatorConfig, start_simulator
 from tower.spec.outputs import take_output_path
 from tower.spec.takes import resolve_takes
 from tower.store.files import DataRoot
@@ -153,6 +155,39 @@ def test_oom_splits_the_batch_until_it_fits(simulator, client, ctx):
         {"ComfyUIOutOfMemory"}
     assert index_rows(ctx)["render_key"].to_list() == [t.key for t in takes]
     assert rendered_files(ctx) == sorted(take_output_path(t) for t in takes)
+
+
+def test_a_retry_renders_only_the_takes_no_earlier_attempt_stored(simulator, client, ctx,
+                                                                   tmp_path):
+    """After an OOM split the first half is stored and storing the second fails (its
+    path is taken by a folder). The batch moves to another server, which renders the
+    second take only: the stored take keeps its one row and its file."""
+    simulator.faults.oom_above_batch = 1
+    takes = takes_of(2)
+    batch = batch_of(takes)
+    blocker = ctx.data_root.renders / take_output_path(takes[1])
+    blocker.mkdir(parents=True)
+
+    with pytest.raises(OSError):
+        execute_with_oom_split(client, batch, ctx)
+    first = ctx.data_root.renders / take_output_path(takes[0])
+    stored = first.read_bytes()
+    assert index_rows(ctx)["render_key"].to_list() == [takes[0].key]
+
+    blocker.rmdir()
+    config = SimulatorConfig(time_scale=SIM_TIME_SCALE, output_dir=tmp_path / "other-output")
+    with start_simulator(config) as other, ComfyUIClient(other.url, name="sim-b") as moved:
+        outcomes = execute_with_oom_split(moved, batch, ctx, attempt=2)
+        assert len(other.busy_intervals()) == 1
+        assert len(list((tmp_path / "other-output").rglob("*.png"))) == 1
+
+    assert [o.batch.takes for o in outcomes] == [(takes[0],), (takes[1],)]
+    index = index_rows(ctx)
+    assert index["render_key"].to_list() == [t.key for t in takes]
+    assert index["server"].to_list() == ["sim-a", "sim-b"]
+    assert first.read_bytes() == stored
+    assert execute_with_oom_split(client, batch, ctx, attempt=3) == outcomes
+    assert index_rows(ctx).height == 2
 
 
 def test_a_single_take_that_does_not_fit_is_raised(simulator, client, ctx):

@@ -463,15 +463,20 @@ def split_batch(batch: RenderBatch,
     """
     if batch.size < 2:
         raise ValueError(f"{batch.label}: a batch of one take cannot be split")
-    model = vram or VramModel()
     cut = (batch.size + 1) // 2
-    halves = []
-    for part in (batch.takes[:cut], batch.takes[cut:]):
-        halves.append(RenderBatch(
-            batch_id=batch_id_for(part), server=batch.server, takes=tuple(part),
-            vram_estimate_mb=model.estimate_take_mb(part[0], len(part)),
-            est_seconds=batch.est_seconds * len(part) / batch.size, fresh=batch.fresh))
-    return halves[0], halves[1]
+    return (narrow_batch(batch, batch.takes[:cut], vram),
+            narrow_batch(batch, batch.takes[cut:], vram))
+
+
+def narrow_batch(batch: RenderBatch, takes: Sequence[ResolvedTake],
+                 vram: VramModel | None = None) -> RenderBatch:
+    """A batch of some of ``batch``'s takes: same server and ``fresh`` token, its own id
+    (and so its own prompt id), VRAM re-estimated, time pro rata."""
+    model = vram or VramModel()
+    return RenderBatch(
+        batch_id=batch_id_for(takes), server=batch.server, takes=tuple(takes),
+        vram_estimate_mb=model.estimate_take_mb(takes[0], len(takes)),
+        est_seconds=batch.est_seconds * len(takes) / batch.size, fresh=batch.fresh)
 
 
 def apply_decode_policy(takes: Sequence[ResolvedTake], servers: Sequence[ServerSpec],

@@ -34,7 +34,7 @@ from tower.comfyui import (
     ProgressEvent,
     RenderResult,
 )
-from tower.planning.planner import RenderBatch, split_batch
+from tower.planning.planner import RenderBatch, narrow_batch, split_batch
 from tower.runtime.failures import classify
 from tower.runtime.gpu import GpuSampler, GpuSummary, sampler_for
 from tower.spec.graph import CHECKPOINT_NODE, build_graph
@@ -69,6 +69,10 @@ class RenderContext:
     # The latest attempt of each batch id, shared by every batch of the run (copies of
     # the context share it), so the run counts its retries without reading its metrics.
     attempts: dict[str, int] = field(default_factory=dict, repr=False)
+    # The parts of each batch id already stored (after an OOM split, one part may be
+    # stored before another fails), shared like ``attempts`` so a retry on this or
+    # another server renders only the takes still missing.
+    stored: dict[str, list[BatchOutcome]] = field(default_factory=dict, repr=False)
 
     def note_attempt(self, batch_id: str, attempt: int) -> None:
         self.attempts[batch_id] = max(attempt, self.attempts.get(batch_id, 0))
@@ -275,7 +279,28 @@ def execute_with_oom_split(client: ComfyUIClient, batch: RenderBatch, ctx: Rende
                            queue_place: AbstractContextManager[object] | None = None,
                            ) -> list[BatchOutcome]:
     """Render ``batch`` with :func:`render_with_oom_split` while holding ``queue_place``
-    (the server's slot), then, with the place given up, store every part of it."""
+    (the server's slot), then, with the place given up, store every part of it.
+
+    Returns the outcomes of every part of the batch, including parts an earlier attempt
+    stored: an attempt only renders the takes no earlier attempt of this run stored, so
+    a retry (here or on another server) never renders an indexed take a second time
+    and never overwrites its file.
+    """
+    done = ctx.stored.setdefault(batch.batch_id, [])
+    left = remaining_batch(batch, done)
+    if left is None:
+        return list(done)
     with queue_place or nullcontext():
-        rendered = render_with_oom_split(client, batch, ctx, attempt=attempt)
-    return [store_rendered(client, part, ctx, attempt=attempt) for part in rendered]
+        rendered = render_with_oom_split(client, left, ctx, attempt=attempt)
+    for part in rendered:
+        done.append(store_rendered(client, part, ctx, attempt=attempt))
+    return list(done)
+
+
+def remaining_batch(batch: RenderBatch, done: Sequence[BatchOutcome]) -> RenderBatch | None:
+    """``batch`` less the takes of its parts in ``done``; None when nothing is left."""
+    stored = {take.key for outcome in done for take in outcome.batch.takes}
+    if not stored:
+        return batch
+    left = [take for take in batch.takes if take.key not in stored]
+    return narrow_batch(batch, left) if left else None
