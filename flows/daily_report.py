@@ -61,7 +61,11 @@ def compact_task(data: DataRoot, day: date | None, since: date | None,
 def build_report_task(data: DataRoot, day: date | None, since: date | None, now: datetime,
                       presets: Mapping[str, Preset]) -> Report:
     """Compute the report; one retry covers a part renamed into place mid-read."""
-    return build_report(data, report_window(now, day, since), presets)
+    report = build_report(data, report_window(now, day, since), presets)
+    for part in report.skipped:
+        get_run_logger().warning("Skipped unreadable data file %s; its rows are missing from"
+                                 " the report (tower index check / tower index repair)", part)
+    return report
 
 
 @task(name="write-report", cache_policy=NO_CACHE)

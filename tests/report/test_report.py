@@ -17,7 +17,6 @@ from typer.testing import CliRunner
 from tower.cli import app
 from tower.report.build import build_report, write_report
 from tower.report.charts import CHART_SIZE, PALETTE, bar_chart, line_chart, stacked_bar_chart
-from tower.report.data import ReportDataError
 from tower.report.model import COMPONENTS, Window, report_window
 from tower.report.render import NO_RUNS, render_markdown, render_terminal
 from tower.store.files import DataRoot
@@ -186,12 +185,24 @@ def test_markdown_escapes_pipes_in_names(tmp_path: Path) -> None:
     assert "gpu\\|a" in text and "| gpu|a |" not in text
 
 
-def test_an_unreadable_part_is_an_error_naming_the_folder(tmp_path: Path) -> None:
+def test_an_unreadable_part_is_skipped_and_named_in_every_format(tmp_path: Path) -> None:
     write_metrics(tmp_path, sequential(2))
-    part = tmp_path / "metrics" / f"date={T0.date()}" / "part-broken.parquet"
-    part.write_bytes(b"not parquet")
-    with pytest.raises(ReportDataError, match=str(tmp_path)):
-        build_report(DataRoot(tmp_path), report_window(NOW))
+    folder = tmp_path / "metrics" / f"date={T0.date()}"
+    (folder / "part-broken.parquet").write_bytes(b"not parquet")
+    (folder / "part-empty.parquet").write_bytes(b"")
+    data = DataRoot(tmp_path)
+    report = build_report(data, report_window(NOW))
+    assert report.figures.volume.batches == 2
+    assert sorted(part.split(":")[0] for part in report.skipped) == [
+        f"metrics/date={T0.date()}/part-broken.parquet",
+        f"metrics/date={T0.date()}/part-empty.parquet"]
+    files = write_report(report, data)
+    text = files.markdown.read_text()
+    assert "2 data file(s) could not be read" in text
+    assert f"`metrics/date={T0.date()}/part-broken.parquet: " in text
+    assert str(tmp_path) not in text
+    assert json.loads(files.json.read_text())["skipped_parts"] == list(report.skipped)
+    assert "part-empty.parquet" in render_terminal(report)
 
 
 def _pixels(png: bytes, colour: str) -> int:

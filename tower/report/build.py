@@ -12,14 +12,21 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 
 import polars as pl
 
 from tower.report.charts import bar_chart, line_chart, stacked_bar_chart
-from tower.report.data import READ_ERRORS, day_range, read_error, scan_metrics, scan_runs
+from tower.report.data import (
+    READ_ERRORS,
+    day_range,
+    read_error,
+    scan_metrics,
+    scan_runs,
+    unreadable_parts,
+)
 from tower.report.figures import (
     compact,
     compute_figures,
@@ -52,6 +59,9 @@ class Report:
     verdicts: tuple[Verdict, ...]
     recommendations: tuple[Recommendation, ...]
     daily: tuple[DayPoint, ...]
+    # Metrics or run-log parts the report could not read (paths under the data root);
+    # their rows are missing from every figure, so the report says so.
+    skipped: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -94,9 +104,11 @@ def build_report(data: DataRoot, window: Window,
     try:
         metrics = scan_metrics(data, since, window.end)
         runs = scan_runs(data, since, window.end)
-        return report_from_frames(window, metrics, runs, presets)
+        report = report_from_frames(window, metrics, runs, presets)
+        skipped = unreadable_parts(data, since, window.end)
     except READ_ERRORS as err:
         raise read_error(err, data) from err
+    return replace(report, skipped=skipped)
 
 
 def chart_names(window: Window) -> dict[str, str]:

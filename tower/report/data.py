@@ -32,6 +32,15 @@ def scan_runs(data: DataRoot, since: datetime, until: datetime) -> pl.LazyFrame:
     return lf.filter(pl.col("started_at").is_between(since, until, closed="left"))
 
 
+def unreadable_parts(data: DataRoot, since: datetime, until: datetime) -> tuple[str, ...]:
+    """``path: reason`` of each metrics or run-log part of ``[since, until)``'s days that
+    reads skipped, paths relative to the data root (reports travel to other machines)."""
+    days = (since.date(), until.date())
+    found = MetricsStore(data.metrics).unreadable(*days) + RunLog(data.runs).unreadable(*days)
+    prefix = f"{data.root.absolute().as_posix()}/"
+    return tuple(str(bad).replace(prefix, "") for bad in found)
+
+
 def read_error(err: Exception, data: DataRoot) -> ReportDataError:
     """The error to raise when reading the datasets under ``data`` failed with ``err``."""
     return ReportDataError(f"cannot read the metrics or runs under {data.root}: {err}")

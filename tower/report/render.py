@@ -129,6 +129,8 @@ def sections(report: Report) -> list[Section]:
     w = f.window
     head = Section(f"Tower performance report {w.label}",
                    (f"Window: {w.start:%Y-%m-%d %H:%M} to {w.end:%Y-%m-%d %H:%M} UTC.",))
+    if report.skipped:
+        head = Section(head.title, (*head.lines, "", *_skipped(report.skipped)))
     if f.empty:
         return [head, Section("No runs", (NO_RUNS,)), _trend(report)]
     bottlenecks = Section("Bottleneck per server", headers=("server", "bottleneck", "evidence",
@@ -142,6 +144,12 @@ def sections(report: Report) -> list[Section]:
             _timing(PRESET_TIMING, "preset", f.presets),
             _timing("Time per server (seconds, successful batches)", "server", f.servers),
             _gpu(f), _vram(f), _runs(f), _trend(report)]
+
+
+def _skipped(parts: Sequence[str]) -> tuple[str, ...]:
+    return (f"**{len(parts)} data file(s) could not be read; their rows are missing from "
+            "every figure below** (`tower index check` names them, `tower index repair` "
+            "sets them aside):", *(f"- `{part}`" for part in parts))
 
 
 def _md_cell(text: str) -> str:
@@ -218,6 +226,7 @@ def render_json(report: Report) -> dict[str, Any]:
         "trends": [{**to_plain(t), "delta": t.delta, "arrow": t.arrow, "improved": t.improved}
                    for t in report.trends],
         "daily_seconds_per_take": to_plain(report.daily),
+        "skipped_parts": list(report.skipped),
     }
     for load in data["figures"]["loads"]:
         load["idle_share"] = None if load["busy_share"] is None else 1 - load["busy_share"]
