@@ -158,9 +158,10 @@ def _finish(pool: ServerPool, tally: RunTally, assignment: Assignment,
         tally.add(outcome, server)
         return
     error = _error_text(outcome)
-    server_fault = classify(outcome).elsewhere
+    failure = classify(outcome)
     was_in = server not in pool.out_of_rotation
-    if pool.finished(batch, server, ok=False, server_fault=server_fault, error=error):
+    if pool.finished(batch, server, ok=False, server_fault=failure.elsewhere,
+                     local=failure.local, error=error):
         logger.warning("%s failed on %s (%s); sending it to another server", batch.label,
                        server, error)
     if was_in and server in pool.out_of_rotation:

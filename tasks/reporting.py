@@ -47,8 +47,9 @@ from tower.runtime.summary import (
     without_local_paths,
 )
 from tower.spec.outputs import SheetItem
-from tower.store.files import DataRoot
+from tower.store.files import DataRoot, UnsafePathError, inside
 from tower.store.metrics import RunLog
+from tower.store.parquet_io import StoreError
 
 # One sheet's picture in an artifact, encoded: a full sheet of TAKES_PER_SHEET takes fits
 # at full width for most nights; a busier one is shrunk to fit (tower.embed).
@@ -86,10 +87,18 @@ def publish_sheets(parts: Sequence[Sequence[SheetItem]], info: RunInfo, *, root:
     def heading(number: int) -> str:
         return f"{title} {info.run_id}" + ("" if single else f" ({number}/{len(parts)})")
 
-    def draw(number: int, items: Sequence[SheetItem]) -> tuple[SheetRef, str | None]:
-        dest = root.renders / sheet_path(info.episode, info.run_id, None if single else number)
-        sheet = draw_contact_sheet(items, title=heading(number))
-        save_sheet(sheet, dest)
+    def draw(number: int, items: Sequence[SheetItem]) -> tuple[SheetRef, str | None] | None:
+        """The sheet written and its picture; None when it could not be written (a full
+        or read-only disk, a folder that leads out of the data root): the images and
+        their rows are already stored, so the run's summary still goes out."""
+        try:
+            dest = inside(root.renders, sheet_path(info.episode, info.run_id,
+                                                   None if single else number))
+            sheet = draw_contact_sheet(items, title=heading(number))
+            save_sheet(sheet, dest)
+        except (OSError, UnsafePathError) as err:
+            get_run_logger().error("contact sheet %s not written: %s", heading(number), err)
+            return None
         picture = _picture(f"contact sheet {heading(number)}", sheet)
         return sheet_ref(items, dest.relative_to(root.root).as_posix(),
                          key=None if single else sheet_key(key, number)), picture
@@ -97,12 +106,12 @@ def publish_sheets(parts: Sequence[Sequence[SheetItem]], info: RunInfo, *, root:
     with ThreadPoolExecutor(max_workers=SHEET_WORKERS) as pool:  # run context for the log
         futures = [pool.submit(contextvars.copy_context().run, draw, number, items)
                    for number, items in enumerate(parts, 1)]
-        drawn = [future.result() for future in futures]
+        drawn = [(number, done) for number, future in enumerate(futures, 1)
+                 if (done := future.result()) is not None]
     if single:
-        ref, picture = drawn[0]
-        return [ref], picture
+        return ([drawn[0][1][0]], drawn[0][1][1]) if drawn else ([], None)
     refs: list[SheetRef] = []
-    for number, (ref, picture) in enumerate(drawn, 1):
+    for number, (ref, picture) in drawn:
         text = sheet_markdown(title, ref, number=number, of=len(parts), summary_key=key,
                               base_url=base_url)
         artifact_id = create_markdown_artifact(with_picture(text, picture), key=ref.key,
@@ -133,7 +142,11 @@ def publish_summary(tally: RunTally, info: RunInfo, *, root: DataRoot,
                                 sheets=sheets, base_url=base_url, failures=failures)
     create_markdown_artifact(with_picture(markdown, picture), key=key,
                              description=f"{title} {info.run_id}")
-    RunLog(root.runs).append([run_record(info, tally, status, finished)])
+    try:
+        RunLog(root.runs).append([run_record(info, tally, status, finished)])
+    except StoreError as err:  # the images and their rows are stored; say what is missing
+        get_run_logger().error("run log row not written (the daily report will not count"
+                               " this run): %s", err)
     local = str(root.root / sheets[0].path) if sheets else None
     return run_summary(info, tally, status=status, finished=finished,
                        out_of_rotation=out_of_rotation, contact_sheet=local,

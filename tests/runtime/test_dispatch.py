@@ -110,6 +110,20 @@ def test_consecutive_failures_take_a_server_out(outcomes, in_rotation):
     assert pool.servers["a"].in_rotation is in_rotation
 
 
+def test_local_failures_fail_the_batch_without_blaming_the_server():
+    """A full disk fails every batch on this machine; the server keeps its standing."""
+    pool = ServerPool(items("a", 4), {"a": 1}, max_failures=1)
+    for _ in range(3):
+        (assignment,) = pool.next_assignments()
+        assert not pool.finished(assignment.batch, "a", ok=False, local=True,
+                                 error="No space left on device: 'renders/x.png'")
+    assert pool.servers["a"].in_rotation and pool.servers["a"].consecutive_failures == 0
+    assert [f.batch.batch_id for f in pool.take_failed()] == ["a-0", "a-1", "a-2"]
+    (assignment,) = pool.next_assignments()
+    pool.finished(assignment.batch, "a", ok=False, error="node raised")
+    assert not pool.servers["a"].in_rotation
+
+
 def test_a_server_out_of_rotation_hands_its_batches_to_the_others():
     pool = ServerPool(items("a", 4) + items("b", 1), {"a": 1, "b": 2}, max_failures=1)
     first = pool.next_assignments()

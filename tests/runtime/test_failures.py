@@ -20,6 +20,15 @@ from tower.comfyui import (
     ComfyUIValidationError,
 )
 from tower.runtime.failures import Failure, RunStopping, classify, max_attempts
+from tower.store.files import UnsafePathError
+from tower.store.parquet_io import StoreError
+
+
+def _store_error(cause: Exception) -> StoreError:
+    try:
+        raise StoreError("could not write index/part-x.parquet") from cause
+    except StoreError as err:
+        return err
 
 
 @pytest.mark.parametrize(("exc", "status", "transient", "elsewhere"), [
@@ -31,7 +40,7 @@ from tower.runtime.failures import Failure, RunStopping, classify, max_attempts
     (httpx.ReadTimeout("slow"), "failed", True, True),
     (ConnectionClosedError(None, None), "failed", True, True),
     (ConnectionRefusedError(), "failed", True, True),
-    (OSError(errno.ENOSPC, "no space left on device"), "failed", True, True),
+    (OSError(errno.ECONNRESET, "reset by peer"), "failed", True, True),
     # it answered, about this machine: not again here, but another server may manage
     (ComfyUIExecutionError("node raised", prompt_id="p"), "failed", False, True),
     (ComfyUIProtocolError("unsafe path"), "failed", False, True),
@@ -48,6 +57,23 @@ from tower.runtime.failures import Failure, RunStopping, classify, max_attempts
 def test_every_failure_has_one_meaning(exc: BaseException, status: str, transient: bool,
                                        elsewhere: bool) -> None:
     assert classify(exc) == Failure(status, transient, elsewhere)
+
+
+@pytest.mark.parametrize("exc", [
+    OSError(errno.ENOSPC, "No space left on device", "renders/ep01/a.png"),
+    OSError(errno.EROFS, "Read-only file system"),
+    PermissionError(errno.EACCES, "Permission denied"),
+    OSError(errno.EDQUOT, "Disk quota exceeded"),
+    UnsafePathError("refusing path 'ep01': resolves outside renders"),
+    _store_error(OSError(errno.ENOSPC, "No space left on device")),
+])
+def test_the_data_roots_disk_failing_is_local_and_fails_anywhere(exc: BaseException) -> None:
+    """Neither a retry nor another server helps, and the server is not to blame."""
+    assert classify(exc) == Failure("failed", transient=False, elsewhere=False, local=True)
+
+
+def test_a_store_error_of_another_cause_is_not_local() -> None:
+    assert not classify(_store_error(ValueError("schema"))).local
 
 
 @pytest.mark.parametrize(("servers", "retries", "bound"), [(1, 0, 1), (2, 3, 8), (3, 1, 6)])

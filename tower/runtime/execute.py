@@ -211,8 +211,8 @@ def store_rendered(client: ComfyUIClient, rendered: Rendered, ctx: RenderContext
     and metrics row.
 
     Status ``cached`` means the server did no new work (every node cached, or the prompt
-    had already finished under this id); its index rows are only written where the index
-    lacks them.
+    had already finished under this id). Its index rows, and those of any adopted
+    prompt, are only written where the index lacks them.
 
     Raises:
         ComfyUIError: after writing the attempt's metrics row; a result with a wrong number
@@ -234,7 +234,10 @@ def store_rendered(client: ComfyUIClient, rendered: Rendered, ctx: RenderContext
                                size_bytes=file.size, rendered_at=rendered_at, server=server,
                                prompt_id=result.prompt_id, run_id=ctx.run_id)
             for take, relative, file in files]
-    to_write = _new_rows(rows, ctx, batch.takes) if status == "cached" else rows
+    # An adopted prompt may be another run's (two runs of one episode at once): the
+    # rows it already wrote for the same image are not written again.
+    to_write = _new_rows(rows, ctx, batch.takes) if status == "cached" or result.adopted \
+        else rows
     ctx.index.append(to_write)
     metrics = BatchMetrics(**_base_metrics(batch, ctx, server, attempt, result, rendered.gpu),
                            status=status, download_s=download_s, images=len(files),

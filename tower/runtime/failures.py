@@ -36,6 +36,7 @@ A new exception class is classified by adding one row to :data:`RULES`.
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 
 import httpx
@@ -52,6 +53,8 @@ from tower.comfyui import (
     ComfyUIUnavailable,
     ComfyUIValidationError,
 )
+from tower.store.files import UnsafePathError
+from tower.store.parquet_io import StoreError
 
 
 class RunStopping(RuntimeError):
@@ -65,11 +68,20 @@ class Failure:
     status: str
     transient: bool
     elsewhere: bool
+    # The fault is this machine's (its disk), not the server's: it does not count
+    # towards taking the server out of rotation.
+    local: bool = False
 
 
 FAILED_HERE = Failure("failed", transient=False, elsewhere=True)
 UNREACHABLE = Failure("failed", transient=True, elsewhere=True)
 FAILS_ANYWHERE = Failure("failed", transient=False, elsewhere=False)
+LOCAL_STORAGE = Failure("failed", transient=False, elsewhere=False, local=True)
+
+# What the data root's disk answers when it cannot take a file: full, over quota,
+# read-only, not ours to write, a file too large. Rendering elsewhere cannot help.
+LOCAL_STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES,
+                                  errno.EPERM, errno.EFBIG})
 
 # First matching class wins, so subclasses come before their bases.
 RULES: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], Failure], ...] = (
@@ -85,11 +97,24 @@ RULES: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], Failur
 
 def classify(exc: BaseException) -> Failure:
     """The row of :data:`RULES` for ``exc``; anything unknown (a bug) is not retried but
-    may be tried on another server."""
+    may be tried on another server. A local storage failure (the data root's disk, or a
+    path that would leave it) is :data:`LOCAL_STORAGE` whatever its class."""
+    if is_local_storage(exc):
+        return LOCAL_STORAGE
     for kinds, failure in RULES:
         if isinstance(exc, kinds):
             return failure
     return FAILED_HERE
+
+
+def is_local_storage(exc: BaseException) -> bool:
+    """Whether ``exc`` is the data root refusing a write (the stores wrap theirs in
+    :class:`StoreError`, keeping the disk's error as the cause)."""
+    if isinstance(exc, UnsafePathError):
+        return True
+    if isinstance(exc, StoreError):
+        exc = exc.__cause__ or exc
+    return isinstance(exc, OSError) and exc.errno in LOCAL_STORAGE_ERRNOS
 
 
 def max_attempts(servers: int, retries: int) -> int:

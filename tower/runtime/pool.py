@@ -253,13 +253,15 @@ class ServerPool:
                 state.finishing.add(batch_id)
 
     def finished(self, batch: Dispatchable, server: str, *, ok: bool,
-                 server_fault: bool = False, error: str = "") -> bool:
+                 server_fault: bool = False, local: bool = False, error: str = "") -> bool:
         """Record how ``batch`` ended on ``server``; return True if it was requeued.
 
         Args:
             ok: the batch rendered.
             server_fault: it failed in a way another server may not (unreachable,
                 timed out, protocol trouble), so it is worth sending elsewhere.
+            local: it failed on this machine (its disk), not on the server: the
+                batch fails, the server keeps its standing.
             error: a short description, kept for the batches that finally failed.
         """
         state = self.servers[server]
@@ -267,6 +269,9 @@ class ServerPool:
         state.finishing.discard(batch.batch_id)
         if ok:
             state.consecutive_failures = 0
+            return False
+        if local:
+            self._fail(batch, server, error)
             return False
         state.consecutive_failures += 1
         state.last_error = error or "failed"

@@ -85,13 +85,29 @@ def _new_temporary(dest: Path) -> Path:
 @contextmanager
 def atomic_path(dest: Path) -> Iterator[Path]:
     """Yield a temporary path next to ``dest``; rename it to ``dest`` if the block succeeds."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _new_temporary(dest)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _new_temporary(dest)
+    except OSError as err:
+        raise naming(err, dest) from err
     try:
         yield tmp
         os.replace(tmp, dest)
+    except OSError as err:
+        raise naming(err, dest) from err
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def naming(err: OSError, path: Path) -> OSError:
+    """``err`` itself if it names a file, else the same error naming ``path``.
+
+    A full disk answers a ``write`` with ``[Errno 28] No space left on device`` and no
+    file name; the run's failure must say which file (and so which disk) it was.
+    """
+    if err.filename is not None or err.errno is None:
+        return err
+    return type(err)(err.errno, err.strerror or str(err), str(path))
 
 
 def atomic_write_bytes(dest: Path, data: bytes) -> None:
