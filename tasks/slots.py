@@ -32,7 +32,9 @@ holder that is provably gone:
 - its flow run is in a final state (Completed, Failed, Cancelled, Crashed) or deleted:
   sound from any machine;
 - or it ran on this very machine (same host name, boot id and PID namespace) and its
-  PID is gone or now belongs to a younger process: sound because all three match.
+  PID is gone or now belongs to a younger process: sound because all three match. Its
+  flow run, which a killed process never finishes, is then set Crashed with that reason,
+  so the UI stops showing it Running.
 
 A holder on another machine whose flow run still says Running (a SIGKILLed process
 never reports) cannot be proven dead from here; its slots free when its leases run out
@@ -67,6 +69,7 @@ from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.actions import VariableCreate, VariableUpdate
 from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+from prefect.states import Crashed
 
 LEASE_S = 120.0
 RENEW_EVERY_S = LEASE_S / 4
@@ -123,6 +126,15 @@ class Process:
     def gone(self) -> bool:
         """Whether this process (seen from the same machine) no longer runs."""
         return _start_time(self.pid) != self.started
+
+
+@dataclass(frozen=True)
+class Gone:
+    """Why a slot holder is provably gone; ``process_gone``: its process died while its
+    flow run still says it runs."""
+
+    reason: str
+    process_gone: bool = False
 
 
 def _start_time(pid: int) -> str | None:
@@ -456,10 +468,12 @@ class SlotBank:
                 for lease_id in leases:
                     self._release_theirs(lease_id)
                 self._drop_register(name)
+                if why.process_gone:
+                    self._mark_crashed(value.get("flow_run"), why.reason)
                 mine = sum(1 for held in leases.values() if held == limit)
                 freed += mine
                 self._log(f"gave back {mine} slots of {limit} held by flow run "
-                          f"{value.get('flow_run') or 'unknown'}: {why}")
+                          f"{value.get('flow_run') or 'unknown'}: {why.reason}")
             return freed > 0
         except Exception as err:  # reclaiming is a shortcut; the leases still expire
             self._log(f"could not check who holds the slots of {limit}: {err}")
@@ -484,7 +498,7 @@ class SlotBank:
                           datetime.fromisoformat(updated) if isinstance(updated, str) else None))
         return found
 
-    def _gone(self, value: Mapping[str, Any]) -> str | None:
+    def _gone(self, value: Mapping[str, Any]) -> Gone | None:
         """Why the holder of a register is provably gone, or None if it may be alive."""
         flow_run = value.get("flow_run")
         if flow_run:
@@ -492,14 +506,32 @@ class SlotBank:
                 with self._api:
                     state = self._require_client().read_flow_run(UUID(str(flow_run))).state
             except ObjectNotFound:
-                return "its flow run no longer exists"
+                return Gone("its flow run no longer exists")
             if state is not None and state.is_final():
-                return f"its flow run is {state.name}"
+                return Gone(f"its flow run is {state.name}")
         theirs = Process.from_register(value)
         if (theirs is not None and self._process is not None
                 and theirs.same_machine(self._process) and theirs.gone()):
-            return f"its process {theirs.pid} on {theirs.host} is gone"
+            return Gone(f"its process {theirs.pid} on {theirs.host} is gone",
+                        process_gone=True)
         return None
+
+    def _mark_crashed(self, flow_run: object, reason: str) -> None:
+        """Set a flow run whose process is gone to Crashed.
+
+        A SIGKILLed flow never reports, so the UI would show it Running forever; the
+        supervisor sees why it stopped instead. Best effort: the slots are back anyway.
+        """
+        if not flow_run:
+            return
+        message = (f"Crashed: {reason}; found by flow run {self._flow_run_id or 'unknown'}, "
+                   "which gave back its server slots")
+        try:
+            with self._api:
+                self._require_client().set_flow_run_state(UUID(str(flow_run)),
+                                                          Crashed(message=message))
+        except Exception as err:
+            self._log(f"could not mark flow run {flow_run} Crashed: {err}")
 
     def _release_theirs(self, lease_id: str) -> None:
         try:

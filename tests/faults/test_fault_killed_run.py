@@ -2,7 +2,7 @@
 
 The killed process cannot clean up: its prompts stay queued on the server, its slots
 stay taken (Prefect keeps a lease 120 s, and an ephemeral or test API never reclaims
-it), its flow run stays Running. The re-run must adopt what it left (batches go out
+it), its flow run stays Running. The re-run must mark it Crashed, adopt what it left (batches go out
 under planned prompt ids), render only what is missing, and get the slots back at
 once because the holder is provably dead (:mod:`tasks.slots`).
 """
@@ -14,6 +14,7 @@ import re
 import signal
 import time
 import uuid
+from uuid import UUID
 
 import pytest
 from faults_common import (
@@ -27,6 +28,7 @@ from faults_common import (
     wait_for,
 )
 from flow_helpers import write_shot_list
+from prefect import get_client
 
 pytestmark = pytest.mark.usefixtures("prefect_backend")
 
@@ -73,11 +75,15 @@ def test_a_killed_run_is_adopted_by_the_rerun_and_its_slots_come_back(tmp_path, 
     waited = re.search(rf"^(\S+) .*waiting for a slot of {limit}: 2 of 2 slots taken, 0 of "
                        "them by this run", out, re.MULTILINE)
     freed = re.search(rf"^(\S+) .*gave back 2 slots of {limit} held by flow run "
-                      rf"[0-9a-f-]{{36}}: its process {first.pid} on ", out, re.MULTILINE)
+                      rf"([0-9a-f-]{{36}}): its process {first.pid} on ", out, re.MULTILINE)
     assert waited and freed, out[-4000:]
     released_s = seconds_between(waited.group(1), freed.group(1))
     assert 0 <= released_s < RELEASE_BOUND_S
     assert rerun_s < RERUN_BOUND_S
+    with get_client(sync_client=True) as client:   # the UI no longer shows it Running
+        killed = client.read_flow_run(UUID(freed.group(2))).state
+    assert killed is not None and killed.is_crashed(), killed
+    assert f"its process {first.pid} on " in (killed.message or "")
     # Every take rendered once by the GPU, every batch executed once: the prompts the
     # killed run left were adopted, not rendered again.
     assert len(gpu_images(sim)) == SHOTS * TAKES
