@@ -6,6 +6,10 @@ are deliberately absent: two shots with identical parameters share a key, which 
 what lets the output index avoid rendering the same image twice. Batch splits do not
 matter because the render graph gives take k the same noise in any batch (see
 ``tower.spec.graph``).
+
+Model identity: a take's ``model_identity`` (``("<folder>/<file>", fingerprint)`` pairs,
+see ``tower.comfyui.model_fingerprint``) enters the key as ``models`` only when known, so
+a take without it keeps exactly the name-based key it always had (``name_key``).
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ class KeyParams(Protocol):
     control: ControlSpec | None
     hires: HiresSpec | None
     upscale: UpscaleSpec | None
+    model_identity: tuple[tuple[str, str], ...]
 
 
 def key_payload(params: KeyParams) -> dict[str, Any]:
@@ -63,7 +68,21 @@ def key_payload(params: KeyParams) -> dict[str, Any]:
     payload["vae"] = f"tiled:{params.vae_tile_size}" if params.vae_tiled else "full"
     del payload["vae_tiled"], payload["vae_tile_size"]
     payload["graph"] = GRAPH_VERSION
-    return payload | _parts_payload(params)
+    payload |= _parts_payload(params)
+    if params.model_identity:
+        payload["models"] = {name: fingerprint for name, fingerprint in params.model_identity}
+    return payload
+
+
+def name_payload(params: KeyParams) -> dict[str, Any]:
+    """:func:`key_payload` without the model identity: what keys were before identity.
+
+    The output index still holds rows keyed this way; dedup uses it to recognise them
+    (see the module docstring).
+    """
+    payload = key_payload(params)
+    payload.pop("models", None)
+    return payload
 
 
 def _parts_payload(params: KeyParams) -> dict[str, Any]:
@@ -100,7 +119,15 @@ def _number(value: float) -> str:
 
 
 def render_key(params: KeyParams) -> str:
-    """The 64-hex sha256 render key of one take."""
-    encoded = json.dumps(key_payload(params), sort_keys=True, ensure_ascii=False,
-                         separators=(",", ":"))
+    """The 64-hex sha256 render key of one take (with its model identity when known)."""
+    return _digest(key_payload(params))
+
+
+def name_key(params: KeyParams) -> str:
+    """The render key the take has without model identity (the key before identity)."""
+    return _digest(name_payload(params))
+
+
+def _digest(payload: dict[str, Any]) -> str:
+    encoded = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(encoded.encode("utf-8")).hexdigest()

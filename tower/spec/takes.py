@@ -15,7 +15,7 @@ from tower.shotlist.errors import InputError, Problem
 from tower.shotlist.images import ImageError, read_image
 from tower.shotlist.presets import BUILTIN_PRESETS, Preset
 from tower.shotlist.shots import CONTROL_MODEL_RULE, Shot, ShotList
-from tower.spec.keys import render_key
+from tower.spec.keys import name_key, render_key
 from tower.spec.parts import (
     CHECKPOINTS,
     CONTROLNETS,
@@ -55,11 +55,36 @@ class ResolvedTake:
     control: ControlSpec | None = None
     hires: HiresSpec | None = None
     upscale: UpscaleSpec | None = None
+    # Sorted ("<models folder>/<file name>", fingerprint) pairs for every model file the
+    # take uses, filled by the planning pipeline once the servers have been asked (see
+    # tower.spec.keys); empty when unknown (``tower plan``, tests), and the key is then
+    # the name-based key it always was.
+    model_identity: tuple[tuple[str, str], ...] = ()
 
     @cached_property
     def key(self) -> str:
         """The render key (sha256 hex) of this take's image."""
         return render_key(self)
+
+    @cached_property
+    def name_key(self) -> str:
+        """The key without model identity: how the index keyed this image before identity."""
+        return name_key(self)
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        """``<models folder>/<file name>`` of every model file, as ``model_identity`` names them."""
+        return tuple(f"{folder}/{name}" for folder, name in self.models)
+
+    def with_model_identity(self, fingerprints: Mapping[str, str]) -> ResolvedTake:
+        """This take with the fingerprints of its model files (``folder/name`` -> fingerprint).
+
+        Files without a fingerprint are left out; a take none of whose files has one keeps
+        an empty identity and its name-based key.
+        """
+        identity = tuple(sorted((name, fingerprints[name]) for name in self.model_names
+                                if fingerprints.get(name)))
+        return replace(self, model_identity=identity)
 
     @property
     def label(self) -> str:
