@@ -33,7 +33,9 @@ from prefect.client.schemas.filters import (
     ArtifactFilterFlowRunId,
     ArtifactFilterType,
 )
+from prefect.events import emit_event
 from prefect.futures import PrefectFuture
+from prefect.runtime import flow_run as this_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import opaque
 
@@ -47,6 +49,7 @@ from tower.planning.planner import Plan
 from tower.runtime.execute import BatchOutcome, RenderContext
 from tower.runtime.failures import classify
 from tower.runtime.inputs import Inventory
+from tower.runtime.notifications import out_of_rotation_event
 from tower.runtime.pool import Assignment, ServerPool, total_depth
 from tower.runtime.runs import PLAN_KEY_PREFIXES
 from tower.runtime.summary import RunTally
@@ -166,6 +169,9 @@ def _finish(pool: ServerPool, tally: RunTally, assignment: Assignment,
                        server, error)
     if was_in and server in pool.out_of_rotation:
         logger.error("%s is out of rotation: %s", server, pool.out_of_rotation[server])
+        # for `tower notify`: the Prefect server's automation tells the supervisor
+        emit_event(**out_of_rotation_event(server, pool.out_of_rotation[server],
+                                           this_run.name, this_run.id))
         if not pool.active:
             logger.error("no server left in rotation; the batches still to render fail: %s",
                          "; ".join(f"{name}: {why}" for name, why in pool.last_errors().items()))

@@ -18,6 +18,7 @@ from tower.cli.flows import (
     render_command,
     serve_command,
 )
+from tower.cli.notify import notify_app
 from tower.cli.report import report_command, status_command
 from tower.cli.servers import demo, server_app
 from tower.cli.store import index_app, metrics_app, plan_command
@@ -139,6 +140,7 @@ app.command("demo")(demo)
 app.command("plan")(plan_command)
 app.add_typer(index_app, name="index")
 app.add_typer(metrics_app, name="metrics")
+app.add_typer(notify_app, name="notify")
 app.command("render")(render_command)
 app.command("preview")(preview_command)
 app.command("daily-report")(daily_report_command)
