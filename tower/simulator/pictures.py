@@ -23,6 +23,7 @@ import hashlib
 import json
 import math
 import random
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -287,7 +288,27 @@ def draw_caption(image: Image.Image, headline: str, prompt: str,
         y += height
 
 
+# Fault injection through the prompt: a sampled picture whose text holds
+# ``[sim:<colour>]`` comes out a single flat colour (what a collapsed sampler or a NaN in
+# the VAE gives), ``[sim:<colour>@<k>]`` only at noise index k, so a re-render with
+# the next noise index is clean. Rides in the prompt so it reaches the picture through
+# any graph and batch split, and takes in the same batch can differ.
+FLAT_FAULTS = {"black": (0, 0, 0), "white": (255, 255, 255), "grey": (128, 128, 128)}
+_FLAT_FAULT = re.compile(r"\[sim:(black|white|grey)(?:@(\d+))?\]")
+
+
+def flat_fault(s: Sampled) -> tuple[int, int, int] | None:
+    """The colour a ``[sim:...]`` marker in ``s.text`` asks for at ``s.index``, if any."""
+    for match in _FLAT_FAULT.finditer(s.text):
+        if match.group(2) is None or int(match.group(2)) == s.index:
+            return FLAT_FAULTS[match.group(1)]
+    return None
+
+
 def _sampled(s: Sampled, labelled: bool) -> Image.Image:
+    flat = flat_fault(s)
+    if flat is not None:
+        return Image.new("RGB", (s.width, s.height), flat)
     image = backdrop(s)
     if s.base is not None:
         base = _draw(s.base, labelled=False)
