@@ -90,7 +90,8 @@ def render_and_publish(farm: Farm, planned: RunPlan, how: Rendering, *, started:
     ctx = render_context(farm.root, how.label, started, run_uuid, front=how.front)
     pool, cancelled = render_plan(plan, RenderRun(
         farm.servers, ctx, how.retries, how.retry_backoff_s, how.max_server_failures,
-        progress_key=keys.progress, inventories=farm.inventories), tally)
+        progress_key=keys.progress, table_key=keys.progress_table, label=planned.episode,
+        inventories=farm.inventories), tally)
     tally.images = sheet_items(planned.takes, farm.root.renders, planned.served_paths(),
                                missing="cancelled" if cancelled else "failed")
     info = RunInfo(run_id=ctx.run_id, flow_run_id=run_uuid, flow=how.flow,

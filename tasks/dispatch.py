@@ -2,7 +2,9 @@
 
 The pool (:mod:`tower.runtime.pool`) decides; this loop submits ``render_batch`` runs in
 a thread pool, feeds outcomes back into the pool and the tally, updates the progress
-artifact, and watches the flow run's own state so that a cancellation asked for in the
+artifact and the ETA table (:mod:`tower.runtime.progress`: the plan's calibrated
+estimates, rescaled by each server's pace so far, with the batches where the pool has
+them now), and watches the flow run's own state so that a cancellation asked for in the
 UI stops it even when the flow runs in the caller's process (a worker-run flow gets the
 ``on_cancellation`` hook as well).
 
@@ -23,11 +25,12 @@ import json
 import queue
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
 from prefect import Task, get_client, get_run_logger
-from prefect.artifacts import create_progress_artifact
+from prefect.artifacts import create_progress_artifact, create_table_artifact
 from prefect.client.schemas.filters import (
     ArtifactFilter,
     ArtifactFilterFlowRunId,
@@ -51,6 +54,7 @@ from tower.runtime.failures import classify
 from tower.runtime.inputs import Inventory
 from tower.runtime.notifications import out_of_rotation_event
 from tower.runtime.pool import Assignment, ServerPool, total_depth
+from tower.runtime.progress import Progress, ProgressTracker
 from tower.runtime.runs import PLAN_KEY_PREFIXES
 from tower.runtime.summary import RunTally
 
@@ -101,18 +105,37 @@ def _next_events(events: queue.SimpleQueue[Event], timeout: float) -> list[Event
             return batch
 
 
+def _where(pool: ServerPool) -> dict[str, str]:
+    """Every unfinished batch id and the server it waits for or runs on now."""
+    return {batch_id: name for name, state in pool.servers.items()
+            for batch_id in (*(b.batch_id for b in state.waiting), *state.in_flight,
+                             *state.finishing)}
+
+
+def _snapshot(tracker: ProgressTracker, pool: ServerPool) -> Progress:
+    """The run's progress now (the loop is the edge that reads the clock)."""
+    return tracker.snapshot(datetime.now(UTC), _where(pool), pool.out_of_rotation)
+
+
 def run_batches(pool: ServerPool, servers: Mapping[str, ComfyUIServer], ctx: RenderContext,
                 render: Task[..., list[BatchOutcome]], tally: RunTally, *,
-                progress_key: str | None, on_cancel: Callable[[list[str]], Any]) -> bool:
+                progress_key: str | None, on_cancel: Callable[[list[str]], Any],
+                table_key: str | None = None, label: str = "run") -> bool:
     """Run every batch of ``pool``; return True if the flow run was cancelled meanwhile.
 
     On cancellation nothing new is submitted, ``on_cancel`` gets the prompt ids in
     flight, and again, once they have all ended, every prompt id this run submitted
-    (a task that was waiting for a slot may have submitted in between).
+    (a task that was waiting for a slot may have submitted in between). The ETA table
+    (key ``table_key``) and the log lines name the run ``label``.
     """
     total = pool.waiting
     progress_id = create_progress_artifact(0.0, key=progress_key,
                                            description=f"{total} batches") if total else None
+    batches = [b for state in pool.servers.values() for b in state.waiting]
+    tracker = ProgressTracker.of(label, batches, datetime.now(UTC))  # type: ignore[arg-type]
+    first = _snapshot(tracker, pool)
+    table_id = create_table_artifact(first.rows(), key=table_key, description=first.line()) \
+        if total and table_key else None
     in_flight: InFlight = {}
     submitted: set[str] = set()
     events: queue.SimpleQueue[Event] = queue.SimpleQueue()
@@ -121,8 +144,10 @@ def run_batches(pool: ServerPool, servers: Mapping[str, ComfyUIServer], ctx: Ren
     slots = SlotBank(ctx.flow_run_id, on_free=lambda batch_id: events.put(("free", batch_id)),
                      log=logger.info)
     workers = 2 * total_depth([s.depth for s in pool.servers.values()])
-    with (RunWatch(ctx.flow_run_id, progress_id, events) as watch, slots,
+    with (RunWatch(ctx.flow_run_id, progress_id, events, table_id=table_id,
+                   log=logger.info if total else None) as watch, slots,
           ThreadPoolTaskRunner(max_workers=workers) as runner):
+        watch.eta(first)
         while in_flight if cancelled else not pool.finished_all:
             if not cancelled:
                 submitted.update(_submit(runner, render, pool, servers, ctx, slots,
@@ -138,17 +163,18 @@ def run_batches(pool: ServerPool, servers: Mapping[str, ComfyUIServer], ctx: Ren
                 elif item in in_flight:
                     assignment, future = in_flight.pop(item)
                     slots.unreserve(assignment.batch.batch_id)
-                    _finish(pool, tally, assignment, future)
+                    _finish(pool, tally, assignment, future, tracker)
                     done = tally.batches_done + tally.batches_failed
                     watch.progress(min(100.0, 100.0 * done / total))
+                    watch.eta(_snapshot(tracker, pool))
     if cancelled:
         on_cancel(sorted(submitted))
     return cancelled
 
 
 def _finish(pool: ServerPool, tally: RunTally, assignment: Assignment,
-            future: PrefectFuture[Any]) -> None:
-    """Feed one ended task into the pool (which may requeue it) and the tally.
+            future: PrefectFuture[Any], tracker: ProgressTracker | None = None) -> None:
+    """Feed one ended task into the pool (which may requeue it), the tally and ``tracker``.
 
     Every batch the pool gives up on goes into the tally, the ended one and any it
     stranded (waiting on a server that left rotation, with no other server to take it).
@@ -159,6 +185,8 @@ def _finish(pool: ServerPool, tally: RunTally, assignment: Assignment,
     if not isinstance(outcome, BaseException):
         pool.finished(batch, server, ok=True)
         tally.add(outcome, server)
+        if tracker:
+            tracker.finished(batch.batch_id, server, ok=True, at=datetime.now(UTC))
         return
     error = _error_text(outcome)
     failure = classify(outcome)
@@ -178,6 +206,9 @@ def _finish(pool: ServerPool, tally: RunTally, assignment: Assignment,
     for failed in pool.take_failed():
         where = f" @{failed.server}" if failed.server else ""
         tally.fail(f"{failed.batch.label}{where}", failed.batch.size, failed.error)
+        if tracker:
+            tracker.finished(failed.batch.batch_id, failed.server, ok=False,
+                             at=datetime.now(UTC))
 
 
 def _drop_waiting(pool: ServerPool) -> None:
@@ -234,6 +265,8 @@ class RenderRun:
     retry_backoff_s: float
     max_failures: int
     progress_key: str | None = None
+    table_key: str | None = None      # the ETA table (RunArtifacts.progress_table)
+    label: str = "run"                # how the ETA table and log lines name the run
     inventories: Mapping[str, Inventory | None] = field(default_factory=dict)
 
 
@@ -253,7 +286,8 @@ def render_plan(plan: Plan, run: RenderRun, tally: RunTally) -> tuple[ServerPool
     ensure_concurrency_limits(run.servers)
     cancelled = run_batches(pool, by_name, run.ctx,
                             with_retry_policy(run.retries, run.retry_backoff_s), tally,
-                            progress_key=run.progress_key,
+                            progress_key=run.progress_key, table_key=run.table_key,
+                            label=run.label,
                             on_cancel=lambda prompts: cancel_prompts(run.servers, prompts))
     tally.retries = run.ctx.retries([b.batch_id for b in plan.batches])
     return pool, cancelled

@@ -17,9 +17,11 @@ from tower.cli.flows import (
     preview_command,
     render_command,
     serve_command,
+    status_command,
 )
+from tower.cli.inspect import inspect_command
 from tower.cli.notify import notify_app
-from tower.cli.report import report_command, status_command
+from tower.cli.report import report_command
 from tower.cli.servers import demo, server_app
 from tower.cli.store import index_app, metrics_app, plan_command
 from tower.shotlist.errors import InputError
@@ -145,6 +147,7 @@ app.command("render")(render_command)
 app.command("preview")(preview_command)
 app.command("daily-report")(daily_report_command)
 app.command("serve")(serve_command)
+app.command("inspect")(inspect_command)
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""``tower render``, ``tower preview``, ``tower daily-report`` and ``tower serve``.
+"""``tower render``, ``tower preview``, ``tower daily-report``, ``tower serve``, and the
+running flows of ``tower status``.
 
 The first three run a Prefect flow now, in this process, with the same parameters a
 deployment run takes: their options are declared once in :mod:`tower.cli.options`
@@ -12,17 +13,29 @@ here before the flow starts (:func:`check_inputs`), with the same functions the 
 uses, so a typo ends in one line naming the option, or in the shot list's problems,
 instead of a failed flow run in the Prefect UI.
 
+While a render or preview runs here, the flow run's log (shown in this terminal) gets
+one progress line at most every ten seconds, e.g. ``ep01: 120/480 takes, 14.2 img/min,
+ETA 03:41 UTC (25 min)`` (:class:`tasks.watch.RunWatch`).
+
+``tower status`` adds the flow runs of ``render-episode`` and ``draft-preview`` in state
+Running with their latest ETA table (:func:`running_flows`), read from the Prefect API
+the command line is configured for; without one, or when it does not answer within
+:data:`PREFECT_PROBE_TIMEOUT_S`, it says so in one line and shows the rest.
+
 Prefect and the flows are imported inside the commands only, so the rest of ``tower``
 (and its tests) never loads it.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Optional, TypeVar
 
+import httpx
 import typer
 from pydantic import ValidationError
 
@@ -51,7 +64,11 @@ from tower.cli.options import (
     given,
     hint,
 )
+from tower.cli.report import status_command as farm_status_command
 from tower.report.model import report_window
+from tower.report.status import RunningFlow, render_running
+from tower.runtime.progress import parse_rows
+from tower.runtime.runs import artifact_key
 from tower.settings import SERVERS_ENV
 from tower.shotlist.errors import InputError
 from tower.shotlist.presets import Preset, load_presets
@@ -59,6 +76,9 @@ from tower.shotlist.shots import read_shot_list
 
 DEFAULT_PREFECT_YAML = Path("prefect.yaml")
 T = TypeVar("T")
+PREFECT_PROBE_TIMEOUT_S = 2.0
+# Flow name -> the run kind whose ETA table it publishes (RunArtifacts.progress_table).
+WATCHED_FLOWS = {"render-episode": "render", "draft-preview": "preview"}
 
 
 def one_line(err: BaseException) -> str:
@@ -247,3 +267,71 @@ def serve_command(
     from tasks.deployments import runner_deployments
 
     serve(*runner_deployments(prefect_yaml), pause_on_shutdown=False, limit=limit)
+
+
+def running_flows() -> tuple[list[RunningFlow] | None, str | None]:
+    """Render and preview flow runs in state Running, with their ETA tables; or None and
+    why they could not be read (no API configured, or it does not answer)."""
+    from prefect.settings import PREFECT_API_URL
+
+    api = PREFECT_API_URL.value()
+    if not api:
+        return None, "Prefect API not reachable (PREFECT_API_URL is not set)"
+    try:
+        httpx.get(f"{str(api).rstrip('/')}/health", timeout=PREFECT_PROBE_TIMEOUT_S
+                  ).raise_for_status()
+    except httpx.HTTPError as err:
+        return None, f"Prefect API not reachable at {api} ({one_line(err)})"
+    return _read_running(), None
+
+
+def _read_running() -> list[RunningFlow]:
+    from prefect import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterType,
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    with get_client(sync_client=True) as client:
+        flows = {f.id: f.name for f in client.read_flows(flow_filter=FlowFilter(
+            name=FlowFilterName(any_=list(WATCHED_FLOWS))))}
+        runs = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=list(WATCHED_FLOWS))),
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
+                type=FlowRunFilterStateType(any_=[StateType.RUNNING])))) if flows else []
+        tables = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[r.id for r in runs]),
+            type=ArtifactFilterType(any_=["table"]))) if runs else []
+    found = []
+    for run in sorted(runs, key=lambda r: (r.start_time is None, r.start_time, r.name)):
+        flow = flows.get(run.flow_id, "?")
+        kind = WATCHED_FLOWS.get(flow, "")
+        progress = None
+        for table in tables:
+            key = table.key or ""
+            if table.flow_run_id != run.id or not key.startswith(f"{artifact_key(kind)}-") \
+                    or not key.endswith("-progress"):
+                continue
+            rows = json.loads(table.data) if isinstance(table.data, str) else table.data
+            label = key.removeprefix(f"{artifact_key(kind)}-").removesuffix("-progress")
+            progress = parse_rows(label, rows or []) or progress
+        found.append(RunningFlow(flow, run.name, run.start_time, progress))
+    return found
+
+
+@functools.wraps(farm_status_command)
+def status_command(*args: Any, **kwargs: Any) -> None:
+    farm_status_command(*args, **kwargs)
+    running, unavailable = running_flows()
+    typer.echo(render_running(running, datetime.now(UTC), unavailable))
+
+
+status_command.__doc__ = ("Servers reachable, queues, VRAM, loaded model, the last run, "
+                          "index size, dedup rate, and the running renders with their ETA.")

@@ -4,6 +4,11 @@
 run log and the output index under the data root; the flows call it too, to log the
 state of the farm before a night's work. A server that does not answer is reported as
 unreachable with the reason, never raised, so one dead machine does not hide the rest.
+
+Running flows (:class:`RunningFlow`) come from the Prefect API, which this module does
+not import: the command line reads each running render's or preview's ETA table
+(:class:`tower.runtime.progress.Progress` rows) and :func:`render_running` words them,
+the time left counted from the reader's ``now``, not from when the table was written.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from datetime import datetime, timedelta
 import polars as pl
 
 from tower.comfyui import ComfyUIClient, ComfyUIError
+from tower.runtime.progress import Progress, ServerProgress, minutes
 from tower.store.files import DataRoot
 from tower.store.index import OutputIndex
 from tower.store.metrics import MetricsStore, RunLog
@@ -167,3 +173,41 @@ def render_status(status: Status) -> str:
     lines.append(f"Output index: {status.index_rows:,} rows, {status.index_unique:,} unique "
                  f"images, {status.index_bytes / MB:,.1f} MB; dedup hit rate (7 days): {rate}")
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class RunningFlow:
+    """A render or preview flow run in state Running, with its latest ETA table if any."""
+
+    flow: str
+    name: str
+    started_at: datetime | None
+    progress: Progress | None = None
+
+
+def render_running(running: Sequence[RunningFlow] | None, now: datetime,
+                   unavailable: str | None = None) -> str:
+    """``Running flows:`` and one line per flow run (its progress line and how old it is),
+    or why they could not be listed (``unavailable``, one line)."""
+    if unavailable is not None or running is None:
+        return f"Running flows: {unavailable or 'unknown'}"
+    if not running:
+        return "Running flows: none"
+    lines = ["Running flows:"]
+    for run in running:
+        since = f" since {run.started_at:%H:%M} UTC" if run.started_at else ""
+        head = f"  {run.flow} {run.name}{since}"
+        if run.progress is None:
+            lines.append(f"{head}: no progress published yet")
+            continue
+        age = minutes(max(now - run.progress.at, timedelta(0)))
+        lines.append(f"{head}: {run.progress.line(now)} (as of {age} ago)")
+        lines += [f"    {s.name}: {_server_progress(s, run.progress, now)}"
+                  for s in run.progress.servers]
+    return "\n".join(lines)
+
+
+def _server_progress(server: ServerProgress, progress: Progress, now: datetime) -> str:
+    """One server's share in the words of :meth:`Progress.line`, less the run's label."""
+    line = Progress("", progress.at, server).line(now).removeprefix(": ")
+    return f"{line} ({server.note})" if server.note else line

@@ -1,10 +1,11 @@
 """A run's names: its run id and the keys of the artifacts it publishes.
 
 Index rows, metrics rows and the run log of one flow run share its run id; the
-supervisor finds its plan, progress and summary in the Prefect UI under artifact keys
-built here; and a cancellation hook running in another process finds the run's prompt
-ids by reading back the plan artifacts whose keys start with :data:`PLAN_KEY_PREFIXES`.
-Writer and reader therefore take both from this one module.
+supervisor finds its plan, progress (bar and ETA table) and summary in the Prefect UI
+under artifact keys built here (``tower status`` reads the ETA table back); and a
+cancellation hook running in another process finds the run's prompt ids by reading back
+the plan artifacts whose keys start with :data:`PLAN_KEY_PREFIXES`. Writer and
+reader therefore take both from this one module.
 """
 
 from __future__ import annotations
@@ -42,7 +43,13 @@ class RunArtifacts:
 
     @property
     def progress(self) -> str:
+        """The progress bar (a percentage; Prefect's progress artifacts hold nothing else)."""
         return artifact_key(self.kind, "progress", self.episode)
+
+    @property
+    def progress_table(self) -> str:
+        """Takes done, images per minute and ETA per server (read back by ``tower status``)."""
+        return artifact_key(self.kind, self.episode, "progress")
 
     @property
     def summary(self) -> str:

@@ -79,17 +79,22 @@ class IndexRow:
     prompt_id: str
     run_id: str
     look_key: str | None = None
+    status: str | None = None  # the output check's "ok" | "suspect"; None: not checked
+    suspect_reason: str | None = None
 
     @classmethod
     def from_take(cls, take: ResolvedTake, *, output_path: str, sha256: str, size_bytes: int,
-                  rendered_at: datetime, server: str, prompt_id: str, run_id: str) -> IndexRow:
-        """The row saying ``take`` was rendered to ``output_path`` (relative to the render root)."""
+                  rendered_at: datetime, server: str, prompt_id: str, run_id: str,
+                  status: str | None = None, suspect_reason: str | None = None) -> IndexRow:
+        """The row saying ``take`` was rendered to ``output_path`` (relative to the render root),
+        with the output check's verdict."""
         return cls(
             render_key=take.key, episode=take.episode, shot_id=take.shot_id, take=take.take,
             preset=take.preset, checkpoint=take.checkpoint, seed=take.seed, width=take.width,
             height=take.height, prompt=take.prompt, output_path=output_path, sha256=sha256,
             size_bytes=size_bytes, rendered_at=rendered_at, server=server, prompt_id=prompt_id,
-            run_id=run_id, look_key=look_key(take),
+            run_id=run_id, look_key=look_key(take), status=status,
+            suspect_reason=suspect_reason,
         )
 
 

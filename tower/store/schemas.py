@@ -32,6 +32,11 @@ INDEX_SCHEMA = pa.schema([
     # sha256 of the settings that define a shot's look (everything in the render key but
     # seed, take and VAE decode): lets previews reuse any take of the same shot setup.
     pa.field("look_key", pa.string()),
+    # The output check's verdict (tower.runtime.checks): "ok" or "suspect" (all one colour,
+    # near-black, near-white, far smaller than its siblings), the reasons beside it. Null
+    # in parts written before the check existed: read as unchecked, not as suspect.
+    pa.field("status", pa.string()),
+    pa.field("suspect_reason", pa.string()),
 ])
 
 BATCH_STATUSES = ("ok", "cached", "failed", "oom", "interrupted")
@@ -73,6 +78,7 @@ METRICS_SCHEMA = pa.schema([
     pa.field("gpu_util_mean", pa.float64()),             # percent, 0..100
     pa.field("bytes_downloaded", pa.int64()),
     pa.field("images", pa.int32()),                      # images written to the render root
+    pa.field("suspect_images", pa.int32()),  # of those, flagged by the output check
     pa.field("error_type", pa.string()),
     pa.field("error_message", pa.string()),
     pa.field("date", pa.string(), nullable=False),       # YYYY-MM-DD of finished_at (partition)
