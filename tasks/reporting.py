@@ -131,6 +131,7 @@ def publish_summary(tally: RunTally, info: RunInfo, *, root: DataRoot,
             files in the artifacts become links under it.
     """
     finished = datetime.now(UTC)
+    tally.images = tally.flag_suspects(tally.images)  # the output check's verdicts on the tiles
     parts = split_sheets(tally.images)
     sheets, picture = publish_sheets(parts, info, root=root, key=key, title=title,
                                      base_url=base_url)

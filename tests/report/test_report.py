@@ -245,3 +245,14 @@ def test_report_command_refuses_bad_dates(tmp_path: Path, args: list[str], messa
     result = CliRunner().invoke(app, ["report", *args, "--data-root", str(tmp_path)])
     assert result.exit_code != 0
     assert message in result.output
+
+
+def test_suspect_images_are_counted_and_shown(tmp_path: Path) -> None:
+    rows = sequential(3)
+    rows[0].update(suspect_images=2)
+    rows[1].update(suspect_images=0)  # rows[2]: written before the check, null
+    write_metrics(tmp_path, rows)
+    write_runs(tmp_path, [run_row()])
+    report = build_report(DataRoot(tmp_path), report_window(NOW))
+    assert report.figures.volume.suspect_images == 2
+    assert "| suspect images (output check) | 2 |" in render_markdown(report)

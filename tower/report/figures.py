@@ -30,6 +30,7 @@ METRIC_COLUMNS = (
     "attempt", "started_at", "finished_at", "queue_wait_s", "execution_s", "model_load_s",
     "sampling_s", "vae_decode_s", "download_s", "model_cache_hit", "vram_estimated_mb",
     "vram_budget_mb", "vram_peak_mb", "gpu_util_mean", "images", "error_type",
+    "suspect_images",
 )
 
 
@@ -208,6 +209,7 @@ def volume(metrics: pl.LazyFrame, runs: pl.LazyFrame) -> Volume:
         pl.col("takes").filter(pl.col("status") == "ok").sum().alias("rendered"),
         pl.col("takes").filter(pl.col("status") == "cached").sum().alias("cached"),
         pl.col("images").fill_null(0).sum().alias("images"),
+        pl.col("suspect_images").fill_null(0).sum().alias("suspect"),
         pl.col("status").is_in(FAILED_STATUSES).sum().alias("failed_attempts"),
         (pl.col("attempt") > 1).sum().alias("retries"),
         (pl.col("status") == "oom").sum().alias("ooms"),
@@ -220,6 +222,7 @@ def volume(metrics: pl.LazyFrame, runs: pl.LazyFrame) -> Volume:
         takes_requested=r["takes_requested"] or 0, takes_deduped=r["takes_deduped"] or 0,
         dedup_hit_rate=_ratio(r["takes_deduped"], r["takes_requested"]),
         takes_rendered=m["rendered"] or 0, takes_cached=m["cached"] or 0, images=m["images"] or 0,
+        suspect_images=m["suspect"] or 0,
         batches_failed=m["batches"] - m["done"], attempts_failed=m["failed_attempts"],
         retries=m["retries"],
         oom_splits=m["ooms"], model_swaps=m["swaps"],

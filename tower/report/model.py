@@ -106,6 +106,7 @@ class Volume:
     takes_rendered: int = 0
     takes_cached: int = 0
     images: int = 0
+    suspect_images: int = 0  # images the output check flagged (tower.runtime.checks)
     batches_failed: int = 0
     attempts_failed: int = 0
     retries: int = 0

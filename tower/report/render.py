@@ -62,7 +62,9 @@ def _volume(f: Figures) -> Section:
             ("takes served from dedup", f"{v.takes_deduped} ({_pct(v.dedup_hit_rate)})"),
             ("takes rendered", str(v.takes_rendered)),
             ("takes served from ComfyUI's cache", str(v.takes_cached)),
-            ("images written", str(v.images)), ("batches failed", str(v.batches_failed)),
+            ("images written", str(v.images)),
+            ("suspect images (output check)", str(v.suspect_images)),
+            ("batches failed", str(v.batches_failed)),
             ("failed attempts", str(v.attempts_failed)), ("retries (attempt > 1)", str(v.retries)),
             ("OOM splits", str(v.oom_splits)), ("model swaps", str(v.model_swaps))]
     return Section("Volume", headers=("figure", "value"), rows=tuple(rows))

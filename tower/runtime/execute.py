@@ -5,11 +5,14 @@ previous attempt left on the server instead of rendering it twice), while a GPU
 sampler watches the device. A forced batch (``batch.fresh``) has a prompt id and a
 graph of its run's own (:func:`tower.spec.graph.build_graph`), so every node executes anew
 even on a server that still holds the same render in its history and node cache.
-Each image goes to its take's own path under the render root, then the batch's index
-rows and one metrics row are written before returning: a crash after that loses
-nothing. A failure also writes its metrics row (status ``failed``, ``oom`` or
-``interrupted``) and then re-raises, so the caller's retry policy decides what happens
-next. ``tasks/`` only adds retries, logging and the server's slot on top.
+Each image goes to its take's own path under the render root, with its provenance in
+PNG text chunks (:mod:`tower.runtime.provenance`) and an output check's verdict
+(:mod:`tower.runtime.checks`: a suspect image is kept and indexed with status
+``suspect``), then the batch's index rows and one metrics row are written before
+returning: a crash after that loses nothing. A failure also writes its metrics row
+(status ``failed``, ``oom`` or ``interrupted``) and then re-raises, so the caller's retry
+policy decides what happens next. ``tasks/`` only adds retries, logging and the
+server's slot on top.
 
 Rendering (:func:`render_prompt`) and storing (:func:`store_rendered`) are separate
 steps because they need different things: the first occupies a place in the server's
@@ -19,6 +22,7 @@ between them, so the next batch is queued while this one's images download.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Collection, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -31,16 +35,19 @@ from tower.comfyui import (
     ComfyUIOutOfMemory,
     ComfyUIProtocolError,
     DownloadedFile,
+    ImageRef,
     ProgressEvent,
     RenderResult,
 )
 from tower.planning.planner import RenderBatch, narrow_batch, split_batch
+from tower.runtime.checks import Verdict, pixel_reasons, verdicts
 from tower.runtime.failures import classify
 from tower.runtime.gpu import GpuSampler, GpuSummary, sampler_for
+from tower.runtime.provenance import PngError, provenance_fields, stamp
 from tower.spec.graph import CHECKPOINT_NODE, build_graph
 from tower.spec.outputs import take_output_path
 from tower.spec.takes import ResolvedTake
-from tower.store.files import DataRoot, inside
+from tower.store.files import DataRoot, atomic_path, inside
 from tower.store.index import IndexRow, OutputIndex
 from tower.store.metrics import BatchMetrics, MetricsStore
 
@@ -138,19 +145,52 @@ def _record_failure(err: BaseException, batch: RenderBatch, ctx: RenderContext, 
     return row
 
 
+@dataclass(frozen=True)
+class StoredImage:
+    """One take's image as stored: its path relative to the render root, the file (sha256
+    and size of the bytes on disk, provenance included) and the output check's verdict."""
+
+    take: ResolvedTake
+    relative: str
+    file: DownloadedFile
+    verdict: Verdict
+
+
+def _download_one(client: ComfyUIClient, ref: ImageRef, take: ResolvedTake, dest: Path,
+                  fields: dict[str, str]) -> tuple[DownloadedFile, list[str]]:
+    """Download ``ref`` into a temporary file beside ``dest``, insert the provenance chunks
+    (no pixel is decoded for that), look at the pixels, then rename: ``dest`` is written
+    once, and its sha256 and size are those of the file as stored."""
+    with atomic_path(dest) as tmp:
+        client.download(ref, tmp)
+        try:
+            data = stamp(tmp.read_bytes(), fields, name=f"{ref.relative_path} for {take.label}")
+        except PngError as err:
+            raise ComfyUIProtocolError(f"{fields['server']}: {err}") from err
+        tmp.write_bytes(data)
+    return (DownloadedFile(path=dest, sha256=hashlib.sha256(data).hexdigest(), size=len(data)),
+            pixel_reasons(data))
+
+
 def _download_all(client: ComfyUIClient, batch: RenderBatch, result: RenderResult,
-                  ctx: RenderContext) -> list[tuple[ResolvedTake, str, DownloadedFile]]:
-    """Image i to take i's path under the render root."""
+                  ctx: RenderContext, server: str) -> list[StoredImage]:
+    """Image i to take i's path under the render root, each with its provenance and its
+    output check (:mod:`tower.runtime.checks`; the size check compares the batch's files)."""
     if len(result.images) != batch.size:
         raise ComfyUIProtocolError(
             f"prompt {result.prompt_id} of batch {batch.label} produced "
             f"{len(result.images)} images for {batch.size} takes")
-    files = []
+    stored = []
     for take, ref in zip(batch.takes, result.images, strict=True):
         relative = take_output_path(take)
-        dest = inside(ctx.data_root.renders, relative)
-        files.append((take, relative, client.download(ref, dest)))
-    return files
+        fields = provenance_fields(take, server=server, prompt_id=result.prompt_id,
+                                   run_id=ctx.run_id)
+        file, found = _download_one(client, ref, take, inside(ctx.data_root.renders, relative),
+                                    fields)
+        stored.append((take, relative, file, found))
+    judged = verdicts([found for *_, found in stored], [file.size for _, _, file, _ in stored])
+    return [StoredImage(take, relative, file, verdict)
+            for (take, relative, file, _), verdict in zip(stored, judged, strict=True)]
 
 
 def _no_new_work(result: RenderResult, asked_at: datetime) -> bool:
@@ -223,17 +263,20 @@ def store_rendered(client: ComfyUIClient, rendered: Rendered, ctx: RenderContext
     server = server_name(client, batch)
     try:
         started = time.monotonic()
-        files = _download_all(client, batch, result, ctx)
+        files = _download_all(client, batch, result, ctx, server)
         download_s = time.monotonic() - started
     except Exception as err:
         _record_failure(err, batch, ctx, server, attempt, result, rendered.gpu)
         raise
     status = "cached" if _no_new_work(result, rendered.asked_at) else "ok"
     rendered_at = result.finished_at or ctx.now()
-    rows = [IndexRow.from_take(take, output_path=relative, sha256=file.sha256,
-                               size_bytes=file.size, rendered_at=rendered_at, server=server,
-                               prompt_id=result.prompt_id, run_id=ctx.run_id)
-            for take, relative, file in files]
+    rows = [IndexRow.from_take(image.take, output_path=image.relative,
+                               sha256=image.file.sha256, size_bytes=image.file.size,
+                               rendered_at=rendered_at, server=server,
+                               prompt_id=result.prompt_id, run_id=ctx.run_id,
+                               status=image.verdict.status,
+                               suspect_reason=image.verdict.reason)
+            for image in files]
     # An adopted prompt may be another run's (two runs of one episode at once): the
     # rows it already wrote for the same image are not written again.
     to_write = _new_rows(rows, ctx, batch.takes) if status == "cached" or result.adopted \
@@ -241,9 +284,10 @@ def store_rendered(client: ComfyUIClient, rendered: Rendered, ctx: RenderContext
     ctx.index.append(to_write)
     metrics = BatchMetrics(**_base_metrics(batch, ctx, server, attempt, result, rendered.gpu),
                            status=status, download_s=download_s, images=len(files),
-                           bytes_downloaded=sum(file.size for _, _, file in files))
+                           suspect_images=sum(image.verdict.suspect for image in files),
+                           bytes_downloaded=sum(image.file.size for image in files))
     ctx.metrics.append([metrics])
-    return BatchOutcome(batch, status, [file.path for _, _, file in files], rows, metrics)
+    return BatchOutcome(batch, status, [image.file.path for image in files], rows, metrics)
 
 
 def execute_batch(client: ComfyUIClient, batch: RenderBatch, ctx: RenderContext, *,

@@ -1,18 +1,19 @@
 """What a render run did, tallied as batches finish, and its end-of-run summary.
 
 The flows feed every batch outcome in; the summary gives the counts the run log
-records (rendered / skipped as duplicates / failed, retries, OOM splits, model swaps)
-and the figures the closing artifact shows (wall time, images per minute, GPU busy
-share). The artifact's table and the flow's final state message name where the night's
-images came from in the same words (:data:`SOURCE_WORDS`, :func:`count_line`). Nothing
-here names a file by its local absolute path: sheets are named relative to the data
-root, as links under the studio's URL for it when one is given. Pure: times are passed in.
+records (rendered / skipped as duplicates / failed, retries, OOM splits, model swaps),
+the images the output check flagged as suspect, and the figures the closing artifact
+shows (wall time, images per minute, GPU busy share). The artifact's table and the
+flow's final state message name where the night's images came from in the same words
+(:data:`SOURCE_WORDS`, :func:`count_line`). Nothing here names a file by its local
+absolute path: sheets are named relative to the data root, as links under the studio's
+URL for it when one is given. Pure: times are passed in.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
@@ -67,6 +68,9 @@ class RunTally:
     busy_s: dict[str, float] = field(default_factory=dict)
     images: list[SheetItem] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    # Stored images the output check flagged (tower.runtime.checks): path -> reason. They
+    # count among the stored ones too; this says which to look at first.
+    suspect: dict[Path, str] = field(default_factory=dict)
 
     def add(self, outcomes: Sequence[BatchOutcome], server: str) -> None:
         """Count one successful ``render_batch``: one outcome per (possibly split) piece."""
@@ -83,8 +87,28 @@ class RunTally:
                 self.takes_rendered += count
             seconds = outcome.metrics.execution_s or 0.0
             self.busy_s[server] = self.busy_s.get(server, 0.0) + seconds
-            self.images += [SheetItem(f"{t.shot_id} t{t.take}", path, shot=t.shot_id)
-                            for t, path in zip(outcome.batch.takes, outcome.images, strict=False)]
+            for row, path in zip(outcome.index_rows, outcome.images, strict=False):
+                if row.status == "suspect":
+                    self.suspect[path] = row.suspect_reason or "suspect"
+            self.images += self.flag_suspects(
+                SheetItem(f"{t.shot_id} t{t.take}", path, shot=t.shot_id)
+                for t, path in zip(outcome.batch.takes, outcome.images, strict=False))
+
+    def flag_suspects(self, items: Iterable[SheetItem]) -> list[SheetItem]:
+        """``items`` with those showing a suspect image of this run marked ``suspect``.
+
+        The flow redraws its tiles from the shot list at the end of a run (failed takes
+        included); this keeps the output check's verdicts on them. Both name an image
+        ``<render root>/<take_output_path>``, so the paths compare as they are.
+        """
+        return [replace(item, status="suspect")
+                if item.status == "ok" and item.path in self.suspect else item
+                for item in items]
+
+    @property
+    def takes_suspect(self) -> int:
+        """Stored images the output check flagged as suspect."""
+        return len(self.suspect)
 
     def fail(self, label: str, takes: int, error: str) -> None:
         """Count a batch that finally failed."""
@@ -120,7 +144,8 @@ def count_line(tally: RunTally) -> str:
     sources = [f"{n} {SOURCE_WORDS[source]}" for source, n in tally.by_source().items() if n]
     noun = "image" if tally.stored == 1 else "images"
     stored = f"{tally.stored} {noun} stored" + (f" ({', '.join(sources)})" if sources else "")
-    return f"{stored}, {tally.takes_deduped} {FROM_INDEX}, {tally.takes_failed} failed"
+    line = f"{stored}, {tally.takes_deduped} {FROM_INDEX}, {tally.takes_failed} failed"
+    return line + (f", {tally.takes_suspect} suspect" if tally.takes_suspect else "")
 
 
 def without_local_paths(text: str, roots: Collection[Path]) -> str:
@@ -235,7 +260,8 @@ def run_summary(info: RunInfo, tally: RunTally, *, status: str, finished: dateti
         "takes_requested": tally.takes_requested, "takes_deduped": tally.takes_deduped,
         "takes_rendered": tally.takes_rendered, "takes_adopted": tally.takes_adopted,
         "takes_cached": tally.takes_cached, "takes_stored": tally.stored,
-        "takes_failed": tally.takes_failed, "batches": info.batches,
+        "takes_failed": tally.takes_failed, "takes_suspect": tally.takes_suspect,
+        "batches": info.batches,
         "batches_failed": tally.batches_failed, "retries": tally.retries,
         "oom_splits": tally.oom_splits, "model_swaps": sum(info.model_swaps.values()),
         "wall_s": wall_s, "images_per_minute": tally.images_per_minute(wall_s),
@@ -294,6 +320,7 @@ def summary_markdown(title: str, tally: RunTally, *, started: datetime, finished
         *(f"| {SOURCE_WORDS[source]} | {n} |" for source, n in tally.by_source().items()),
         f"| {FROM_INDEX} (deduplicated) | {tally.takes_deduped} |",
         f"| failed | {failed} |",
+        f"| suspect (output check) | {tally.takes_suspect} |",
         f"| wall time | {wall_s:.1f} s |",
         f"| images per minute | {_num(tally.images_per_minute(wall_s))} |",
         f"| GPU busy share | {_pct(tally.gpu_busy_share(wall_s, len(servers)))} |",
@@ -309,6 +336,11 @@ def summary_markdown(title: str, tally: RunTally, *, started: datetime, finished
     if shown:
         lines += ["", "## Failed batches", ""]
         lines += [f"- {failure}" for failure in shown]
+    if tally.suspect:
+        lines += ["", "## Suspect images", "",
+                  "Stored and indexed with status `suspect`, framed amber on the sheet:", ""]
+        lines += [f"- {path.parent.name}/{path.name}: {why}"
+                  for path, why in sorted(tally.suspect.items())]
     if sheets:
         lines += _sheet_lines(sheets, base_url)
     return "\n".join(lines) + "\n"

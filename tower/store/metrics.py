@@ -76,6 +76,7 @@ class BatchMetrics:
     gpu_util_mean: float | None = None
     bytes_downloaded: int | None = None
     images: int | None = None
+    suspect_images: int | None = None
     error_type: str | None = None
     error_message: str | None = None
     date: str | None = None
