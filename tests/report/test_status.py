@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,7 +18,8 @@ from typer.testing import CliRunner
 
 from tower.cli import app
 from tower.comfyui import ComfyUIClient, server_identity
-from tower.report.status import gather_status, render_status
+from tower.report.status import RunningFlow, gather_status, render_running, render_status
+from tower.runtime.progress import Progress, ProgressTracker
 from tower.shotlist.shots import Shot, ShotList
 from tower.simulator import SimulatorConfig, SimulatorServer, start_simulator
 from tower.spec.graph import build_graph
@@ -182,3 +187,69 @@ def test_status_command_takes_named_servers_from_the_environment(simulator: Simu
     assert f"gpu-a ({simulator.url}): up" in result.output
     assert "last model: anime-final-sd15.safetensors" in result.output
     assert "UNREACHABLE" in result.output
+
+
+# Running flows: what the Prefect API said, worded as of the reader's ``now``.
+RUN_AT = datetime(2030, 3, 4, 1, 0, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Planned:
+    batch_id: str
+    server: str
+    size: int
+    est_seconds: float
+
+
+def _progress_at(seconds: float) -> Progress:
+    """gpu-a finished one batch of four; gpu-b left rotation and its two moved to gpu-a."""
+    plan = [Planned(f"a{i}", "gpu-a", 4, 60.0) for i in range(4)] + \
+           [Planned(f"b{i}", "gpu-b", 4, 60.0) for i in range(2)]
+    tracker = ProgressTracker.of("ep01", plan, RUN_AT)
+    tracker.finished("a0", "gpu-a", ok=True, at=RUN_AT + timedelta(seconds=60))
+    where = {"a1": "gpu-a", "a2": "gpu-a", "a3": "gpu-a", "b0": "gpu-a", "b1": "gpu-a"}
+    return tracker.snapshot(RUN_AT + timedelta(seconds=seconds), where,
+                            out_of_rotation=("gpu-b",))
+
+
+@pytest.mark.parametrize(("running", "unavailable", "now_s", "expected"), [
+    (None, "Prefect API not reachable at http://x/api (refused)", 0,
+     ["Running flows: Prefect API not reachable at http://x/api (refused)"]),
+    ([], None, 0, ["Running flows: none"]),
+    ([("render-episode", "ep01-nightly", None)], None, 0,
+     ["Running flows:", "  render-episode ep01-nightly: no progress published yet"]),
+    # Read two minutes after it was written: the time left shrinks, the ETA stays.
+    ([("render-episode", "ep01-nightly", 60)], None, 180,
+     ["Running flows:",
+      "  render-episode ep01-nightly since 01:00 UTC: ep01: 4/24 takes, 4.0 img/min, "
+      "ETA 01:06 UTC (3 min) (as of 2 min ago)",
+      "    gpu-a: 4/24 takes, 4.0 img/min, ETA 01:06 UTC (3 min)",
+      ]),
+])
+def test_running_flows_are_worded_from_their_eta_table(running, unavailable, now_s,
+                                                       expected) -> None:
+    flows = None if running is None else [
+        RunningFlow(flow, name, None if at is None else RUN_AT,
+                    None if at is None else _progress_at(at))
+        for flow, name, at in running]
+    text = render_running(flows, RUN_AT + timedelta(seconds=now_s), unavailable)
+    assert text.splitlines()[:len(expected)] == expected
+
+
+def test_a_server_out_of_rotation_is_named_with_what_it_did() -> None:
+    flow = RunningFlow("render-episode", "ep01-nightly", RUN_AT, _progress_at(60))
+    lines = render_running([flow], RUN_AT + timedelta(seconds=60)).splitlines()
+    assert lines[-1] == "    gpu-b: 0/0 takes, 0.0 img/min, done (out of rotation)"
+
+
+def test_status_command_says_when_the_prefect_api_is_not_reachable(tmp_path: Path) -> None:
+    """In a child process: Prefect reads ``PREFECT_API_URL`` when it is first imported."""
+    port = _free_port()  # nothing listens there
+    env = {**os.environ, "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
+    done = subprocess.run([sys.executable, "-c", "from tower.cli import main; main()",
+                           "status", "--data-root", str(tmp_path)], capture_output=True,
+                          text=True, env=env, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    last = done.stdout.splitlines()[-1]
+    assert last.startswith(f"Running flows: Prefect API not reachable at http://127.0.0.1:{port}")
+    assert "Output index: 0 rows" in done.stdout

@@ -201,7 +201,7 @@ def progress(label: str, started_at: datetime, batches: Mapping[str, tuple[int, 
     ``batches`` maps every planned batch id to its (takes, estimated seconds); ``where``
     maps every unfinished one to the server it is on or waiting for now.
     """
-    names = sorted({*where.values(), *(f.server for f in done if f.server)})
+    names = sorted({*where.values(), *(f.server for f in done if f.server), *out_of_rotation})
     own = {name: [f for f in done if f.server == name] for name in names}
     paces = {name: _pace(started_at, own[name]) for name in names}
     pooled = _pooled_pace(started_at, [own[n] for n in names if paces[n] is not None])
