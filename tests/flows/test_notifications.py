@@ -106,6 +106,14 @@ def slack_block(prefect_api: str, receiver: Receiver) -> str:
     return BLOCK
 
 
+@pytest.fixture(scope="module")
+def notify_setup(prefect_api: str, slack_block: str) -> subprocess.CompletedProcess[str]:
+    """``tower notify setup --slack-block``, run once for the module (the first setup)."""
+    result = tower_at(prefect_api, "notify", "setup", "--slack-block", slack_block)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
 def tower_at(api: str, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     """The installed ``tower`` command, against ``api``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
@@ -129,9 +137,9 @@ def flow_runs(api: str) -> list[Any]:
         return client.read_flow_runs()
 
 
-def test_setup_is_idempotent_and_never_prints_the_webhook_url(prefect_api, slack_block):
-    first = tower_at(prefect_api, "notify", "setup", "--slack-block", slack_block)
-    assert first.returncode == 0, first.stderr
+def test_setup_is_idempotent_and_never_prints_the_webhook_url(prefect_api, slack_block,
+                                                               notify_setup):
+    first = notify_setup
     made = tower_automations(prefect_api)
     assert len(made) == 2, made
     assert first.stdout.count("created: ") == 2
@@ -155,9 +163,7 @@ def test_setup_is_idempotent_and_never_prints_the_webhook_url(prefect_api, slack
 
 
 def test_a_render_notifies_its_end_and_the_server_it_took_out_of_rotation(
-        prefect_api, slack_block, receiver, sims, tmp_path):
-    setup = tower_at(prefect_api, "notify", "setup", "--slack-block", slack_block)
-    assert setup.returncode == 0, setup.stderr
+        prefect_api, notify_setup, receiver, sims, tmp_path):
     good, bad = sims("notify-good"), sims("notify-bad")
     bad.faults.execution_error_rate = 1.0
     shot_list = write_shot_list(tmp_path, episode="ep07", shots=4, takes=1)
@@ -190,10 +196,8 @@ def test_a_render_notifies_its_end_and_the_server_it_took_out_of_rotation(
     assert SECRET not in render.stdout + render.stderr
 
 
-def test_a_failed_render_notifies_its_failures(prefect_api, slack_block, receiver, sims,
+def test_a_failed_render_notifies_its_failures(prefect_api, notify_setup, receiver, sims,
                                                tmp_path):
-    setup = tower_at(prefect_api, "notify", "setup", "--slack-block", slack_block)
-    assert setup.returncode == 0, setup.stderr
     broken = sims("notify-broken")
     broken.faults.execution_error_rate = 1.0
     shot_list = write_shot_list(tmp_path, episode="ep08", shots=2, takes=1)
