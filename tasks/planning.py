@@ -58,6 +58,10 @@ def plan_run_task(shot_list: str | Path | ShotList, presets: Mapping[str, Preset
                    metrics=recent_metrics(root, today), preset=preset, shots=shots,
                    force=force, reuse=reuse, run_id=run_id, budget=budget)
     logger = get_run_logger()
+    if run.dedup.adopted:
+        OutputIndex(root.index).append(run.dedup.adopted)
+        logger.info("%d images indexed before model identity now carry it",
+                    len(run.dedup.adopted))
     log_unreadable_parts(logger, root, today - timedelta(days=HISTORY_DAYS))
     log_run_plan(logger, run)
     publish_plan(run.plan, RunArtifacts(kind, run.episode).plan)

@@ -29,7 +29,7 @@ from prefect.tasks import exponential_backoff
 
 from blocks.comfyui_server import ComfyUIServer
 from tasks.slots import SlotBank
-from tower.comfyui import ComfyUIError, ComfyUIPreflightError
+from tower.comfyui import ComfyUIError, ComfyUIPreflightError, ServerModels, read_headers
 from tower.planning.planner import RenderBatch
 from tower.runtime.execute import BatchOutcome, RenderContext, execute_with_oom_split
 from tower.runtime.failures import RunStopping, classify
@@ -71,6 +71,10 @@ def flow_run_stopping(flow_run_id: UUID | str | None) -> bool:
 def inventory_task(servers: Sequence[ComfyUIServer]) -> dict[str, Inventory | None]:
     """Each server's model files, for placement; None for a server that cannot be asked.
 
+    Each file's metadata header is read too (:class:`tower.comfyui.ServerModels`), once
+    per server per run: planning turns them into the takes' model identity and refuses
+    a farm whose servers hold different files under one name.
+
     An unknown inventory plans as if the server had everything: the preflight then
     names what it lacks, or finds it unreachable, before anything is queued.
     """
@@ -78,7 +82,9 @@ def inventory_task(servers: Sequence[ComfyUIServer]) -> dict[str, Inventory | No
     for server in servers:
         try:
             with server.get_client() as client:
-                found[server.name] = server_inventory(client)
+                folders = server_inventory(client)
+                files = [(folder, name) for folder, names in folders.items() for name in names]
+                found[server.name] = ServerModels(folders, read_headers(client, files))
         except ComfyUIError as err:
             get_run_logger().warning("%s: model folders not listed (%s); planned as if it "
                                      "had every model", server.name, err)

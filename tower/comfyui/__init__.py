@@ -20,7 +20,17 @@ from tower.comfyui._exceptions import (
     ComfyUIUnavailable,
     ComfyUIValidationError,
 )
-from tower.comfyui._identity import limit_name, preview_limit_name, server_identity
+from tower.comfyui._identity import (
+    NO_HEADER,
+    ServerModels,
+    header_conflicts,
+    header_digest,
+    limit_name,
+    model_fingerprint,
+    preview_limit_name,
+    read_headers,
+    server_identity,
+)
 from tower.comfyui._models import (
     Device,
     DownloadedFile,
@@ -35,6 +45,7 @@ from tower.comfyui._models import (
 from tower.comfyui._retry import retry_delay, should_retry_status
 
 __all__ = [
+    "NO_HEADER",
     "ComfyUIClient",
     "ComfyUIError",
     "ComfyUIExecutionError",
@@ -53,11 +64,16 @@ __all__ = [
     "QueueState",
     "RenderResult",
     "RenderStatus",
+    "ServerModels",
     "SystemStats",
     "combo_options",
+    "header_conflicts",
+    "header_digest",
     "is_link",
     "limit_name",
+    "model_fingerprint",
     "preview_limit_name",
+    "read_headers",
     "retry_delay",
     "server_identity",
     "should_retry_status",

@@ -22,6 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
+from urllib.parse import quote
 
 import httpx
 
@@ -229,6 +230,28 @@ class ComfyUIClient:
         if not isinstance(names, list):
             raise ComfyUIProtocolError(f"{self.name}: /models/{folder} is not a list")
         return [str(name) for name in names]
+
+    def view_metadata(self, folder: str, filename: str) -> dict[str, str] | None:
+        """The safetensors ``__metadata__`` header of one model file (``GET /view_metadata``).
+
+        ComfyUI reads the header and nothing else: no hash, size or date. It answers 404
+        alike for a file without a header, a missing file, an unknown folder and a name
+        not ending in ``.safetensors``, so all of those are None here.
+
+        Raises:
+            ComfyUIProtocolError: an answer that is not a JSON object.
+        """
+        path = f"/view_metadata/{quote(folder, safe='')}"
+        what = f"GET {path}?filename={filename}"
+        response = self._send("GET", path, params={"filename": filename})
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise self._status_error(response, what)
+        body = self._json(response, what)
+        if not isinstance(body, dict):
+            raise ComfyUIProtocolError(f"{self.name}: {what} is not a JSON object")
+        return {str(k): str(v) for k, v in body.items()}
 
     def input_images(self) -> set[str]:
         """Image files in the top level of the server's input folder (LoadImage's list).

@@ -27,12 +27,19 @@ operator gave) by one rule, :func:`limit_name`: ``comfyui-<name>``, and
 :func:`preview_limit_name`: ``comfyui-<name>-preview``. Prefect refuses only ``/ % & >
 <`` in limit names; a server name has none of them, so the name is used verbatim and
 two servers with different names never share a limit.
+
+A model file's identity (its fingerprint in render keys) is defined below, with the
+server's: see the comment before :func:`header_digest`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 MAX_NAME_LENGTH = 64
@@ -98,3 +105,96 @@ def limit_name(server_name: str) -> str:
 def preview_limit_name(server_name: str) -> str:
     """The limit of a server's preview batches, beside :func:`limit_name`'s slots."""
     return f"{limit_name(server_name)}{PREVIEW_SUFFIX}"
+
+
+# --- model files ------------------------------------------------------------------
+#
+# A model file's identity. ComfyUI offers no hash of a model file; the one thing it says
+# about a file's content is ``GET /view_metadata/<folder>?filename=``: the safetensors
+# header's ``__metadata__`` map (training settings, dates, often a hash the trainer
+# wrote), or 404 when the file has none. Its digest tells a retrained or swapped file
+# from the old one whenever the headers differ; a file re-written with an identical
+# header (or none, like most ControlNet and upscale models) looks unchanged. The presets
+# file's optional ``revision`` per file name covers that: the studio bumps it when it
+# replaces a file, and the fingerprint changes whatever the header says.
+
+_HEADER_HEX = 32
+NO_HEADER = ""
+
+
+def header_digest(metadata: Mapping[str, str] | None) -> str:
+    """The first 32 hex of sha256 over the header as canonical JSON (keys sorted: the
+    safetensors writer keeps no order); :data:`NO_HEADER` for no header or an empty one."""
+    if not metadata:
+        return NO_HEADER
+    encoded = json.dumps(dict(metadata), sort_keys=True, ensure_ascii=False,
+                         separators=(",", ":"))
+    return hashlib.sha256(encoded.encode("utf-8")).hexdigest()[:_HEADER_HEX]
+
+
+def model_fingerprint(header: str, revision: str | None = None) -> str:
+    """``meta:<digest>``, ``rev:<revision>`` or both (space-separated); empty when the file
+    has neither, and then it has no identity (a take keeps its name-based key for it)."""
+    parts = [f"meta:{header}"] if header else []
+    if revision:
+        parts.append(f"rev:{revision}")
+    return " ".join(parts)
+
+
+class MetadataReader(Protocol):
+    """What :func:`read_headers` needs of a client (``ComfyUIClient`` has it)."""
+
+    def view_metadata(self, folder: str, filename: str) -> dict[str, str] | None: ...
+
+
+class ServerModels(dict[str, frozenset[str]]):
+    """A server's model inventory (folder -> file names) with the header digest of every
+    file it was asked about (``"<folder>/<file>"`` -> :func:`header_digest`).
+
+    It is an inventory wherever one is expected; ``headers`` travels with it from the
+    run's one inventory pass to planning, so each server is asked once per run.
+    """
+
+    def __init__(self, folders: Mapping[str, frozenset[str]],
+                 headers: Mapping[str, str] | None = None):
+        super().__init__(folders)
+        self.headers: dict[str, str] = dict(headers or {})
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ServerModels, (dict(self), self.headers))
+
+
+def read_headers(client: MetadataReader, files: Iterable[tuple[str, str]],
+                 workers: int = 8) -> dict[str, str]:
+    """``"<folder>/<file>"`` -> header digest of each ``(folder, file)``, asked in
+    ``workers`` parallel requests (ComfyUI reads only the header: each answer is quick).
+
+    Raises:
+        ComfyUIError: the server could not be asked (the first failure).
+    """
+    wanted = sorted(set(files))
+    if not wanted:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(workers, len(wanted))) as pool:
+        answers = pool.map(lambda pair: client.view_metadata(*pair), wanted)
+        return {f"{folder}/{name}": header_digest(meta)
+                for (folder, name), meta in zip(wanted, answers, strict=True)}
+
+
+def header_conflicts(headers: Mapping[str, Mapping[str, str]],
+                     files: Iterable[str]) -> list[str]:
+    """One line per file of ``files`` two servers describe differently (``headers``:
+    server name -> its digests), naming the servers and what each holds; a render key
+    names one model, so such a run would mix two models under one key."""
+    lines = []
+    for name in sorted(set(files)):
+        seen: dict[str, list[str]] = {}
+        for server, digests in sorted(headers.items()):
+            if name in digests:
+                seen.setdefault(digests[name], []).append(server)
+        if len(seen) > 1:
+            held = "; ".join(f"{', '.join(servers)}: "
+                             f"{'header ' + digest if digest else 'no metadata header'}"
+                             for digest, servers in sorted(seen.items()))
+            lines.append(f"{name} differs between servers ({held})")
+    return lines

@@ -7,7 +7,9 @@ plan the command prints is the plan a flow renders, batch for batch:
 2. a preview with a time budget chooses its preset first
    (:func:`tower.planning.preview.choose_preset`);
 3. resolve the takes (preset override, shot filter);
-4. decide each take's VAE decode (:func:`tower.planning.planner.apply_decode_policy`);
+4. decide each take's VAE decode (:func:`tower.planning.planner.apply_decode_policy`),
+   then give it its model identity (:func:`apply_model_identity`; refused when two
+   servers hold different files under one name);
 5. dedup against the output index (a forced run collapses duplicates only);
 6. optionally stand in look-alike images already indexed (``reuse="similar"``);
 7. plan the batches (a forced run's batches carry its :func:`force_token`).
@@ -47,6 +49,12 @@ from typing import Literal
 
 import polars as pl
 
+from tower.comfyui import (
+    ComfyUIPreflightError,
+    ServerModels,
+    header_conflicts,
+    model_fingerprint,
+)
 from tower.planning.caps import BatchCap, CapKey, batch_caps, cap_sizes
 from tower.planning.planner import (
     Plan,
@@ -59,7 +67,7 @@ from tower.planning.planner import (
 from tower.planning.preview import Preference, PresetChoice, choose_preset, reuse_similar
 from tower.planning.timing import TimeModel
 from tower.planning.vram import VramModel
-from tower.shotlist.presets import Preset
+from tower.shotlist.presets import Preset, model_revisions
 from tower.shotlist.shots import ShotList, read_shot_list
 from tower.spec.cropping import aspect_warnings
 from tower.spec.takes import ResolvedTake, resolve_shot, resolve_takes
@@ -202,6 +210,7 @@ def plan_run(shot_list: str | Path | ShotList, *, presets: Mapping[str, Preset],
         choice = _choose(listed, presets, shots, servers, models, budget)
         preset = choice.preset
     takes = apply_decode_policy(_resolve(listed, presets, preset, shots), servers, presets)
+    takes = apply_model_identity(takes, servers, model_revisions(presets))
     forced = force or reuse == "none"
     index = OutputIndex(data_root.index)
     dedup = collapse_duplicates(takes) if forced else index.dedup(takes, data_root.renders)
@@ -213,6 +222,38 @@ def plan_run(shot_list: str | Path | ShotList, *, presets: Mapping[str, Preset],
                         caps=cap_sizes(models.caps))
     return RunPlan(listed, source, takes, dedup, reused, to_render, plan, models,
                    warnings + aspect_warnings(takes) + _over_budget(plan, servers), choice)
+
+
+def apply_model_identity(takes: Sequence[ResolvedTake], servers: Sequence[ServerSpec],
+                         revisions: Mapping[str, str]) -> list[ResolvedTake]:
+    """The takes with the fingerprints of their model files (see :mod:`tower.spec.keys`).
+
+    A file's fingerprint is what the servers' inventories read from its header
+    (:class:`tower.comfyui.ServerModels`), with the presets file's revision for its name.
+    A file no server was asked about (``tower plan``, an unreachable farm) gets none, so
+    its takes keep name-based keys, whatever its revision.
+
+    Raises:
+        ComfyUIPreflightError: two servers hold different files under one name, naming
+            the file and the servers; a render key could not say which model it used.
+    """
+    headers = {s.name: s.models.headers for s in servers if isinstance(s.models, ServerModels)}
+    if not headers:
+        return list(takes)
+    needed = {name for take in takes for name in take.model_names}
+    conflicts = header_conflicts(headers, needed)
+    if conflicts:
+        raise ComfyUIPreflightError(
+            "the servers of this run disagree about model files, nothing was queued (a"
+            " render key would stand for two models):\n"
+            + "\n".join(f"- {line}" for line in conflicts))
+    fingerprints: dict[str, str] = {}
+    for name in needed:
+        answers = [digests[name] for digests in headers.values() if name in digests]
+        if answers:
+            revision = revisions.get(name.split("/", 1)[1])
+            fingerprints[name] = model_fingerprint(answers[0], revision)
+    return [take.with_model_identity(fingerprints) for take in takes]
 
 
 def _read(shot_list: str | Path | ShotList, presets: Mapping[str, Preset],

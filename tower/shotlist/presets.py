@@ -55,6 +55,10 @@ class Preset(BaseModel):
     loras: tuple[PresetLora, ...] = ()
     hires: Hires | None = None
     upscale: Upscale | None = None
+    # The presets file's ``models:`` table, (file name, revision), the same in every
+    # preset of the file: the planning pipeline folds each revision into its file's
+    # fingerprint (tower.comfyui.model_fingerprint). Set by the file, never per preset.
+    model_revisions: tuple[tuple[str, str], ...] = ()
 
     @field_validator("name")
     @classmethod
@@ -118,7 +122,7 @@ def apply_overrides(
 
 
 # An entry of a presets file: any preset field but the name (its key), plus ``extends``.
-_OVERRIDABLE = frozenset({"extends", *Preset.model_fields} - {"name"})
+_OVERRIDABLE = frozenset({"extends", *Preset.model_fields} - {"name", "model_revisions"})
 _REQUIRED = tuple(name for name, info in Preset.model_fields.items()
                   if info.is_required() and name != "name")
 
@@ -184,9 +188,63 @@ def load_presets(path: str | Path | None) -> dict[str, Preset]:
     source, text = read_text(path)
     doc = parse(source, text, "yaml")
     data = doc.data
+    revisions: tuple[tuple[str, str], ...] = ()
+    if isinstance(data, Mapping) and MODELS_KEY in data:
+        revisions = _revisions(data[MODELS_KEY], source, doc)
+        data = {k: v for k, v in data.items() if k != MODELS_KEY}
     if isinstance(data, Mapping) and "presets" in data:
         data = data["presets"]
     if not isinstance(data, Mapping):
         raise InputError([Problem(source, 1, None, None,
                                   "must map preset names to their fields")])
-    return apply_overrides(data, source=source, doc=doc)
+    presets = apply_overrides(data, source=source, doc=doc)
+    if not revisions:
+        return presets
+    return {name: p.model_copy(update={"model_revisions": revisions})
+            for name, p in presets.items()}
+
+
+MODELS_KEY = "models"
+
+
+def _revisions(raw: Any, source: str, doc: Document) -> tuple[tuple[str, str], ...]:
+    """The ``models:`` table: model file name -> ``{revision: <text>}``, sorted.
+
+    Raises:
+        InputError: every entry that is not a file name mapped to a revision, with its line.
+    """
+    where = MODELS_KEY
+    if not isinstance(raw, Mapping):
+        raise InputError([Problem(source, doc.line_of(MODELS_KEY), where, None,
+                                  "must map model file names to {revision: ...}")])
+    found: dict[str, str] = {}
+    problems = []
+    for name, entry in raw.items():
+        line = doc.line_of(MODELS_KEY, name)
+        if not isinstance(name, str) or not name.strip():
+            problems.append(Problem(source, line, where, str(name),
+                                    "a model file name must be text"))
+            continue
+        if not isinstance(entry, Mapping) or set(entry) - {"revision"}:
+            problems.append(Problem(source, line, f"{where} {name}", None,
+                                    "must be {revision: <text>} (the only field)"))
+            continue
+        revision = entry.get("revision")
+        if isinstance(revision, bool) or not isinstance(revision, (str, int, float)) \
+                or not str(revision).strip():
+            problems.append(Problem(source, doc.line_of(MODELS_KEY, name, "revision") or line,
+                                    f"{where} {name}", "revision",
+                                    "must be a non-empty text, e.g. \"2026-11\""))
+            continue
+        found[name] = str(revision).strip()
+    if problems:
+        raise InputError(problems)
+    return tuple(sorted(found.items()))
+
+
+def model_revisions(presets: Mapping[str, Preset]) -> dict[str, str]:
+    """File name -> revision from the presets file's ``models:`` table (via any preset)."""
+    found: dict[str, str] = {}
+    for preset in presets.values():
+        found.update(preset.model_revisions)
+    return found

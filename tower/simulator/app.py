@@ -2,8 +2,8 @@
 
 Route behaviour follows the recordings in ``shared/comfyui-contract`` and its
 ``production`` folder (see their READMEs);
-``/_tower/busy``, ``/_tower/faults`` and ``/_tower/restart`` are the simulator's own
-control routes and exist on no real server.
+``/_tower/busy``, ``/_tower/faults``, ``/_tower/models`` and ``/_tower/restart`` are
+the simulator's own control routes and exist on no real server.
 """
 
 from __future__ import annotations
@@ -266,6 +266,27 @@ async def tower_faults(request: Request) -> Response:
     return ComfyJSON(faults.to_json())
 
 
+async def tower_models(request: Request) -> Response:
+    """``POST {"<folder>/<file>": {header} | null}``: replace (or, with null, remove) model
+    files' metadata headers, as copying a retrained file over the old one would; GET
+    and POST answer the headers now served."""
+    metadata = request.app.state.engine.config.model_metadata
+    if request.method == "POST":
+        try:
+            data = await json_body(request)
+            if not isinstance(data, dict) or not all(
+                    isinstance(v, dict) or v is None for v in data.values()):
+                raise ValueError("models must map '<folder>/<file>' to a header object or null")
+        except ValueError as err:
+            return ComfyJSON({"error": str(err)}, status_code=400)
+        for name, header in data.items():
+            if header is None:
+                metadata.pop(name, None)
+            else:
+                metadata[name] = {str(k): str(v) for k, v in header.items()}
+    return ComfyJSON(metadata)
+
+
 async def tower_restart(request: Request) -> Response:
     await asyncio.to_thread(request.app.state.engine.restart)
     return empty()
@@ -295,6 +316,7 @@ ROUTES = [
     Route("/_tower/busy", tower_busy, methods=["GET"]),
     Route("/_tower/faults", tower_faults, methods=["GET", "POST"]),
     Route("/_tower/restart", tower_restart, methods=["POST"]),
+    Route("/_tower/models", tower_models, methods=["GET", "POST"]),
 ]
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, TypeVar
@@ -41,7 +41,9 @@ if TYPE_CHECKING:
 __all__ = ["CompactResult", "DedupResult", "IndexRow", "IndexStats", "OutputIndex",
            "look_key", "merged_name", "plan_compaction"]
 
-_LOOK_DROP = ("seed", "take", "vae")
+# ``models``: the look of a shot is its settings by name, so previews keep finding the
+# look-alikes indexed before model identity.
+_LOOK_DROP = ("seed", "take", "vae", "models")
 
 T = TypeVar("T")
 
@@ -81,6 +83,8 @@ class IndexRow:
     look_key: str | None = None
     status: str | None = None  # the output check's "ok" | "suspect"; None: not checked
     suspect_reason: str | None = None
+    name_key: str | None = None
+    model_identity: str | None = None
 
     @classmethod
     def from_take(cls, take: ResolvedTake, *, output_path: str, sha256: str, size_bytes: int,
@@ -94,8 +98,23 @@ class IndexRow:
             height=take.height, prompt=take.prompt, output_path=output_path, sha256=sha256,
             size_bytes=size_bytes, rendered_at=rendered_at, server=server, prompt_id=prompt_id,
             run_id=run_id, look_key=look_key(take), status=status,
-            suspect_reason=suspect_reason,
+            suspect_reason=suspect_reason, name_key=take.name_key,
+            model_identity=identity_text(take),
         )
+
+    def adopted_by(self, take: ResolvedTake) -> IndexRow:
+        """This pre-identity row under ``take``'s identity key: the record that the image
+        was accepted for the models ``take`` names (see :meth:`OutputIndex.dedup`)."""
+        return replace(self, render_key=take.key, name_key=take.name_key,
+                       model_identity=identity_text(take))
+
+
+def identity_text(take: ResolvedTake) -> str | None:
+    """``take.model_identity`` as the index stores it (JSON pairs), None when unknown."""
+    if not take.model_identity:
+        return None
+    return json.dumps([list(pair) for pair in take.model_identity], ensure_ascii=False,
+                      separators=(",", ":"))
 
 
 @dataclass(frozen=True)
@@ -106,13 +125,17 @@ class DedupResult:
     ``to_render`` holds one take per render key, the first in input order; ``same_as``
     pairs each later take of such a key with that first take, whose image it shares (it
     is not rendered again). ``missing_files`` were indexed but their file is gone or has
-    another size; they are also in ``to_render``.
+    another size; they are also in ``to_render``. ``adopted`` are the rows, among
+    ``rendered``'s, that serve a take with model identity from a row written before
+    identity: appending them (:meth:`OutputIndex.append`) records the identity, so that
+    old row is accepted once and a later model change re-renders the take.
     """
 
     rendered: list[tuple[ResolvedTake, IndexRow]]
     to_render: list[ResolvedTake]
     missing_files: list[ResolvedTake]
     same_as: list[tuple[ResolvedTake, ResolvedTake]] = field(default_factory=list)
+    adopted: list[IndexRow] = field(default_factory=list)
 
     def served_paths(self) -> dict[str, str]:
         """Render key -> output path (relative to the render root) of every image reused.
@@ -222,6 +245,15 @@ class OutputIndex:
         is re-rendered and listed in ``missing_files``. When a key was indexed several
         times, the newest row wins. Takes sharing a key that is not rendered yet are
         rendered once: see :class:`DedupResult`.
+
+        Model identity (see :mod:`tower.spec.keys`) adds two matches beside the key:
+
+        * a take *with* identity whose key is not indexed takes a row written before
+          identity (``render_key`` = the take's name key, no ``model_identity``), unless
+          some row of that name key already records an identity: then the models
+          changed since, and the take renders again. Such a hit is in ``adopted``.
+        * a take *without* identity (``tower plan``, servers not asked) matches by name:
+          its key, or any row whose ``name_key`` it is, whatever the identity recorded.
         """
         if not takes:
             return DedupResult([], [], [])
@@ -229,13 +261,16 @@ class OutputIndex:
             {"_i": range(len(takes)), "render_key": [t.key for t in takes]},
             schema={"_i": pl.Int64, "render_key": pl.String},
         ).with_columns(_first=pl.col("_i").min().over("render_key"))
-        keys = wanted.lazy().select("render_key").unique()
+        by_name = {t.name_key: t.key for t in takes if t.model_identity}
+        plain = sorted({t.key for t in takes if not t.model_identity})
+        exact = sorted(set(wanted["render_key"]))
+        names = sorted(set(by_name) | set(plain))
 
         def build(index: pl.LazyFrame) -> pl.DataFrame:
-            return (index.join(keys, on="render_key", how="semi")
-                    .sort("rendered_at").unique("render_key", keep="last").collect())
+            return index.filter(pl.col("render_key").is_in(exact + sorted(by_name))
+                                | pl.col("name_key").is_in(names)).collect()
 
-        latest = self._query(build)
+        latest = _matches(self._query(build), exact, plain, by_name)
         ok = self._files_ok(latest, render_root) if check_files else [True] * latest.height
         good = latest.filter(pl.Series(ok, dtype=pl.Boolean))
         gone = latest.filter(~pl.Series(ok, dtype=pl.Boolean)).select("render_key")
@@ -350,9 +385,17 @@ def _split(takes: Sequence[ResolvedTake], wanted: pl.DataFrame, good: pl.DataFra
     indexed but whose file is missing.
     """
     hits = wanted.join(good, on="render_key", how="inner").sort("_i")
-    rendered = []
+    rendered, adopted, seen = [], [], set()
     for row in hits.drop("_first").iter_rows(named=True):
-        rendered.append((takes[row.pop("_i")], IndexRow(**row)))
+        take, was_old = takes[row.pop("_i")], row.pop("_adopted")
+        indexed = IndexRow(**row)
+        if was_old:
+            indexed = indexed.adopted_by(take)
+            if take.key not in seen:
+                adopted.append(indexed)
+                seen.add(take.key)
+        rendered.append((take, indexed))
+    good = good.drop("_adopted")
     rest = wanted.join(good.select("render_key"), on="render_key", how="anti").sort("_i")
     first = rest.filter(pl.col("_i") == pl.col("_first"))
     later = rest.filter(pl.col("_i") != pl.col("_first"))
@@ -363,7 +406,31 @@ def _split(takes: Sequence[ResolvedTake], wanted: pl.DataFrame, good: pl.DataFra
         missing_files=[takes[i] for i in missing["_i"]],
         same_as=[(takes[i], takes[f])
                  for i, f in zip(later["_i"], later["_first"], strict=True)],
+        adopted=adopted,
     )
+
+
+def _matches(rows: pl.DataFrame, exact: list[str], plain: list[str],
+             by_name: dict[str, str]) -> pl.DataFrame:
+    """The newest row serving each wanted key, ``render_key`` set to the key it serves
+    and ``_adopted`` true for a pre-identity row taken by a take with identity.
+
+    ``exact``: every wanted key; ``plain``: the keys of takes without identity (name
+    keys, matched against ``name_key`` too); ``by_name``: name key -> identity key of
+    the takes with identity.
+    """
+    hits = rows.filter(pl.col("render_key").is_in(exact)).with_columns(_adopted=pl.lit(False))
+    named = (rows.filter(pl.col("name_key").is_in(plain))
+             .with_columns(render_key=pl.col("name_key"), _adopted=pl.lit(False)))
+    recorded = set(rows.filter(pl.col("model_identity").is_not_null()
+                               & pl.col("name_key").is_in(list(by_name)))["name_key"])
+    fresh = {name: key for name, key in by_name.items() if name not in recorded}
+    old = (rows.filter(pl.col("render_key").is_in(list(fresh))
+                       & pl.col("model_identity").is_null())
+           .with_columns(render_key=pl.col("render_key").replace_strict(fresh),
+                         _adopted=pl.lit(True)))
+    return (pl.concat([hits, named, old]).sort("rendered_at")
+            .unique("render_key", keep="last", maintain_order=True))
 
 
 def _is_safe_relative(rel: str) -> bool:

@@ -37,6 +37,12 @@ INDEX_SCHEMA = pa.schema([
     # in parts written before the check existed: read as unchecked, not as suspect.
     pa.field("status", pa.string()),
     pa.field("suspect_reason", pa.string()),
+    # The key without model identity (tower.spec.keys.name_key) and the identity itself
+    # (JSON of ResolvedTake.model_identity); both null in rows written before identity,
+    # whose render_key is the name key. Dedup reads them to recognise those old rows once
+    # and to re-render exactly the takes whose model changed (see OutputIndex.dedup).
+    pa.field("name_key", pa.string()),
+    pa.field("model_identity", pa.string()),
 ])
 
 BATCH_STATUSES = ("ok", "cached", "failed", "oom", "interrupted")
