@@ -10,11 +10,12 @@ in each flow.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from prefect import get_run_logger
 from prefect.logging.loggers import flow_run_logger
 from prefect.states import Cancelled, Completed, Failed, State
 
@@ -32,11 +33,15 @@ from tasks.setup import (
 )
 from tower.planning.batches import ServerSpec
 from tower.planning.pipeline import RunPlan
+from tower.planning.planner import plan_batches
 from tower.runtime.inputs import Inventory
+from tower.runtime.pool import ServerPool
+from tower.runtime.retakes import suspect_retakes
 from tower.runtime.runs import RunArtifacts, RunKind
 from tower.runtime.summary import RunInfo, RunTally, count_line, run_status
 from tower.shotlist.presets import Preset
 from tower.spec.outputs import sheet_items
+from tower.spec.takes import ResolvedTake
 from tower.store.files import DataRoot
 
 
@@ -88,21 +93,46 @@ def render_and_publish(farm: Farm, planned: RunPlan, how: Rendering, *, started:
     tally = RunTally(takes_requested=len(planned.takes), takes_deduped=planned.takes_deduped)
     run_uuid = str(flow_run_id) if flow_run_id else None
     ctx = render_context(farm.root, how.label, started, run_uuid, front=how.front)
-    pool, cancelled = render_plan(plan, RenderRun(
-        farm.servers, ctx, how.retries, how.retry_backoff_s, how.max_server_failures,
-        progress_key=keys.progress, table_key=keys.progress_table, label=planned.episode,
-        inventories=farm.inventories), tally)
-    tally.images = sheet_items(planned.takes, farm.root.renders, planned.served_paths(),
+    run = RenderRun(farm.servers, ctx, how.retries, how.retry_backoff_s,
+                    how.max_server_failures, progress_key=keys.progress,
+                    table_key=keys.progress_table, label=planned.episode,
+                    inventories=farm.inventories)
+    pool, cancelled = render_plan(plan, run, tally)
+    out_of_rotation = dict(pool.out_of_rotation)
+    retakes = [] if cancelled else suspect_retakes(planned.takes, tally.suspect,
+                                                   farm.root.renders, farm.presets)
+    if retakes:
+        retake_pool, cancelled = render_retakes(retakes, farm, run, out_of_rotation, tally)
+        out_of_rotation |= retake_pool.out_of_rotation if retake_pool else {}
+    tally.images = sheet_items([*planned.takes, *retakes], farm.root.renders,
+                               planned.served_paths(),
                                missing="cancelled" if cancelled else "failed")
     info = RunInfo(run_id=ctx.run_id, flow_run_id=run_uuid, flow=how.flow,
                    episode=planned.episode, preset=preset,
                    servers=tuple(s.name for s in farm.servers), started=started,
                    batches=len(plan.batches), model_swaps=plan.model_swaps)
     summary = publish_summary(tally, info, root=farm.root,
-                              out_of_rotation=pool.out_of_rotation,
+                              out_of_rotation=out_of_rotation,
                               status=run_status(tally, cancelled), key=keys.summary,
                               title=f"{planned.episode} {how.kind}", base_url=farm.data_url)
     return tally, summary, cancelled
+
+
+def render_retakes(retakes: list[ResolvedTake], farm: Farm, run: RenderRun,
+                   out_of_rotation: dict[str, str], tally: RunTally,
+                   ) -> tuple[ServerPool | None, bool]:
+    """Render the retakes of suspect images (:mod:`tower.runtime.retakes`) as a second
+    round of the same run, on the servers still in rotation; ``(pool, cancelled)``."""
+    logger = get_run_logger()
+    servers = [s for s in run.servers if s.name not in out_of_rotation]
+    if not servers:
+        logger.warning("%d suspect takes not re-rendered: no server left in rotation",
+                       len(retakes))
+        return None, False
+    logger.info("re-rendering %d suspect takes once, at their shot's next noise index: %s",
+                len(retakes), ", ".join(t.label for t in retakes))
+    plan = plan_batches(retakes, server_specs(servers, farm.inventories), farm.presets)
+    return render_plan(plan, replace(run, servers=servers), tally)
 
 
 def cancel_hook(flow: object, flow_run: object, state: State) -> None:

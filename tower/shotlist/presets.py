@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -55,6 +55,10 @@ class Preset(BaseModel):
     loras: tuple[PresetLora, ...] = ()
     hires: Hires | None = None
     upscale: Upscale | None = None
+    # What a run does with an image the output check flags (tower.runtime.checks):
+    # ``flag`` keeps it, indexed as suspect; ``rerender`` also renders the shot once more
+    # at its next noise index (tower.runtime.retakes).
+    on_suspect: Literal["flag", "rerender"] = "flag"
     # The presets file's ``models:`` table, (file name, revision), the same in every
     # preset of the file: the planning pipeline folds each revision into its file's
     # fingerprint (tower.comfyui.model_fingerprint). Set by the file, never per preset.
