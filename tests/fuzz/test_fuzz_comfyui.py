@@ -33,6 +33,7 @@ from tower.comfyui import (
 )
 from tower.planning.planner import RenderBatch, batch_id_for
 from tower.runtime.execute import RenderContext, Rendered, store_rendered
+from tower.runtime.provenance import idat_bytes
 from tower.shotlist.shots import Shot, ShotList
 from tower.spec.outputs import take_output_path
 from tower.spec.takes import resolve_takes
@@ -351,4 +352,4 @@ def test_store_rendered_puts_each_image_at_its_takes_path_whatever_the_server_na
     expected = {root.renders / take_output_path(take) for take in takes}
     assert set(outcome.images) == expected
     assert files_under(root.renders) == expected
-    assert all(path.read_bytes() == PNG for path in expected)
+    assert all(idat_bytes(path.read_bytes()) == idat_bytes(PNG) for path in expected)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import errno
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from tower.store.files import atomic_path, atomic_write_bytes, naming
+from tower.store.files import atomic_path, atomic_write_bytes, naming, stripe_lock
 
 
 def test_a_write_that_fails_leaves_neither_file_nor_temporary_and_names_the_file(
@@ -43,3 +45,24 @@ def test_naming_adds_the_path_only_where_the_error_lacks_one(err: OSError, named
     assert type(result) is type(err) and result.errno == err.errno
     if named:
         assert result.filename == "/data/renders/a.png"
+
+
+def test_a_stripe_lock_makes_a_second_holder_wait(tmp_path: Path) -> None:
+    """Two runs storing one prompt's images: the second waits for the first to finish."""
+    held = threading.Event()
+    order: list[str] = []
+
+    def first() -> None:
+        with stripe_lock(tmp_path, "tower-prompt-1"):
+            held.set()
+            time.sleep(0.3)
+            order.append("first done")
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    held.wait(5)
+    with stripe_lock(tmp_path, "tower-prompt-1"):
+        order.append("second in")
+    thread.join()
+    assert order == ["first done", "second in"]
+    assert len(list((tmp_path / ".locks").iterdir())) == 1

@@ -47,7 +47,7 @@ from tower.runtime.provenance import PngError, provenance_fields, stamp
 from tower.spec.graph import CHECKPOINT_NODE, build_graph
 from tower.spec.outputs import take_output_path
 from tower.spec.takes import ResolvedTake
-from tower.store.files import DataRoot, atomic_path, inside
+from tower.store.files import DataRoot, atomic_path, inside, stripe_lock
 from tower.store.index import IndexRow, OutputIndex
 from tower.store.metrics import BatchMetrics, MetricsStore
 
@@ -173,15 +173,19 @@ def _download_one(client: ComfyUIClient, ref: ImageRef, take: ResolvedTake, dest
 
 
 def _download_all(client: ComfyUIClient, batch: RenderBatch, result: RenderResult,
-                  ctx: RenderContext, server: str) -> list[StoredImage]:
+                  ctx: RenderContext, server: str,
+                  kept: Collection[str] = ()) -> list[StoredImage]:
     """Image i to take i's path under the render root, each with its provenance and its
-    output check (:mod:`tower.runtime.checks`; the size check compares the batch's files)."""
+    output check (:mod:`tower.runtime.checks`; the size check compares the batch's files).
+    Takes whose key is in ``kept`` are already stored and indexed: not downloaded."""
     if len(result.images) != batch.size:
         raise ComfyUIProtocolError(
             f"prompt {result.prompt_id} of batch {batch.label} produced "
             f"{len(result.images)} images for {batch.size} takes")
     stored = []
     for take, ref in zip(batch.takes, result.images, strict=True):
+        if take.key in kept:
+            continue
         relative = take_output_path(take)
         fields = provenance_fields(take, server=server, prompt_id=result.prompt_id,
                                    run_id=ctx.run_id)
@@ -205,12 +209,24 @@ def _no_new_work(result: RenderResult, asked_at: datetime) -> bool:
     return result.adopted and result.finished_at is not None and result.finished_at <= asked_at
 
 
-def _new_rows(rows: Sequence[IndexRow], ctx: RenderContext, takes: Sequence[ResolvedTake],
-              ) -> list[IndexRow]:
-    """The rows the index does not already hold with the same image (for re-executions)."""
-    known = {row.render_key: row.sha256
-             for _, row in ctx.index.dedup(takes, ctx.data_root.renders).rendered}
-    return [row for row in rows if known.get(row.render_key) != row.sha256]
+def _already_stored(batch: RenderBatch, ctx: RenderContext,
+                    prompt_id: str) -> dict[str, IndexRow]:
+    """Takes of ``batch`` whose image from this very prompt is on disk and indexed, by
+    key: stored by another run that adopted the same prompt, by an earlier attempt or by
+    an earlier run killed before it finished.
+
+    Keeping them leaves one row per image and the file as its row describes it; storing
+    them again would stamp the file with this run's provenance and index it twice. Only
+    takes whose file exists are looked up, so a fresh batch costs one ``stat`` per take.
+    Rows of other prompts (a forced run re-renders what an earlier one stored) are not
+    kept.
+    """
+    renders = ctx.data_root.renders
+    present = [take for take in batch.takes if (renders / take_output_path(take)).is_file()]
+    if not present:
+        return {}
+    return {take.key: row for take, row in ctx.index.dedup(present, renders).rendered
+            if row.prompt_id == prompt_id}
 
 
 @dataclass
@@ -251,8 +267,8 @@ def store_rendered(client: ComfyUIClient, rendered: Rendered, ctx: RenderContext
     and metrics row.
 
     Status ``cached`` means the server did no new work (every node cached, or the prompt
-    had already finished under this id). Its index rows, and those of any adopted
-    prompt, are only written where the index lacks them.
+    had already finished under this id). Images already stored and indexed (another run
+    adopted the same prompt and stored it first) are kept as they are, rows included.
 
     Raises:
         ComfyUIError: after writing the attempt's metrics row; a result with a wrong number
@@ -261,33 +277,32 @@ def store_rendered(client: ComfyUIClient, rendered: Rendered, ctx: RenderContext
     """
     batch, result = rendered.batch, rendered.result
     server = server_name(client, batch)
+    status = "cached" if _no_new_work(result, rendered.asked_at) else "ok"
+    rendered_at = result.finished_at or ctx.now()
     try:
-        started = time.monotonic()
-        files = _download_all(client, batch, result, ctx, server)
-        download_s = time.monotonic() - started
+        # One prompt's images are stored by one process at a time (see _already_stored).
+        with stripe_lock(ctx.data_root.root, result.prompt_id):
+            kept = _already_stored(batch, ctx, result.prompt_id)
+            started = time.monotonic()
+            files = _download_all(client, batch, result, ctx, server, kept)
+            download_s = time.monotonic() - started
+            new = {image.take.key: IndexRow.from_take(
+                image.take, output_path=image.relative, sha256=image.file.sha256,
+                size_bytes=image.file.size, rendered_at=rendered_at, server=server,
+                prompt_id=result.prompt_id, run_id=ctx.run_id, status=image.verdict.status,
+                suspect_reason=image.verdict.reason) for image in files}
+            ctx.index.append(list(new.values()))
     except Exception as err:
         _record_failure(err, batch, ctx, server, attempt, result, rendered.gpu)
         raise
-    status = "cached" if _no_new_work(result, rendered.asked_at) else "ok"
-    rendered_at = result.finished_at or ctx.now()
-    rows = [IndexRow.from_take(image.take, output_path=image.relative,
-                               sha256=image.file.sha256, size_bytes=image.file.size,
-                               rendered_at=rendered_at, server=server,
-                               prompt_id=result.prompt_id, run_id=ctx.run_id,
-                               status=image.verdict.status,
-                               suspect_reason=image.verdict.reason)
-            for image in files]
-    # An adopted prompt may be another run's (two runs of one episode at once): the
-    # rows it already wrote for the same image are not written again.
-    to_write = _new_rows(rows, ctx, batch.takes) if status == "cached" or result.adopted \
-        else rows
-    ctx.index.append(to_write)
+    rows = [new.get(take.key) or kept[take.key] for take in batch.takes]
+    paths = [ctx.data_root.renders / row.output_path for row in rows]
     metrics = BatchMetrics(**_base_metrics(batch, ctx, server, attempt, result, rendered.gpu),
-                           status=status, download_s=download_s, images=len(files),
-                           suspect_images=sum(image.verdict.suspect for image in files),
+                           status=status, download_s=download_s, images=len(rows),
+                           suspect_images=sum(row.status == "suspect" for row in rows),
                            bytes_downloaded=sum(image.file.size for image in files))
     ctx.metrics.append([metrics])
-    return BatchOutcome(batch, status, [image.file.path for image in files], rows, metrics)
+    return BatchOutcome(batch, status, paths, rows, metrics)
 
 
 def execute_batch(client: ComfyUIClient, batch: RenderBatch, ctx: RenderContext, *,

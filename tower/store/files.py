@@ -11,6 +11,8 @@ review tools and other workers must be able to read what the pipeline renders.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
 import secrets
 from collections.abc import Iterator
@@ -65,6 +67,30 @@ class DataRoot:
     def inside(self, relative: str | os.PathLike[str]) -> Path:
         """A path under the data root; see :func:`inside`."""
         return inside(self.root, relative)
+
+
+LOCK_STRIPES = 64
+
+
+@contextmanager
+def stripe_lock(root: Path, name: str) -> Iterator[None]:
+    """Hold an exclusive lock shared by every process that asks for ``name`` under the
+    data root ``root`` (``flock`` on one of :data:`LOCK_STRIPES` files in ``.locks/``).
+
+    Two runs that adopted the same ComfyUI prompt store its images one after the other,
+    so the second finds them stored and indexed instead of stamping and indexing them
+    again. A fixed set of lock files: nothing to clean up, and unrelated names rarely
+    wait for each other (a stripe is held for one batch's download).
+    """
+    folder = root / ".locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    stripe = int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big") % LOCK_STRIPES
+    fd = os.open(folder / f"{stripe:02d}.lock", os.O_CREAT | os.O_RDWR, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)      # closing releases the lock
 
 
 def _new_temporary(dest: Path) -> Path:
