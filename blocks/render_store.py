@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 from prefect.blocks.core import Block
 from pydantic import Field, field_validator
 
-from tower.shotlist.presets import Preset, apply_overrides
+from tower.shotlist.presets import Preset, apply_overrides, revision_table, with_revisions
 from tower.store.files import DEFAULT_DATA_ROOT, DataRoot
 
 
@@ -58,7 +58,12 @@ class RenderPresets(Block):
     _description = "Overrides of the built-in draft/standard/high presets, and new ones."
 
     presets: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # A presets file's ``models:`` table: model file name -> {"revision": "2026-11"}.
+    models: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     def get_presets(self) -> dict[str, Preset]:
-        """Built-in presets with this block's overrides applied (InputError if invalid)."""
-        return apply_overrides(self.presets, source=f"block {self._block_document_name}")
+        """Built-in presets with this block's overrides and model revisions applied
+        (InputError if invalid)."""
+        source = f"block {self._block_document_name}"
+        return with_revisions(apply_overrides(self.presets, source=source),
+                              revision_table(self.models, source))

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from paths import DEMO_SHOT_LIST
 
+from blocks import RenderPresets
 from tower.shotlist.errors import InputError
 from tower.shotlist.presets import (
     BUILTIN_PRESETS,
@@ -179,3 +180,51 @@ def test_problems_without_a_file_have_no_line() -> None:
 def test_malformed_presets_files(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(InputError, match=message):
         load_presets(_write(tmp_path, text))
+
+
+MODELS_TABLE = """\
+models:
+  anime-final-sd15.safetensors: {revision: "2026-11"}
+  char-aoi-v3.safetensors:
+    revision: 3
+presets:
+  draft: {on_suspect: rerender}
+"""
+
+
+def test_the_models_table_gives_every_preset_its_revisions(tmp_path: Path) -> None:
+    path = tmp_path / "presets.yaml"
+    path.write_text(MODELS_TABLE)
+    presets = load_presets(path)
+    assert {p.model_revisions for p in presets.values()} == {
+        (("anime-final-sd15.safetensors", "2026-11"), ("char-aoi-v3.safetensors", "3"))}
+    assert presets["draft"].on_suspect == "rerender" and presets["high"].on_suspect == "flag"
+
+
+@pytest.mark.parametrize(("entry", "line", "words"), [
+    ('  anime-final-sd15.safetensors: "2026-11"\n', 2, "must be {revision: <text>}"),
+    ("  anime-final-sd15.safetensors: {revision: ''}\n", 2, "must be a non-empty text"),
+    ("  anime-final-sd15.safetensors: {revision: 1, hash: x}\n", 2, "the only field"),
+    ("  anime-final-sd15.safetensors:\n    revision: true\n", 3, "must be a non-empty text"),
+])
+def test_a_bad_models_entry_is_reported_with_its_line(tmp_path: Path, entry: str, line: int,
+                                                      words: str) -> None:
+    path = tmp_path / "presets.yaml"
+    path.write_text("models:\n" + entry)
+    with pytest.raises(InputError) as caught:
+        load_presets(path)
+    (problem,) = caught.value.problems
+    assert (problem.source, problem.line) == (str(path), line)
+    assert problem.where.startswith("models") and words in problem.message, problem
+
+
+def test_a_presets_block_carries_a_models_table_and_checks_it() -> None:
+    block = RenderPresets(presets={"draft": {"steps": 6}},
+                          models={"anime-final-sd15.safetensors": {"revision": "2026-12"}})
+    presets = block.get_presets()
+    assert presets["draft"].steps == 6
+    assert presets["draft"].model_revisions == (("anime-final-sd15.safetensors", "2026-12"),)
+    with pytest.raises(InputError) as caught:
+        RenderPresets(models={"anime-final-sd15.safetensors": {"rev": "x"}}).get_presets()
+    (problem,) = caught.value.problems
+    assert "the only field" in problem.message and problem.line is None

@@ -213,6 +213,24 @@ def test_default_models_and_metadata(tmp_path: Path) -> None:
     assert (aoi.status_code, aoi.content, empty) == (404, b"", [])
 
 
+def test_a_model_header_can_be_replaced_or_removed_as_a_copied_file_would(
+        tmp_path: Path) -> None:
+    config = SimulatorConfig(time_scale=0, output_dir=tmp_path / "out")
+    with start_simulator(config) as sim, client(sim) as http:
+        view = {"params": {"filename": "anime-final-sd15.safetensors"}}
+        before = http.get("/view_metadata/checkpoints", **view).json()
+        served = http.post("/_tower/models", json={
+            "checkpoints/anime-final-sd15.safetensors": {"epoch": 12}}).json()
+        after = http.get("/view_metadata/checkpoints", **view)
+        http.post("/_tower/models", json={"checkpoints/anime-final-sd15.safetensors": None})
+        gone = http.get("/view_metadata/checkpoints", **view)
+        bad = http.post("/_tower/models", json={"checkpoints/x.safetensors": "text"})
+    assert before and before != {"epoch": "12"}
+    assert after.json() == {"epoch": "12"} == served["checkpoints/anime-final-sd15.safetensors"]
+    assert (gone.status_code, gone.content) == (404, b"")      # like a file without a header
+    assert bad.status_code == 400 and "header object or null" in bad.json()["error"]
+
+
 def test_folders_beside_the_output_or_in_the_temp_folder(tmp_path: Path) -> None:
     with start_simulator(SimulatorConfig(time_scale=0, output_dir=tmp_path / "out")) as sim:
         assert sim.input_dir == sim.config.input_dir == tmp_path / "out-input"

@@ -201,9 +201,14 @@ def load_presets(path: str | Path | None) -> dict[str, Preset]:
     if not isinstance(data, Mapping):
         raise InputError([Problem(source, 1, None, None,
                                   "must map preset names to their fields")])
-    presets = apply_overrides(data, source=source, doc=doc)
+    return with_revisions(apply_overrides(data, source=source, doc=doc), revisions)
+
+
+def with_revisions(presets: Mapping[str, Preset],
+                   revisions: tuple[tuple[str, str], ...]) -> dict[str, Preset]:
+    """``presets``, each carrying the ``models:`` table's revisions."""
     if not revisions:
-        return presets
+        return dict(presets)
     return {name: p.model_copy(update={"model_revisions": revisions})
             for name, p in presets.items()}
 
@@ -211,12 +216,15 @@ def load_presets(path: str | Path | None) -> dict[str, Preset]:
 MODELS_KEY = "models"
 
 
-def _revisions(raw: Any, source: str, doc: Document) -> tuple[tuple[str, str], ...]:
+def _revisions(raw: Any, source: str,
+               doc: Document | None = None) -> tuple[tuple[str, str], ...]:
     """The ``models:`` table: model file name -> ``{revision: <text>}``, sorted.
 
     Raises:
-        InputError: every entry that is not a file name mapped to a revision, with its line.
+        InputError: every entry that is not a file name mapped to a revision, with its
+            line when ``doc`` (the file it came from) is given.
     """
+    doc = doc or Document(source, raw)
     where = MODELS_KEY
     if not isinstance(raw, Mapping):
         raise InputError([Problem(source, doc.line_of(MODELS_KEY), where, None,
@@ -244,6 +252,12 @@ def _revisions(raw: Any, source: str, doc: Document) -> tuple[tuple[str, str], .
     if problems:
         raise InputError(problems)
     return tuple(sorted(found.items()))
+
+
+def revision_table(raw: Any, source: str) -> tuple[tuple[str, str], ...]:
+    """A ``models:`` table given as data (a saved RenderPresets block), checked like the
+    file's; its problems name ``source`` and the entry."""
+    return _revisions(raw, source) if raw else ()
 
 
 def model_revisions(presets: Mapping[str, Preset]) -> dict[str, str]:
