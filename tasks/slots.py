@@ -49,8 +49,6 @@ deadlock. Registers are rewritten at every renewal; one not rewritten for
 from __future__ import annotations
 
 import concurrent.futures
-import os
-import socket
 import threading
 import time
 from collections import defaultdict
@@ -58,7 +56,6 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 from uuid import UUID, uuid4
@@ -70,6 +67,8 @@ from prefect.client.schemas.actions import VariableCreate, VariableUpdate
 from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from prefect.states import Crashed
+
+from tower.runtime.processes import Process
 
 LEASE_S = 120.0
 RENEW_EVERY_S = LEASE_S / 4
@@ -84,48 +83,6 @@ REGISTER_PREFIX = "tower-slots-"
 RECLAIM_EVERY_S = 15.0
 STALE_REGISTER_S = 3 * LEASE_S
 MAX_REGISTERS = 200
-PROC = Path("/proc")
-
-
-@dataclass(frozen=True)
-class Process:
-    """Who holds a bank's leases, precisely enough to tell from the same machine whether
-    that process is still alive (a PID alone could have been reused)."""
-
-    host: str
-    boot_id: str
-    pid_ns: str
-    pid: int
-    started: str  # the PID's start time, clock ticks after boot (/proc/<pid>/stat)
-
-    @classmethod
-    def this(cls) -> Process | None:
-        """This process; None where /proc cannot tell (no liveness checks then)."""
-        try:
-            return cls(host=socket.gethostname(),
-                       boot_id=(PROC / "sys/kernel/random/boot_id").read_text().strip(),
-                       pid_ns=os.readlink(PROC / "self/ns/pid"), pid=os.getpid(),
-                       started=_start_time(os.getpid()) or "")
-        except OSError:
-            return None
-
-    @classmethod
-    def from_register(cls, value: Mapping[str, Any]) -> Process | None:
-        try:
-            return cls(host=str(value["host"]), boot_id=str(value["boot_id"]),
-                       pid_ns=str(value["pid_ns"]), pid=int(value["pid"]),
-                       started=str(value["started"]))
-        except (KeyError, TypeError, ValueError):
-            return None
-
-    def same_machine(self, other: Process) -> bool:
-        """Same host, same boot and same PID namespace: PIDs mean the same process."""
-        return (self.host, self.boot_id, self.pid_ns) == (other.host, other.boot_id,
-                                                          other.pid_ns)
-
-    def gone(self) -> bool:
-        """Whether this process (seen from the same machine) no longer runs."""
-        return _start_time(self.pid) != self.started
 
 
 @dataclass(frozen=True)
@@ -135,15 +92,6 @@ class Gone:
 
     reason: str
     process_gone: bool = False
-
-
-def _start_time(pid: int) -> str | None:
-    """Field 22 of ``/proc/<pid>/stat``, or None when there is no such process."""
-    try:
-        stat = (PROC / str(pid) / "stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]  # the name may hold spaces and ")"
 
 
 class SlotLimitMissing(RuntimeError):
