@@ -14,6 +14,7 @@ import re
 import signal
 import time
 import uuid
+from datetime import timedelta
 from uuid import UUID
 
 import pytest
@@ -29,6 +30,9 @@ from faults_common import (
 )
 from flow_helpers import write_shot_list
 from prefect import get_client
+
+from tower.store.files import DataRoot
+from tower.store.integrity import check, repair
 
 pytestmark = pytest.mark.usefixtures("prefect_backend")
 
@@ -63,7 +67,8 @@ def test_a_killed_run_is_adopted_by_the_rerun_and_its_slots_come_back(tmp_path, 
     finally:
         finish(first, timeout=30)
     assert first.returncode == -signal.SIGKILL
-    indexed_by_killed = farm_state(data).index.height
+    killed_state = farm_state(data)
+    indexed_by_killed = killed_state.index.height
     assert indexed_by_killed < SHOTS * TAKES
 
     started = time.monotonic()
@@ -91,6 +96,14 @@ def test_a_killed_run_is_adopted_by_the_rerun_and_its_slots_come_back(tmp_path, 
     assert len(history) == SHOTS
     assert left_queued <= set(history)
     assert f"| from the index (deduplicated) | {indexed_by_killed} |" in out
+    # A write the kill interrupted leaves a hidden temporary (readers never look at it);
+    # the re-run leaves none, and `tower index check`/`repair` find and remove them.
+    left = farm_state(data).temporaries
+    assert set(left) <= set(killed_state.temporaries)
+    report = check(DataRoot(data), grace=timedelta(0))
+    assert {p.kind for p in report.problems} <= {"stale_temporary"}, report.lines()
+    assert sorted(p.path for p in report.problems) == sorted(str(t.absolute()) for t in left)
+    repair(DataRoot(data), report, grace=timedelta(0))
     assert_each_take_once(data, SHOTS * TAKES)
     assert queued(sim) == ()
     print(f"killed run: {indexed_by_killed} images indexed, {len(left_queued)} prompts "

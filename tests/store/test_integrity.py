@@ -282,3 +282,25 @@ def test_repair_while_a_flow_appends_loses_no_appended_row(tmp_path: Path) -> No
     assert appended.height == count and appended["shot_id"].n_unique() == count
     assert rows.filter(pl.col("shot_id") == "gone").height == 0
     assert check(root, now=NOW).ok and repairs >= 3
+
+
+def test_stale_temporaries_are_reported_and_removed_young_ones_left_alone(
+        tmp_path: Path) -> None:
+    """What a SIGKILLed writer leaves: an image's and a part's hidden temporary."""
+    root = DataRoot(tmp_path / "data")
+    take = make_take()
+    good = write_image(root, take, b"png bytes")
+    OutputIndex(root.index).append([row_of(root, take, b"png bytes")])
+    image_tmp = good.with_name(f".{good.name}.0a1b2c.tmp")
+    part_tmp = root.index / ".tmp-part-20261201T000000Z-1-ab.parquet"
+    young_tmp = good.with_name(f".{good.name}.ffffff.tmp")
+    for path, when in ((image_tmp, OLD), (part_tmp, OLD), (young_tmp, NOW)):
+        path.write_bytes(b"half")
+        os.utime(path, (when.timestamp(), when.timestamp()))
+    report = check(root, now=NOW)
+    assert {p.path: p.kind for p in report.problems} == {
+        str(image_tmp.absolute()): "stale_temporary", str(part_tmp.absolute()): "stale_temporary"}
+    result = repair(root, report, now=NOW)
+    assert sum("never finished" in action for action in result.actions) == 2
+    assert not image_tmp.exists() and not part_tmp.exists() and young_tmp.exists()
+    assert good.read_bytes() == b"png bytes" and check(root, now=NOW).ok

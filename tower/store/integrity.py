@@ -15,6 +15,8 @@ files. :func:`check` compares those promises with the disk and returns an
   rows for one key with different ``rendered_at`` are re-renders, not duplicates.
 * ``orphan_file``: a take image (``<episode>/<shot>/<shot>_tNN_<key12>.png``) that no row
   points at. Other files under the render root (contact sheets) are not takes.
+* ``stale_temporary``: a hidden temporary older than ``grace``, left by a writer killed
+  before its rename (a SIGKILLed flow); readers never look at it, repair deletes it.
 
 :func:`repair` quarantines unreadable parts (moved under ``<store>/_quarantine/``, never
 deleted), drops failing and duplicate rows by rewriting only the parts that hold them
@@ -24,9 +26,10 @@ render key is known from the shot lists given: a file name carries only 12 of th
 exactly the file's (checked under every preset and both decode modes).
 
 Safe while a flow runs: appends only add new parts, which a rewrite never touches;
-hidden temporaries are never looked at; and a file modified less than ``grace`` ago
-(default an hour) is not judged, since a batch writes its images before its index rows
-and a forced re-render replaces an image before appending its new row.
+hidden temporaries are only deleted once older than ``grace``; and a file modified less
+than ``grace`` ago (default an hour) is not judged, since a batch writes its images
+before its index rows and a forced re-render replaces an image before appending its new
+row.
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ ADOPTED_SERVER = "unknown"
 TAKE_FILE = re.compile(r"^[^/]+/(?P<shot>[^/]+)/(?P=shot)_t\d{2,}_[0-9a-f]{12}\.png$")
 
 Kind = Literal["unreadable_part", "missing_file", "wrong_size", "wrong_sha256",
-               "duplicate_rows", "orphan_file"]
+               "duplicate_rows", "orphan_file", "stale_temporary"]
 _FILE_KINDS = ("missing_file", "wrong_size", "wrong_sha256")
 
 
@@ -99,6 +102,7 @@ class IntegrityReport:
     duplicated_rows: list[dict[str, Any]] = field(default_factory=list, repr=False)
     orphans: tuple[str, ...] = ()
     unreadable: tuple[tuple[str, pio.UnreadablePart], ...] = ()
+    temporaries: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -230,12 +234,35 @@ def check(root: DataRoot, *, now: datetime | None = None, grace: timedelta = DEF
     young = young_orphans + sum(
         1 for rel in set(rows["output_path"].to_list())
         if (found := files.stat(rel)) is not None and found.st_mtime > files.cutoff)
+    temporaries = stale_temporaries(root, files.cutoff)
+    problems += [Problem("stale_temporary", path, "left by a write that never finished")
+                 for path in temporaries]
     return IntegrityReport(
         data_root=str(root.root), checked_at=now, rows=rows.height,
         keys=rows["render_key"].n_unique(), images=images, hashed=hash_files, young=young,
         problems=tuple(problems), failing_rows=failing,
         duplicated_rows=[row for _, row in duplicated], orphans=tuple(orphans),
-        unreadable=tuple(unreadable))
+        unreadable=tuple(unreadable), temporaries=tuple(temporaries))
+
+
+def stale_temporaries(root: DataRoot, cutoff: float) -> list[str]:
+    """Hidden temporaries last written before ``cutoff`` (a unix time) under the render
+    root and the stores: an image (``.<name>.<hex>.tmp``) or a part (``.tmp-...``) whose
+    writer was killed before its rename. A finished write never leaves one, and readers
+    never look at them; younger ones may be a write in progress."""
+    found = []
+    for folder in (root.renders, root.index, root.metrics, root.runs):
+        if not folder.is_dir():
+            continue
+        for path in folder.rglob(".*"):
+            if not (path.name.endswith(".tmp") or path.name.startswith(pio.TMP_PREFIX)):
+                continue
+            try:
+                if path.is_file() and path.stat().st_mtime <= cutoff:
+                    found.append(str(path.absolute()))
+            except OSError:
+                continue    # renamed or removed meanwhile: a write that finished
+    return sorted(found)
 
 
 def _duplicates(rows: pl.DataFrame, render_root: Path) -> list[tuple[Problem, dict[str, Any]]]:
@@ -349,7 +376,22 @@ def repair(root: DataRoot, report: IntegrityReport, *, takes: Sequence[ResolvedT
     dropped = _drop_rows(OutputIndex(root.index), report, files, actions)
     _set_aside(OutputIndex(root.index), dropped, files, actions)
     _adopt(OutputIndex(root.index), report, files, takes, actions, unrepaired)
+    _remove_temporaries(report, files.cutoff, actions)
     return RepairResult(tuple(actions), tuple(unrepaired))
+
+
+def _remove_temporaries(report: IntegrityReport, cutoff: float, actions: list[str]) -> None:
+    """Delete stale temporaries: never data (a finished write renames its temporary),
+    only what a killed writer left. Re-checked first, so a live write is never touched."""
+    for path in report.temporaries:
+        target = Path(path)
+        try:
+            if target.stat().st_mtime > cutoff:
+                continue
+            target.unlink()
+        except OSError:
+            continue
+        actions.append(f"removed {path} (a write that never finished)")
 
 
 def _quarantine(report: IntegrityReport, actions: list[str], unrepaired: list[str]) -> None:
