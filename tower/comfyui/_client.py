@@ -58,7 +58,7 @@ from tower.comfyui._results import build_result, now_to_the_ms
 from tower.comfyui._retry import retry_delay, should_retry_status
 from tower.comfyui._wait import Waiter, WaitSpec
 from tower.comfyui._ws import EventSocket, ws_url
-from tower.store.files import atomic_path
+from tower.store.files import atomic_write_bytes
 
 logger = logging.getLogger("tower.comfyui")
 
@@ -495,48 +495,53 @@ class ComfyUIClient:
     # -- outputs -------------------------------------------------------------------
 
     def download(self, image: ImageRef, dest: Path) -> DownloadedFile:
-        """Stream an image to ``dest`` (temp file in its folder, then rename).
-
-        Retries briefly when the connection fails; nothing is written except ``dest``.
-        """
+        """Fetch an image (:meth:`fetch`) and write it to ``dest`` (temp file in its
+        folder, then rename); nothing is written except ``dest``."""
+        data = self.fetch(image)
         dest = Path(dest)
+        atomic_write_bytes(dest, data)
+        return DownloadedFile(path=dest, sha256=hashlib.sha256(data).hexdigest(),
+                              size=len(data))
+
+    def fetch(self, image: ImageRef) -> bytes:
+        """An image's bytes from ``/view``, checked to be a whole image.
+
+        Retries briefly when the connection fails. Raises ComfyUIProtocolError when the
+        answer is no image (a proxy's page), ComfyUIUnavailable when it is cut short.
+        """
         for attempt in range(C.GET_RETRIES + 1):
             try:
-                return self._download_once(image, dest)
+                return self._fetch_once(image)
             except ComfyUIUnavailable:
                 if attempt == C.GET_RETRIES:
                     raise
             time.sleep(retry_delay(attempt))
         raise AssertionError("unreachable")
 
-    def _download_once(self, image: ImageRef, dest: Path) -> DownloadedFile:
+    def _fetch_once(self, image: ImageRef) -> bytes:
         params = {"filename": image.filename, "subfolder": image.subfolder, "type": image.type}
-        digest, size = hashlib.sha256(), 0
-        with atomic_path(dest) as tmp:
-            try:
-                with self._http.stream("GET", self.base_url + "/view", params=params,
-                                       headers=self._headers, timeout=self._timeout) as resp:
-                    if resp.status_code != 200:
-                        resp.read()
-                        raise self._status_error(resp, f"GET /view {image.relative_path}")
-                    expected = resp.headers.get("Content-Length")
-                    with tmp.open("wb") as out:
-                        for chunk in resp.iter_bytes(C.DOWNLOAD_CHUNK):
-                            if size == 0 and not is_image(chunk):
-                                raise self._not_an_image(resp, chunk, image)
-                            out.write(chunk)
-                            digest.update(chunk)
-                            size += len(chunk)
-                    received = resp.num_bytes_downloaded  # on the wire, before decoding
-            except httpx.TransportError as err:
-                raise ComfyUIUnavailable(f"{self.name}: download of {image.relative_path} "
-                                         f"failed: {type(err).__name__}: {err}") from err
-            if size == 0:
-                raise self._not_an_image(resp, b"", image)
-            if expected is not None and expected.isdigit() and int(expected) != received:
-                raise ComfyUIUnavailable(f"{self.name}: download of {image.relative_path} "
-                                         f"truncated ({received} of {expected} bytes)")
-        return DownloadedFile(path=dest, sha256=digest.hexdigest(), size=size)
+        chunks: list[bytes] = []
+        try:
+            with self._http.stream("GET", self.base_url + "/view", params=params,
+                                   headers=self._headers, timeout=self._timeout) as resp:
+                if resp.status_code != 200:
+                    resp.read()
+                    raise self._status_error(resp, f"GET /view {image.relative_path}")
+                expected = resp.headers.get("Content-Length")
+                for chunk in resp.iter_bytes(C.DOWNLOAD_CHUNK):
+                    if not chunks and not is_image(chunk):
+                        raise self._not_an_image(resp, chunk, image)
+                    chunks.append(chunk)
+                received = resp.num_bytes_downloaded  # on the wire, before decoding
+        except httpx.TransportError as err:
+            raise ComfyUIUnavailable(f"{self.name}: download of {image.relative_path} "
+                                     f"failed: {type(err).__name__}: {err}") from err
+        if not chunks:
+            raise self._not_an_image(resp, b"", image)
+        if expected is not None and expected.isdigit() and int(expected) != received:
+            raise ComfyUIUnavailable(f"{self.name}: download of {image.relative_path} "
+                                     f"truncated ({received} of {expected} bytes)")
+        return b"".join(chunks)
 
     def _not_an_image(self, response: httpx.Response, head: bytes,
                       image: ImageRef) -> ComfyUIProtocolError:

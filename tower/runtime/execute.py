@@ -47,7 +47,7 @@ from tower.runtime.provenance import PngError, provenance_fields, stamp
 from tower.spec.graph import CHECKPOINT_NODE, build_graph
 from tower.spec.outputs import take_output_path
 from tower.spec.takes import ResolvedTake
-from tower.store.files import DataRoot, atomic_path, inside, stripe_lock
+from tower.store.files import DataRoot, atomic_write_bytes, inside, stripe_lock
 from tower.store.index import IndexRow, OutputIndex
 from tower.store.metrics import BatchMetrics, MetricsStore
 
@@ -158,16 +158,14 @@ class StoredImage:
 
 def _download_one(client: ComfyUIClient, ref: ImageRef, take: ResolvedTake, dest: Path,
                   fields: dict[str, str]) -> tuple[DownloadedFile, list[str]]:
-    """Download ``ref`` into a temporary file beside ``dest``, insert the provenance chunks
-    (no pixel is decoded for that), look at the pixels, then rename: ``dest`` is written
-    once, and its sha256 and size are those of the file as stored."""
-    with atomic_path(dest) as tmp:
-        client.download(ref, tmp)
-        try:
-            data = stamp(tmp.read_bytes(), fields, name=f"{ref.relative_path} for {take.label}")
-        except PngError as err:
-            raise ComfyUIProtocolError(f"{fields['server']}: {err}") from err
-        tmp.write_bytes(data)
+    """Fetch ``ref``, insert the provenance chunks (no pixel is decoded for that), look at
+    the pixels, and write ``dest`` once: its sha256 and size are those of the file as
+    stored."""
+    try:
+        data = stamp(client.fetch(ref), fields, name=f"{ref.relative_path} for {take.label}")
+    except PngError as err:
+        raise ComfyUIProtocolError(f"{fields['server']}: {err}") from err
+    atomic_write_bytes(dest, data)
     return (DownloadedFile(path=dest, sha256=hashlib.sha256(data).hexdigest(), size=len(data)),
             pixel_reasons(data))
 
