@@ -23,6 +23,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import queue
+import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -57,6 +58,10 @@ from tower.runtime.pool import Assignment, ServerPool, total_depth
 from tower.runtime.progress import Progress, ProgressTracker
 from tower.runtime.runs import PLAN_KEY_PREFIXES
 from tower.runtime.summary import RunTally
+
+# The ETA table is shown every few seconds at most (tasks.watch); a snapshot a second is
+# plenty, rather than one per finished batch.
+ETA_EVERY_S = 1.0
 
 
 def _error_text(exc: BaseException) -> str:
@@ -148,6 +153,7 @@ def run_batches(pool: ServerPool, servers: Mapping[str, ComfyUIServer], ctx: Ren
                    log=logger.info if total else None) as watch, slots,
           ThreadPoolTaskRunner(max_workers=workers) as runner):
         watch.eta(first)
+        eta_at = time.monotonic()
         while in_flight if cancelled else not pool.finished_all:
             if not cancelled:
                 submitted.update(_submit(runner, render, pool, servers, ctx, slots,
@@ -166,7 +172,9 @@ def run_batches(pool: ServerPool, servers: Mapping[str, ComfyUIServer], ctx: Ren
                     _finish(pool, tally, assignment, future, tracker)
                     done = tally.batches_done + tally.batches_failed
                     watch.progress(min(100.0, 100.0 * done / total))
-                    watch.eta(_snapshot(tracker, pool))
+                    if pool.finished_all or time.monotonic() - eta_at >= ETA_EVERY_S:
+                        watch.eta(_snapshot(tracker, pool))
+                        eta_at = time.monotonic()
     if cancelled:
         on_cancel(sorted(submitted))
     return cancelled
