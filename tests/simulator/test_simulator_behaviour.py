@@ -522,3 +522,28 @@ def test_free_resets_the_cache_once_between_queue_items_not_right_before_the_nex
     assert entries["ours"]["outputs"] == entries["theirs"]["outputs"]  # no new file
     assert _entry_cached(entries["forced"]) == []
     assert entries["forced"]["outputs"] != entries["theirs"]["outputs"]
+
+
+def test_queue_log_is_the_servers_own_account_of_its_queue(tmp_path: Path) -> None:
+    config = SimulatorConfig(time_scale=0.01, output_dir=tmp_path / "out")
+    with start_simulator(config) as sim, client(sim) as http:
+        first = submit(http, _seeded(1, "ep01/shA"))["prompt_id"]
+        second = submit(http, _seeded(2, "ep01/shB"))["prompt_id"]
+        front = submit(http, _seeded(3, "ep01/shC"), front=True)["prompt_id"]
+        doomed = submit(http, _seeded(4, "ep01/shD"))["prompt_id"]
+        http.post("/queue", json={"delete": [doomed]})
+        for prompt_id in (first, second, front):
+            wait_history(http, prompt_id)
+        log = http.get("/_tower/queue_log").json()
+    events = [(e["event"], e["prompt_id"]) for e in log["events"]]
+    assert [e for e in events if e[0] == "queued"] == [
+        ("queued", first), ("queued", second), ("queued", front), ("queued", doomed)]
+    assert ("deleted", doomed) in events and ("started", doomed) not in events
+    finished = [p for kind, p in events if kind == "finished"]
+    assert finished.index(front) < finished.index(second)  # overtook the pending one
+    numbers = {e["prompt_id"]: e["number"] for e in log["events"]}
+    assert numbers[front] < 0 <= numbers[second]
+    depths = [e["depth"] for e in log["events"]]
+    assert log["max_depth"] == max(depths) >= 3 and depths[-1] == 0
+    times = [e["t"] for e in log["events"]]
+    assert times == sorted(times)

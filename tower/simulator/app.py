@@ -2,8 +2,8 @@
 
 Route behaviour follows the recordings in ``shared/comfyui-contract`` and its
 ``production`` folder (see their READMEs);
-``/_tower/busy``, ``/_tower/faults``, ``/_tower/models`` and ``/_tower/restart`` are
-the simulator's own control routes and exist on no real server.
+``/_tower/busy``, ``/_tower/faults``, ``/_tower/models``, ``/_tower/queue_log`` and
+``/_tower/restart`` are the simulator's own control routes and exist on no real server.
 """
 
 from __future__ import annotations
@@ -253,6 +253,12 @@ async def tower_busy(request: Request) -> Response:
     return ComfyJSON(request.app.state.engine.busy(window))
 
 
+async def tower_queue_log(request: Request) -> Response:
+    """Every queued/started/finished/deleted/dropped event since the last (re)start, with
+    the queue depth after it and the largest depth seen."""
+    return ComfyJSON(request.app.state.engine.session.queue.log())
+
+
 async def tower_faults(request: Request) -> Response:
     faults = request.app.state.engine.faults
     if request.method == "POST":
@@ -317,6 +323,7 @@ ROUTES = [
     Route("/_tower/faults", tower_faults, methods=["GET", "POST"]),
     Route("/_tower/restart", tower_restart, methods=["POST"]),
     Route("/_tower/models", tower_models, methods=["GET", "POST"]),
+    Route("/_tower/queue_log", tower_queue_log, methods=["GET"]),
 ]
 
 

@@ -11,9 +11,12 @@ from __future__ import annotations
 import copy
 import heapq
 import threading
+import time
+from collections import deque
 from typing import Any
 
 MAXIMUM_HISTORY_SIZE = 10000
+MAXIMUM_LOG_SIZE = 200_000
 Item = list[Any]
 
 
@@ -26,6 +29,21 @@ class PromptQueue:
         self._running: dict[int, Item] = {}
         self._next_task = 0
         self._history: dict[str, dict[str, Any]] = {}
+        self._log: deque[dict[str, Any]] = deque(maxlen=MAXIMUM_LOG_SIZE)
+        self._max_depth = 0
+
+    def _note(self, event: str, item: Item | None) -> None:
+        """Record what happened to the queue (caller holds the lock).
+
+        The log is the server's own account of its occupancy, so a test can check a
+        client's queue-depth promise without trusting the client's records.
+        ``number`` is ComfyUI's queue number: negative for prompts sent to the front.
+        """
+        depth = len(self._heap) + len(self._running)
+        self._max_depth = max(self._max_depth, depth)
+        self._log.append({"t": time.time(), "event": event,
+                          "prompt_id": item[1] if item else None,
+                          "number": item[0] if item else None, "depth": depth})
 
     def put(self, item: Item) -> None:
         """Queue an item; may raise TypeError exactly where ComfyUI's heap does."""
@@ -33,6 +51,7 @@ class PromptQueue:
             try:
                 heapq.heappush(self._heap, item)
             finally:
+                self._note("queued", item)  # in the heap even when heapq raised
                 self._lock.notify_all()
 
     def get(self, timeout: float) -> tuple[int, Item] | None:
@@ -51,6 +70,7 @@ class PromptQueue:
             task = self._next_task
             self._next_task += 1
             self._running[task] = item
+            self._note("started", item)
             return task, item
 
     def task_done(self, task: int, entry: dict[str, Any]) -> None:
@@ -60,10 +80,13 @@ class PromptQueue:
             if len(self._history) > MAXIMUM_HISTORY_SIZE:
                 self._history.pop(next(iter(self._history)))
             self._history[item[1]] = {"prompt": item, **entry}
+            self._note("finished", item)
 
     def forget_running(self, task: int) -> None:
         with self._lock:
-            self._running.pop(task, None)
+            item = self._running.pop(task, None)
+            if item is not None:
+                self._note("dropped", item)
 
     def remaining(self) -> int:
         with self._lock:
@@ -77,12 +100,23 @@ class PromptQueue:
     def delete(self, prompt_ids: set[str]) -> None:
         """Remove pending items with these ids (running ones are untouched)."""
         with self._lock:
+            deleted = [item for item in self._heap if item[1] in prompt_ids]
             self._heap = [item for item in self._heap if item[1] not in prompt_ids]
             heapq.heapify(self._heap)
+            for item in deleted:
+                self._note("deleted", item)
 
     def clear(self) -> None:
         with self._lock:
-            self._heap = []
+            cleared, self._heap = self._heap, []
+            for item in cleared:
+                self._note("deleted", item)
+
+    def log(self) -> dict[str, Any]:
+        """Every queue event so far, oldest first, and the largest occupancy seen
+        (pending + running, this server's whole queue)."""
+        with self._lock:
+            return {"max_depth": self._max_depth, "events": list(self._log)}
 
     def history(self, prompt_id: str | None = None, max_items: int | None = None,
                 offset: int = -1) -> dict[str, Any]:
