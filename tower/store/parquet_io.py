@@ -3,11 +3,17 @@
 Both Parquet stores (the output index and the metrics/run logs) write through here, so
 the crash-safety rules live in one place:
 
-* A write is one new part file named ``part-<UTC timestamp>-<pid>-<uuid>.parquet``. It is
-  written under a hidden temporary name (``.tmp-...``) in the same folder and then
-  renamed; a crash leaves either the whole part or a hidden temporary that readers skip.
-* Names never collide, so any number of processes may append at the same time without
-  locks and without losing rows.
+* A write is one new part file named ``part-<UTC timestamp>-<host>-<pid>-<uuid>.parquet``
+  (parts written before the host was added lack it: ``part-<stamp>-<pid>-<uuid>``; both
+  are read alike, since nothing parses a name beyond its prefix, suffix and the
+  ``~compact-`` marker of merged files). It is written under a hidden temporary name
+  (``.tmp-...``) in the same folder and then renamed; a crash leaves either the whole
+  part or a hidden temporary that readers skip.
+* Names never collide, so any number of processes, on any number of machines sharing
+  the folder, may append at the same time without locks and without losing rows. The
+  random uuid is what makes a name unique (pids repeat across machines and containers);
+  the host and pid say which worker wrote a part, and the stamp first keeps name order
+  time order.
 * Readers list the folder and ignore hidden names (``.`` or ``_`` prefix) and anything
   that is not ``*.parquet``; :mod:`tower.store.compaction` merges small parts and tells
   readers which ones a merged file supersedes.
@@ -25,13 +31,17 @@ dataset may live on any filesystem pyarrow supports.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
+import socket
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, is_dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -64,10 +74,28 @@ def is_local(filesystem: pafs.FileSystem) -> bool:
     return isinstance(filesystem, pafs.LocalFileSystem)
 
 
+# A host name as it may appear in a part name; longer names are cut (the uuid, not the
+# host, makes a name unique).
+HOST_MAX_CHARS = 40
+_NOT_IN_HOST = re.compile(r"[^A-Za-z0-9.-]")
+
+
+def safe_host(name: str) -> str:
+    """``name`` fit for a file name: only ``[A-Za-z0-9.-]`` (anything else becomes ``-``),
+    at most :data:`HOST_MAX_CHARS` characters, ``host`` when nothing is left."""
+    return _NOT_IN_HOST.sub("-", name)[:HOST_MAX_CHARS] or "host"
+
+
+@cache
+def host_tag() -> str:
+    """This machine's name as part names carry it; looked up once per process."""
+    return safe_host(socket.gethostname())
+
+
 def part_name(prefix: str = PART_PREFIX, now: datetime | None = None) -> str:
-    """A part name unique across processes: time, pid and a random uuid."""
+    """A part name unique across processes and machines: time, host, pid, random uuid."""
     stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%S%fZ")
-    return f"{prefix}{stamp}-{os.getpid()}-{uuid.uuid4().hex}{PARQUET_SUFFIX}"
+    return f"{prefix}{stamp}-{host_tag()}-{os.getpid()}-{uuid.uuid4().hex}{PARQUET_SUFFIX}"
 
 
 def is_data_file(name: str) -> bool:
@@ -350,13 +378,21 @@ def _check_footer(filesystem: pafs.FileSystem, info: pafs.FileInfo,
 
 def is_not_found(err: BaseException) -> bool:
     """Whether ``err`` says a file does not exist (pyarrow and polars word it in the
-    message; "magic bytes not found" is a damaged file, not a missing one)."""
+    message; "magic bytes not found" is a damaged file, not a missing one).
+
+    A stale NFS file handle counts too: on a data root shared over NFS, a part that a
+    compaction on another machine deletes while this one has it open reads as ``ESTALE``
+    (a local disk keeps an open file readable), and the cure is the same: list again.
+    """
     if isinstance(err, FileNotFoundError):
+        return True
+    if isinstance(err, OSError) and err.errno == errno.ESTALE:
         return True
     text = str(err).lower()
     if "magic bytes" in text:
         return False
-    return "no such file" in text or "not found" in text or "does not exist" in text
+    return ("no such file" in text or "not found" in text or "does not exist" in text
+            or "stale file handle" in text)
 
 
 _polars_types: dict[pa.Schema, pl.Schema] = {}
