@@ -50,6 +50,7 @@ from tasks.slots import SlotBank
 from tasks.watch import STATE_POLL_S, STOPPING, RunWatch
 from tower.comfyui import ComfyUIError
 from tower.planning.planner import Plan
+from tower.runtime.adoption import adopt_in_place
 from tower.runtime.execute import BatchOutcome, RenderContext
 from tower.runtime.failures import classify
 from tower.runtime.inputs import Inventory
@@ -285,12 +286,15 @@ def render_plan(plan: Plan, run: RenderRun, tally: RunTally) -> tuple[ServerPool
         ComfyUIPreflightError: a server lacks something the plan needs (nothing queued).
     """
     by_name = {s.name: s for s in run.servers}
-    pool = ServerPool(plan.batches, {s.name: s.max_queue_depth for s in run.servers},
+    batches, moves = adopt_in_place(plan.batches, run.servers)
+    for move in moves:
+        get_run_logger().info(move)
+    pool = ServerPool(batches, {s.name: s.max_queue_depth for s in run.servers},
                       vram_budgets={s.name: s.budget_mb for s in run.servers},
                       max_failures=run.max_failures, inventories=run.inventories)
     if not plan.batches:
         return pool, False
-    preflight_task(run.servers, [t for b in plan.batches for t in b.takes], run.inventories)
+    preflight_task(run.servers, [t for b in batches for t in b.takes], run.inventories)
     ensure_concurrency_limits(run.servers)
     cancelled = run_batches(pool, by_name, run.ctx,
                             with_retry_policy(run.retries, run.retry_backoff_s), tally,

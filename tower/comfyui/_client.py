@@ -306,6 +306,13 @@ class ComfyUIClient:
         entry = self._history_entry(prompt_id)
         return ("done" if entry is not None else "unknown"), entry
 
+    def recent_prompts(self, max_items: int) -> set[str]:
+        """Ids of the last ``max_items`` prompts in the history (ComfyUI's ``max_items``)."""
+        body = self._get("/history", params={"max_items": str(max_items)})
+        if not isinstance(body, dict):
+            raise ComfyUIProtocolError(f"{self.name}: /history is not an object: {body!r:.200}")
+        return {str(key) for key in body}
+
     def find(self, prompt_id: str) -> PromptState:
         """Where a prompt is: ``done`` (in history), ``queued``, ``running`` or ``unknown``."""
         return self._lookup(prompt_id)[0]
