@@ -6,8 +6,8 @@ dispatcher) and its actions service fills in the template and calls the saved bl
 (a Slack webhook, an e-mail block, any Prefect notification block). A run killed
 outright still reaches Crashed on the server, and so still notifies.
 
-Setup is idempotent: automations are found again by name and updated in place, so
-running it twice, or again with other blocks, leaves one automation of each kind.
+Setup is idempotent (:mod:`tasks.automations`): running it twice, or again with other
+blocks, leaves one automation of each kind.
 Block URLs are secrets; nothing here reads them (block documents are read without
 secrets) and nothing returned holds them.
 """
@@ -23,8 +23,8 @@ from prefect.events.schemas.automations import AutomationCore, EventTrigger, Pos
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_UI_URL
 
+from tasks.automations import AutomationInfo, delete_automations, upsert_automations
 from tower.runtime.notifications import (
-    AUTOMATION_PREFIX,
     OUT_OF_ROTATION_EVENT,
     RUN_END_STATES,
     SERVER_RESOURCE_PREFIX,
@@ -52,16 +52,6 @@ class BlockRef:
     @property
     def label(self) -> str:
         return f"{self.slug}/{self.name}"
-
-
-@dataclass(frozen=True)
-class AutomationInfo:
-    """One automation as ``tower notify`` reports it (no block secrets)."""
-
-    name: str
-    id: UUID
-    enabled: bool
-    action: str  # "created", "updated", "listed" or "removed"
 
 
 def find_block(slug: str, name: str) -> BlockRef:
@@ -136,39 +126,11 @@ def desired_automations(blocks: list[BlockRef], flow: str, deployment: str | Non
 
 def setup_automations(blocks: list[BlockRef], flow: str, deployment: str | None,
                       ui_url: str) -> list[AutomationInfo]:
-    """Create or update the automations by name; extra copies of one name are deleted."""
-    done = []
-    with get_client(sync_client=True) as client:
-        for wanted in desired_automations(blocks, flow, deployment, ui_url):
-            existing = client.read_automations_by_name(wanted.name)
-            if existing:
-                keep, *extra = existing
-                client.update_automation(keep.id, wanted)
-                for duplicate in extra:
-                    client.delete_automation(duplicate.id)
-                done.append(AutomationInfo(wanted.name, keep.id, wanted.enabled, "updated"))
-            else:
-                new_id = client.create_automation(wanted)
-                done.append(AutomationInfo(wanted.name, new_id, wanted.enabled, "created"))
-    return done
-
-
-def list_automations() -> list[AutomationInfo]:
-    """Every automation ``tower notify setup`` made (named ``tower: ...``)."""
-    with get_client(sync_client=True) as client:
-        found = client.read_automations()
-    return [AutomationInfo(a.name, a.id, a.enabled, "listed")
-            for a in sorted(found, key=lambda a: a.name)
-            if a.name.startswith(AUTOMATION_PREFIX)]
+    """Create or update the two automations (found again by name)."""
+    return upsert_automations(desired_automations(blocks, flow, deployment, ui_url))
 
 
 def remove_automations(flow: str, deployment: str | None) -> list[AutomationInfo]:
     """Delete the automations setup made for ``flow`` (and ``deployment``)."""
-    removed = []
-    with get_client(sync_client=True) as client:
-        for name in (run_ended_name(flow, deployment), out_of_rotation_name(flow, deployment)):
-            for automation in client.read_automations_by_name(name):
-                client.delete_automation(automation.id)
-                removed.append(AutomationInfo(name, automation.id, automation.enabled,
-                                              "removed"))
-    return removed
+    return delete_automations([run_ended_name(flow, deployment),
+                               out_of_rotation_name(flow, deployment)])

@@ -24,6 +24,7 @@ from tower.cli.notify import notify_app
 from tower.cli.report import report_command
 from tower.cli.servers import demo, server_app
 from tower.cli.store import index_app, metrics_app, plan_command
+from tower.cli.watchdog import watchdog_app
 from tower.shotlist.errors import InputError
 from tower.shotlist.presets import load_presets
 from tower.shotlist.shots import read_shot_list
@@ -143,6 +144,7 @@ app.command("plan")(plan_command)
 app.add_typer(index_app, name="index")
 app.add_typer(metrics_app, name="metrics")
 app.add_typer(notify_app, name="notify")
+app.add_typer(watchdog_app, name="watchdog")
 app.command("render")(render_command)
 app.command("preview")(preview_command)
 app.command("daily-report")(daily_report_command)

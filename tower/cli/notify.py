@@ -16,7 +16,7 @@ import typer
 from tower.runtime.notifications import DEFAULT_FLOW
 
 if TYPE_CHECKING:
-    from tasks.notify import AutomationInfo
+    from tasks.automations import AutomationInfo
 
 notify_app = typer.Typer(help="Notifications when a render ends or a server leaves rotation.",
                          no_args_is_help=True, add_completion=False)
@@ -87,8 +87,8 @@ def setup(
 
 @notify_app.command("list")
 def list_command() -> None:
-    """The automations ``tower notify setup`` made on this Prefect server."""
-    from tasks.notify import list_automations
+    """Tower's automations on this Prefect server (notifications and the watchdog)."""
+    from tasks.automations import list_automations
 
     found = list_automations()
     if not found:
