@@ -135,10 +135,12 @@ def _prefect_command(host: str, port: int) -> list[str]:
             "--port", str(port), "--analytics-off"]
 
 
-def _prefect_env(state_dir: Path, host: str, port: int) -> dict[str, str]:
+def _prefect_env(state_dir: Path, host: str, port: int,
+                 database_url: str | None = None) -> dict[str, str]:
     """The server's environment. The UI is told its API address: otherwise it derives
     it from the default port, and a server on any other port shows an empty UI that
-    "can't connect to Server API at http://127.0.0.1:4200/api"."""
+    "can't connect to Server API at http://127.0.0.1:4200/api". Without
+    ``database_url`` the database is SQLite under the state folder."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     home = (state_dir / "prefect").resolve()
     env |= {
@@ -146,11 +148,13 @@ def _prefect_env(state_dir: Path, host: str, port: int) -> dict[str, str]:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_UI_API_URL": f"http://{host}:{port}/api",
     }
+    if database_url:
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
     return env
 
 
 def ensure_prefect_server(state_dir: Path, host: str = DEFAULT_HOST, port: int = PREFECT_PORT,
-                          *, api_url: str | None = None,
+                          *, api_url: str | None = None, database_url: str | None = None,
                           timeout: float = PREFECT_START_TIMEOUT_S) -> ServerInfo:
     """A Prefect server to report to: the configured one, a running local one, or a new one.
 
@@ -158,6 +162,8 @@ def ensure_prefect_server(state_dir: Path, host: str = DEFAULT_HOST, port: int =
         state_dir: holds the PID file, log and the server's SQLite database.
         api_url: an already configured API (``PREFECT_API_URL``); ``None`` reads the
             environment. Used when it answers; otherwise a local server is used.
+        database_url: the database of a server this call starts
+            (``postgresql+asyncpg://...``); default SQLite in ``state_dir``.
 
     Raises:
         LocalServerError: the server exited or did not answer in time (names the log).
@@ -170,7 +176,7 @@ def ensure_prefect_server(state_dir: Path, host: str = DEFAULT_HOST, port: int =
     if answers(health):
         return ServerInfo(url, _read_pid(PREFECT.pid_file(state_dir)), started=False)
     process = _spawn(PREFECT, state_dir, _prefect_command(host, port),
-                     _prefect_env(state_dir, host, port))
+                     _prefect_env(state_dir, host, port, database_url))
     _wait_until(lambda: answers(health), process, PREFECT, state_dir, timeout)
     return ServerInfo(url, process.pid, started=True, source="started")
 
