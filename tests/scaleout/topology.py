@@ -197,11 +197,15 @@ def can_set_hostname() -> bool:
 
 @dataclass
 class Farm:
-    """PostgreSQL, a Prefect server on it, the work pool, deployments, GPU boxes, workers."""
+    """PostgreSQL, a Prefect server on it, the work pool, deployments, GPU boxes, workers.
+
+    ``database="sqlite"`` puts the Prefect server on its default SQLite file instead
+    (what the load bench compares with)."""
 
     root: Path
     boxes: tuple[GpuBox, ...]
     time_scale: float = 0.01
+    database: str = "postgresql"  # or "sqlite": Prefect's default, for comparison
     durable_db: bool = False
     heartbeat_s: int = 30
     postgres: Postgres | None = None
@@ -238,9 +242,11 @@ class Farm:
 
     def start(self) -> Farm:
         self.data_root.mkdir(parents=True, exist_ok=True)
-        self.postgres = Postgres(durable=self.durable_db).start()
+        if self.database == "postgresql":
+            self.postgres = Postgres(durable=self.durable_db).start()
         server = ensure_prefect_server(self.state, port=free_port(), api_url="",
-                                       database_url=self.postgres.url, timeout=180)
+                                       database_url=self.postgres.url if self.postgres else None,
+                                       timeout=180)
         self.api_url, self.prefect_pid = server.url, server.pid
         self.cli("prefect", "work-pool", "create", POOL, "--type", "process", "--overwrite")
         self.cli("prefect", "--no-prompt", "deploy", "--all")
