@@ -101,7 +101,7 @@ def test_a_night_on_the_farm_survives_a_dead_worker(farm: Farm) -> None:
                farm.start_worker("worker-2", "gpu-box-2")]
 
     night = farm.run_deployment(NIGHTLY)  # the schedule's own parameters
-    wait_until(lambda: len(finished_prompts(farm, front=False)) >= 3, 120,
+    wait_until(lambda: len(finished_prompts(farm, front=False)) >= 1, 120,
                lambda: f"the nightly rendered nothing: {farm.flow_run(night)['state_name']}")
     preview = farm.run_deployment(PREVIEW, prompt=PREVIEW_PROMPT, takes=PREVIEW_TAKES)
     previewed = farm.wait_state(preview, FINAL, 120)
