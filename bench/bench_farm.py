@@ -49,6 +49,7 @@ NIGHTLY = "render-episode/nightly"
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 API_TROUBLE = re.compile(r"(retryable|status code 5\d\d|HTTPStatusError|database is locked|"
                          r"Server error|ReadTimeout|ConnectError|Traceback)", re.IGNORECASE)
+EXCEPTION_LINE = re.compile(r"^[\w.]+(Error|Exception|Timeout)\b")
 CLK = os.sysconf("SC_CLK_TCK")
 
 
@@ -101,10 +102,18 @@ def trouble_lines(*logs: Path) -> list[str]:
 
 
 def server_errors(log: Path) -> list[str]:
+    """The Prefect server's ERROR lines, each with the exception that ended its traceback."""
     if not log.exists():
         return []
-    return [line.strip() for line in log.read_text(errors="replace").splitlines()
-            if " ERROR " in line or "Traceback" in line]
+    lines = log.read_text(errors="replace").splitlines()
+    found = []
+    for number, line in enumerate(lines):
+        if " ERROR " not in line:
+            continue
+        cause = next((later.strip() for later in lines[number + 1:number + 80]
+                      if EXCEPTION_LINE.match(later)), "")
+        found.append(f"{line.strip()} <- {cause}" if cause else line.strip())
+    return found
 
 
 def _timestamp(iso: str) -> float:
