@@ -114,9 +114,13 @@ class Postgres:
         options = f"-p {self.port} -c listen_addresses={LOOPBACK} -k {self.folder}"
         if not self.durable:
             options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-        self._run("pg_ctl", "-D", str(data), "-l", str(self.folder / "postgres.log"),
-                  "-o", options, "-w", "-t", "60", "start")
-        self.query(f"CREATE DATABASE {self.database}", database="postgres")
+        try:
+            self._run("pg_ctl", "-D", str(data), "-l", str(self.folder / "postgres.log"),
+                      "-o", options, "-w", "-t", "60", "start")
+            self.query(f"CREATE DATABASE {self.database}", database="postgres")
+        except BaseException:
+            self.stop()  # a half-started cluster must not outlive the test
+            raise
         return self
 
     def query(self, sql: str, database: str | None = None) -> Any:
