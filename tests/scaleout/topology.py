@@ -106,6 +106,14 @@ class Postgres:
         return done.stdout
 
     def start(self) -> Postgres:
+        try:
+            self._initialise()
+        except BaseException:
+            self.stop()  # a half-started cluster must not outlive the test
+            raise
+        return self
+
+    def _initialise(self) -> None:
         if os.geteuid() == 0:
             shutil.chown(self.folder, "postgres", "postgres")
         data = self.folder / "data"
@@ -114,14 +122,9 @@ class Postgres:
         options = f"-p {self.port} -c listen_addresses={LOOPBACK} -k {self.folder}"
         if not self.durable:
             options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-        try:
-            self._run("pg_ctl", "-D", str(data), "-l", str(self.folder / "postgres.log"),
-                      "-o", options, "-w", "-t", "60", "start")
-            self.query(f"CREATE DATABASE {self.database}", database="postgres")
-        except BaseException:
-            self.stop()  # a half-started cluster must not outlive the test
-            raise
-        return self
+        self._run("pg_ctl", "-D", str(data), "-l", str(self.folder / "postgres.log"),
+                  "-o", options, "-w", "-t", "60", "start")
+        self.query(f"CREATE DATABASE {self.database}", database="postgres")
 
     def query(self, sql: str, database: str | None = None) -> Any:
         """The first value ``sql`` returns (through asyncpg, which Prefect brings)."""
