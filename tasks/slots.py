@@ -82,6 +82,7 @@ INCREMENT = "/v2/concurrency_limits/increment-with-lease"
 REGISTER_PREFIX = "tower-slots-"
 RECLAIM_EVERY_S = 15.0
 STALE_REGISTER_S = 3 * LEASE_S
+ORPHAN_CONFIRM_S = 2 * RENEW_EVERY_S  # a living bank rewrites its register this often
 MAX_REGISTERS = 200
 
 
@@ -117,12 +118,15 @@ class SlotBank:
         log: where "waiting for a slot" lines go (the flow run's logger).
         renew_every_s: how often held leases are renewed (each lasts :data:`LEASE_S`)
             and the bank's register rewritten.
+        orphan_confirm_s: how long slots must stay counted without a lease in any
+            register before they are given back (:meth:`_free_orphans`).
     """
 
     def __init__(self, flow_run_id: str | None = None, *,
                  on_free: Callable[[str], object] = lambda batch_id: None,
                  log: Callable[[str], object] = lambda line: None,
-                 renew_every_s: float = RENEW_EVERY_S) -> None:
+                 renew_every_s: float = RENEW_EVERY_S,
+                 orphan_confirm_s: float = ORPHAN_CONFIRM_S) -> None:
         self._holder = (ConcurrencyLeaseHolder(type="flow_run", id=UUID(flow_run_id))
                         if flow_run_id else None)
         self._on_free = on_free
@@ -148,6 +152,8 @@ class SlotBank:
         self._register_due = threading.Event()
         self._reclaiming = threading.Lock()
         self._reclaimed_at = float("-inf")
+        self._orphan_confirm_s = orphan_confirm_s
+        self._orphans_seen: dict[str, tuple[float, int]] = {}
 
     def __enter__(self) -> SlotBank:
         self._client = get_client(sync_client=True)
@@ -399,8 +405,9 @@ class SlotBank:
             return False
         try:
             self._reclaimed_at = now
-            freed = 0
-            for name, value, updated in self._registers():
+            freed, accounted = 0, 0
+            registers = self._registers()
+            for name, value, updated in registers:
                 leases = value.get("leases") or {}
                 if not isinstance(leases, dict):
                     continue
@@ -410,24 +417,63 @@ class SlotBank:
                     continue
                 if limit not in leases.values():
                     continue
+                mine = sum(1 for held in leases.values() if held == limit)
                 why = self._gone(value)
                 if why is None:
+                    accounted += mine
                     continue
                 for lease_id in leases:
                     self._release_theirs(lease_id)
                 self._drop_register(name)
                 if why.process_gone:
                     self._mark_crashed(value.get("flow_run"), why.reason)
-                mine = sum(1 for held in leases.values() if held == limit)
                 freed += mine
                 self._log(f"gave back {mine} slots of {limit} held by flow run "
                           f"{value.get('flow_run') or 'unknown'}: {why.reason}")
+            if not freed and len(registers) < MAX_REGISTERS - 1:
+                freed = self._free_orphans(limit, accounted)
             return freed > 0
         except Exception as err:  # reclaiming is a shortcut; the leases still expire
             self._log(f"could not check who holds the slots of {limit}: {err}")
             return False
         finally:
             self._reclaiming.release()
+
+    def _free_orphans(self, limit: str, accounted: int) -> int:
+        """Give back slots Prefect counts although no living bank holds a lease on them.
+
+        A Prefect server keeps leases in memory unless told otherwise
+        (``PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE``): after a restart the leases are
+        gone but the limit still counts their slots, and nothing would ever free them,
+        so every run would wait for a slot for ever. Every bank lists its leases in its
+        register (rewritten at least every :data:`ORPHAN_CONFIRM_S`), so slots counted
+        beyond those listed (``accounted``) and this bank's own, seen so for
+        ``orphan_confirm_s``, belong to nobody: the smaller excess of the two looks is
+        given back. A bank whose register could not be written meanwhile may lose a
+        slot this way; like a wrong reclaim, that costs one batch over the limit, not a
+        deadlock.
+        """
+        client = self._require_client()
+        with self._lock:
+            mine = sum(1 for lease in self._held.values() if lease.limit == limit)
+        with self._api:
+            active = client.read_global_concurrency_limit_by_name(limit).active_slots
+        excess, now = active - accounted - mine, time.monotonic()
+        if excess <= 0:
+            self._orphans_seen.pop(limit, None)
+            return 0
+        since, first = self._orphans_seen.setdefault(limit, (now, excess))
+        if now - since < self._orphan_confirm_s:
+            return 0
+        slots = min(first, excess)
+        with self._api:
+            client.request("POST", "/v2/concurrency_limits/decrement",
+                           json={"names": [limit], "slots": slots})
+        self._orphans_seen.pop(limit, None)
+        self._log(f"gave back {slots} slots of {limit} that Prefect counted but no running "
+                  "flow held a lease on (leases lost, e.g. a Prefect server restarted with "
+                  "in-memory lease storage)")
+        return slots
 
     def _registers(self) -> list[tuple[str, dict[str, Any], datetime | None]]:
         """Every other bank's register: (name, value, last written)."""

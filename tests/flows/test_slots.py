@@ -283,3 +283,48 @@ def test_a_finished_flow_runs_slots_are_given_back_even_from_another_machine():
     assert any(f"held by flow run {flow_run_id}: its flow run is Completed" in x
                for x in lines), lines
     assert registers(flow_run=flow_run_id) == []
+
+
+def test_slots_counted_without_any_lease_are_given_back_after_a_while():
+    """A Prefect server restarted with in-memory leases forgets them but still counts
+    their slots; nothing would ever free them. A waiting run gives back what no
+    register accounts for, once the excess has lasted ``orphan_confirm_s``."""
+    limit = make_limit(1)
+    with get_client(sync_client=True) as client:  # a slot whose lease the server lost
+        client.request("POST", "/v2/concurrency_limits/increment",
+                       json={"names": [limit], "slots": 1, "mode": "concurrency"})
+    assert active(limit) == 1
+    lines: list[str] = []
+    with SlotBank(log=lines.append, orphan_confirm_s=1.0) as bank:
+        started = time.monotonic()
+        with bank.slot(limit, "after-restart"):
+            waited = time.monotonic() - started
+            assert active(limit) == 1  # the orphan given back, this batch's slot taken
+    assert RECLAIM_EVERY_S - 1 < waited < RECLAIM_EVERY_S + 10
+    assert any(f"gave back 1 slots of {limit} that Prefect counted but no running flow "
+               "held a lease on" in x for x in lines), lines
+    assert active(limit) == 0
+
+
+def test_a_living_holders_slot_is_never_taken_for_an_orphan():
+    limit = make_limit(1)
+    child = hold_in_child(limit)
+    try:
+        wait_until(lambda: any(r["leases"] for r in registers(pid=child.pid)))
+        lines: list[str] = []
+        got = threading.Event()
+        with SlotBank(log=lines.append, orphan_confirm_s=0.5) as bank:
+            def waiter() -> None:
+                with bank.slot(limit, "mine"):
+                    got.set()
+            thread = threading.Thread(target=waiter, daemon=True)
+            thread.start()
+            assert not got.wait(RECLAIM_EVERY_S * 2 + 2)  # two reclaim rounds looked
+            assert not any("no running flow held a lease" in x for x in lines), lines
+            child.kill()
+            child.wait()
+            assert got.wait(RECLAIM_EVERY_S + 10)
+            thread.join(5)
+    finally:
+        child.kill()
+        child.wait()
