@@ -44,6 +44,12 @@ fact still used is answered 410 at its holder's next renewal, which then drops i
 (:meth:`SlotBank._forget`), so a mistake costs one batch over the limit, never a
 deadlock. Registers are rewritten at every renewal; one not rewritten for
 :data:`STALE_REGISTER_S` belongs to a holder whose leases have run out and is deleted.
+
+The registers also show slots that no lease holds any more: a Prefect server keeps its
+leases in memory by default and forgets them when it restarts, while the limit's count
+lives in its database. Such slots would never come back; a waiting batch gives back
+what the count holds beyond every listed lease once that has lasted
+:data:`ORPHAN_CONFIRM_S` (:meth:`SlotBank._free_orphans`).
 """
 
 from __future__ import annotations
