@@ -228,6 +228,19 @@ def registers(**match: object) -> list[dict]:
             if all(v["value"].get(key) == want for key, want in match.items())]
 
 
+def wait_in_thread(bank: SlotBank, limit: str) -> tuple[threading.Event, threading.Thread]:
+    """A batch waiting for a slot of ``limit`` in a thread; the event is set once it has one."""
+    got = threading.Event()
+
+    def waiter() -> None:
+        with bank.slot(limit, "mine"):
+            got.set()
+
+    thread = threading.Thread(target=waiter, daemon=True)
+    thread.start()
+    return got, thread
+
+
 def test_a_killed_holders_slot_is_given_back_to_the_next_waiter_at_once():
     """A SIGKILLed run never releases its leases and Prefect keeps them 120 s or more;
     a waiting run proves the holder dead (same machine, PID gone) and frees them."""
@@ -236,13 +249,8 @@ def test_a_killed_holders_slot_is_given_back_to_the_next_waiter_at_once():
     try:
         wait_until(lambda: any(r["leases"] for r in registers(pid=child.pid)))
         lines: list[str] = []
-        got = threading.Event()
         with SlotBank(log=lines.append) as bank:
-            def waiter() -> None:
-                with bank.slot(limit, "mine"):
-                    got.set()
-            thread = threading.Thread(target=waiter, daemon=True)
-            thread.start()
+            got, thread = wait_in_thread(bank, limit)
             assert not got.wait(3)          # the holder is alive: its slot stays its own
             assert any("1 of 1 slots taken, 0 of them by this run" in x for x in lines)
             killed_at = time.monotonic()
@@ -312,13 +320,8 @@ def test_a_living_holders_slot_is_never_taken_for_an_orphan():
     try:
         wait_until(lambda: any(r["leases"] for r in registers(pid=child.pid)))
         lines: list[str] = []
-        got = threading.Event()
         with SlotBank(log=lines.append, orphan_confirm_s=0.5) as bank:
-            def waiter() -> None:
-                with bank.slot(limit, "mine"):
-                    got.set()
-            thread = threading.Thread(target=waiter, daemon=True)
-            thread.start()
+            got, thread = wait_in_thread(bank, limit)
             assert not got.wait(RECLAIM_EVERY_S * 2 + 2)  # two reclaim rounds looked
             assert not any("no running flow held a lease" in x for x in lines), lines
             child.kill()

@@ -26,7 +26,8 @@ DeploymentOption = Annotated[Optional[str], typer.Option(  # noqa: UP045 (Typer 
     "--deployment", help="only runs of this deployment (e.g. nightly); default: every run")]
 
 
-def _show(found: list[AutomationInfo]) -> None:
+def show_automations(found: list[AutomationInfo]) -> None:
+    """One line per automation: what was done, its name and id, paused or not."""
     for automation in found:
         state = "" if automation.enabled else " (paused)"
         typer.echo(f"{automation.action}: {automation.name} [{automation.id}]{state}")
@@ -82,7 +83,7 @@ def setup(
         _fail(err)
         return
     typer.echo("notifying: " + ", ".join(b.label for b in blocks))
-    _show(done)
+    show_automations(done)
 
 
 @notify_app.command("list")
@@ -93,7 +94,7 @@ def list_command() -> None:
     found = list_automations()
     if not found:
         typer.echo("no tower notifications set up (tower notify setup --slack-block NAME)")
-    _show(found)
+    show_automations(found)
 
 
 @notify_app.command("remove")
@@ -104,4 +105,4 @@ def remove(flow: FlowOption = DEFAULT_FLOW, deployment: DeploymentOption = None)
     removed = remove_automations(flow, deployment)
     if not removed:
         typer.echo("nothing to remove")
-    _show(removed)
+    show_automations(removed)

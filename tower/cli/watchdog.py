@@ -7,23 +7,15 @@ is imported inside the command bodies, so ``tower`` starts without it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import Annotated, Optional
 
 import typer
 
+from tower.cli.notify import show_automations
 from tower.runtime.watchdog import DEFAULT_SILENCE_S, check_silence
-
-if TYPE_CHECKING:
-    from tasks.automations import AutomationInfo
 
 watchdog_app = typer.Typer(help="Crash runs whose worker died; re-run the nightly.",
                            no_args_is_help=True, add_completion=False)
-
-
-def _show(found: list[AutomationInfo]) -> None:
-    for automation in found:
-        state = "" if automation.enabled else " (paused)"
-        typer.echo(f"{automation.action}: {automation.name} [{automation.id}]{state}")
 
 
 @watchdog_app.command("setup")
@@ -56,7 +48,7 @@ def setup(
     except WatchdogSetupError as err:
         typer.echo(f"tower watchdog: error: {err}", err=True)
         raise typer.Exit(1) from None
-    _show(setup_watchdog(silence, deployments))
+    show_automations(setup_watchdog(silence, deployments))
 
 
 @watchdog_app.command("list")
@@ -67,7 +59,7 @@ def list_command() -> None:
     found = watchdog_automations()
     if not found:
         typer.echo("no watchdog set up (tower watchdog setup --rerun render-episode/nightly)")
-    _show(found)
+    show_automations(found)
 
 
 @watchdog_app.command("remove")
@@ -78,4 +70,4 @@ def remove() -> None:
     removed = remove_watchdog()
     if not removed:
         typer.echo("nothing to remove")
-    _show(removed)
+    show_automations(removed)
