@@ -41,12 +41,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "scaleout")]
 
 import httpx  # noqa: E402
-from topology import GpuBox, descendants, missing_postgres, running_farm  # noqa: E402
+from topology import (  # noqa: E402
+    FINAL_STATES,
+    GpuBox,
+    descendants,
+    missing_postgres,
+    running_farm,
+)
 
 BOXES = tuple(GpuBox(f"gpu-{i + 1}", vram, 2) for i, vram in
               enumerate((24576, 24576, 16384, 16384, 12288, 12288, 8192, 8192)))
 NIGHTLY = "render-episode/nightly"
-FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 API_TROUBLE = re.compile(r"(retryable|status code 5\d\d|HTTPStatusError|database is locked|"
                          r"Server error|ReadTimeout|ConnectError|Traceback)", re.IGNORECASE)
 EXCEPTION_LINE = re.compile(r"^[\w.]+(Error|Exception|Timeout)\b")
@@ -131,7 +136,7 @@ def one_night(database: str, shot_list: Path, time_scale: float) -> dict[str, An
         pg_cpu0 = cpu_seconds(pg_pid)
         asked = time.time()
         run_id = farm.run_deployment(NIGHTLY, shot_list=str(shot_list))
-        run = farm.wait_state(run_id, FINAL, 3600)
+        run = farm.wait_state(run_id, FINAL_STATES, 3600)
         server_cpu = cpu_seconds(farm.prefect_pid) - server_cpu0
         pg_cpu = cpu_seconds(pg_pid) - pg_cpu0
         start, end = _timestamp(run["start_time"]), _timestamp(run["end_time"])

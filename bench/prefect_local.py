@@ -4,20 +4,13 @@ local-server code (its log and PID file under the run's temporary folder)."""
 from __future__ import annotations
 
 import contextlib
-import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tower.cli.local_server import DEFAULT_HOST, ensure_prefect_server, stop_started_servers
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((DEFAULT_HOST, 0))
-        return sock.getsockname()[1]
+from tower.cli.local_server import ensure_prefect_server, free_port, stop_started_servers
 
 
 @contextlib.contextmanager

@@ -23,6 +23,7 @@ from tasks.automations import (
     list_automations,
     upsert_automations,
 )
+from tower.runtime.notifications import RUN_END_STATES
 from tower.runtime.watchdog import (
     RERUN_PREFIX,
     SILENT_RUNS_NAME,
@@ -31,8 +32,7 @@ from tower.runtime.watchdog import (
     rerun_name,
 )
 
-END_EVENTS = tuple(f"prefect.flow-run.{state}"
-                   for state in ("Completed", "Failed", "Cancelled", "Crashed"))
+END_EVENTS = tuple(f"prefect.flow-run.{state}" for state in RUN_END_STATES)
 
 
 class WatchdogSetupError(RuntimeError):

@@ -13,7 +13,9 @@ import textwrap
 import httpx
 import pytest
 from browser import Browser, find_chromium
-from test_demo import _tower, free_port
+from test_demo import _tower
+
+from tower.cli.local_server import free_port
 
 CHROMIUM = find_chromium()
 pytestmark = pytest.mark.skipif(

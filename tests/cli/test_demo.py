@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -14,6 +13,7 @@ import pytest
 from paths import REPO
 
 from tower.cli.demo import DemoReport, DemoRun, describe, ui_base_url
+from tower.cli.local_server import free_port
 from tower.store.files import DataRoot
 
 SHOT_LIST = textwrap.dedent("""\
@@ -25,11 +25,6 @@ SHOT_LIST = textwrap.dedent("""\
       - {id: sh030, prompt: "a lighthouse at dusk", takes: 2}
     """)
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.parametrize(("api", "env", "ui"), [

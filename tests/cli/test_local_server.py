@@ -14,16 +14,11 @@ from tower.cli.local_server import (
     answers,
     ensure_prefect_server,
     ensure_simulator,
+    free_port,
     server_status,
     stop_started_servers,
 )
 from tower.cli.servers import server_app
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_prefect_server_is_started_reused_and_stopped(tmp_path):

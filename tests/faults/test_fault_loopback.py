@@ -6,7 +6,12 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from tower.cli.local_server import ensure_prefect_server, ensure_simulator, stop_started_servers
+from tower.cli.local_server import (
+    ensure_prefect_server,
+    ensure_simulator,
+    free_port,
+    stop_started_servers,
+)
 from tower.simulator import SimulatorConfig, start_simulator
 
 LISTEN = "0A"
@@ -29,11 +34,6 @@ def listening_addresses(port: int) -> set[str]:
                     found.add(socket.inet_ntop(socket.AF_INET6, words))
     return found
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_the_simulator_listens_on_loopback_only(tmp_path):

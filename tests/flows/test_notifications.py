@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import threading
 import time
@@ -23,18 +22,18 @@ import pytest
 from flow_helpers import TOWER, write_shot_list
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from tower.cli.local_server import DEFAULT_HOST, ensure_prefect_server, stop_started_servers
+from tower.cli.local_server import (
+    DEFAULT_HOST,
+    ensure_prefect_server,
+    free_port,
+    stop_started_servers,
+)
 from tower.runtime.notifications import AUTOMATION_PREFIX
 
 SECRET = "T0000SECRET/B0000SECRET/xoxsecrettoken"
 BLOCK = "tower-test-slack"
 DEADLINE_S = 45.0
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((DEFAULT_HOST, 0))
-        return sock.getsockname()[1]
 
 
 class Receiver:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from report_rows import NOW, T0, metric_row, run_row, write_metrics, write_runs
 from typer.testing import CliRunner
 
 from tower.cli import app
+from tower.cli.local_server import free_port
 from tower.comfyui import ComfyUIClient, server_identity
 from tower.report.status import RunningFlow, gather_status, render_running, render_status
 from tower.runtime.progress import Progress, ProgressTracker
@@ -26,12 +26,6 @@ from tower.spec.graph import build_graph
 from tower.spec.takes import resolve_takes
 from tower.store.files import DataRoot
 from tower.store.index import IndexRow, OutputIndex
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _takes(count: int, shot_id: str = "sh010"):
@@ -107,7 +101,7 @@ def test_status_shows_the_queue(slow_simulator: SimulatorServer, tmp_path: Path)
 
 def test_an_unreachable_server_is_reported_not_raised(simulator: SimulatorServer,
                                                       tmp_path: Path) -> None:
-    dead = f"http://user:hunter2@127.0.0.1:{_free_port()}"
+    dead = f"http://user:hunter2@127.0.0.1:{free_port()}"
     with ComfyUIClient(dead, connect_timeout=0.5, timeout=1.0) as down, \
             ComfyUIClient(simulator.url) as up:
         status = gather_status([down, up], DataRoot(tmp_path), NOW)
@@ -181,7 +175,7 @@ def test_status_command_takes_named_servers_from_the_environment(simulator: Simu
     # `tower status` reads the real clock: stamp the data relative to it
     _fill_data_root(tmp_path, "gpu-a", now=datetime.now(UTC))
     result = CliRunner().invoke(app, ["status"], env={
-        "TOWER_SERVERS": f"gpu-a={simulator.url}, http://127.0.0.1:{_free_port()}",
+        "TOWER_SERVERS": f"gpu-a={simulator.url}, http://127.0.0.1:{free_port()}",
         "TOWER_DATA_ROOT": str(tmp_path)})
     assert result.exit_code == 0, result.output
     assert f"gpu-a ({simulator.url}): up" in result.output
@@ -244,7 +238,7 @@ def test_a_server_out_of_rotation_is_named_with_what_it_did() -> None:
 
 def test_status_command_says_when_the_prefect_api_is_not_reachable(tmp_path: Path) -> None:
     """In a child process: Prefect reads ``PREFECT_API_URL`` when it is first imported."""
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     env = {**os.environ, "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
     done = subprocess.run([sys.executable, "-c", "from tower.cli import main; main()",
                            "status", "--data-root", str(tmp_path)], capture_output=True,

@@ -19,15 +19,16 @@ import polars as pl
 import pytest
 from faults.faults_common import assert_each_take_once, gpu_images
 from topology import (
+    FINAL_STATES,
     Farm,
     GpuBox,
     missing_postgres,
     queue_log,
     running_farm,
-    tail,
     wait_until,
 )
 
+from tower.cli.local_server import log_tail
 from tower.store.files import DataRoot
 from tower.store.metrics import MetricsStore
 
@@ -40,7 +41,6 @@ NIGHTLY, PREVIEW = "render-episode/nightly", "draft-preview/draft-preview"
 PREVIEW_PROMPT = "quick look: Aoi on the lighthouse stairs at dawn"
 PREVIEW_TAKES = 2
 EPISODE = "shot_lists/ep01_demo.yaml"  # the nightly deployment's default
-FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -104,7 +104,7 @@ def test_a_night_on_the_farm_survives_a_dead_worker(farm: Farm) -> None:
     wait_until(lambda: len(finished_prompts(farm, front=False)) >= 1, 120,
                lambda: f"the nightly rendered nothing: {farm.flow_run(night)['state_name']}")
     preview = farm.run_deployment(PREVIEW, prompt=PREVIEW_PROMPT, takes=PREVIEW_TAKES)
-    previewed = farm.wait_state(preview, FINAL, 120)
+    previewed = farm.wait_state(preview, FINAL_STATES, 120)
     assert previewed["state_type"] == "COMPLETED", previewed["state"]["message"]
     preview_done = time.time()
     assert farm.flow_run(night)["state_type"] == "RUNNING"
@@ -114,12 +114,12 @@ def test_a_night_on_the_farm_survives_a_dead_worker(farm: Farm) -> None:
     farm.kill_worker(victim.name)
     survivor = next(w for w in workers if w is not victim)
 
-    crashed = farm.wait_state(night, FINAL, SILENCE_S + 90)
+    crashed = farm.wait_state(night, FINAL_STATES, SILENCE_S + 90)
     assert crashed["state_type"] == "CRASHED", crashed["state"]["message"]
     assert "no heartbeat" in crashed["state"]["message"]
 
-    wait_until(lambda: any(r["state_type"] in FINAL for r in reruns_of(farm, night)), 150,
-               lambda: f"no re-run finished; {survivor.name}:\n{tail(survivor.log)}")
+    wait_until(lambda: any(r["state_type"] in FINAL_STATES for r in reruns_of(farm, night)), 150,
+               lambda: f"no re-run finished; {survivor.name}:\n{log_tail(survivor.log, 30)}")
     reruns = reruns_of(farm, night)
     assert [r["state_type"] for r in reruns] == ["COMPLETED"], reruns
     assert survivor.process.poll() is None and victim.process.poll() is not None

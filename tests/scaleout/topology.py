@@ -17,7 +17,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,20 +28,16 @@ from typing import Any
 
 import httpx
 
-from tower.cli.local_server import ensure_prefect_server, stop_started_servers
+from tower.cli.local_server import ensure_prefect_server, free_port, log_tail, stop_started_servers
 from tower.simulator import SimulatorConfig, SimulatorServer, start_simulator
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 POOL = "tower-render"
+FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}  # flow-run state types
 PG_SEARCH = ("/usr/lib/postgresql/*/bin",)
 LOOPBACK = "127.0.0.1"
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
 
 
 def postgres_bin() -> Path | None:
@@ -295,7 +290,7 @@ class Farm:
         worker = Worker(name, host, process, log)
         self.workers[name] = worker
         wait_until(lambda: name in self.online_workers(), 90,
-                   f"worker {name} did not come online; log:\n{tail(log)}")
+                   f"worker {name} did not come online; log:\n{log_tail(log, 25)}")
         return worker
 
     def api(self, method: str, path: str, json: Any = None) -> Any:
@@ -334,7 +329,7 @@ class Farm:
 
         wait_until(reached, timeout, lambda: f"flow run {run_id} still {seen.get('state_name')}"
                                              f" after {timeout:.0f} s; workers:\n"
-                   + "\n".join(f"{w.name}: {tail(w.log)}" for w in self.workers.values()))
+                   + "\n".join(f"{w.name}: {log_tail(w.log, 25)}" for w in self.workers.values()))
         return seen
 
     def worker_of(self, run_id: str) -> Worker | None:
@@ -382,12 +377,6 @@ def running_farm(root: Path, boxes: tuple[GpuBox, ...], **options: Any) -> Itera
 def queue_log(sim: SimulatorServer) -> dict[str, Any]:
     """The simulator's own record of its queue (``/_tower/queue_log``)."""
     return httpx.get(f"{sim.url}/_tower/queue_log", timeout=30).json()
-
-
-def tail(path: Path, lines: int = 25) -> str:
-    with contextlib.suppress(OSError):
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    return ""
 
 
 def wait_until(ready: Callable[[], bool], timeout: float,

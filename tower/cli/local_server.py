@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -79,6 +80,13 @@ def answers(url: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
         return False
 
 
+def free_port(host: str = DEFAULT_HOST) -> int:
+    """A port nothing listens on right now (the OS picks it), for a server started next."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
 def prefect_api_url(host: str = DEFAULT_HOST, port: int = PREFECT_PORT) -> str:
     return f"http://{host}:{port}/api"
 
@@ -95,7 +103,8 @@ def _spawn(server: Managed, state_dir: Path, command: list[str],
     return process
 
 
-def _log_tail(path: Path, lines: int = 15) -> str:
+def log_tail(path: Path, lines: int = 15) -> str:
+    """The last ``lines`` of a log file, or '' when it cannot be read."""
     try:
         text = path.read_text(errors="replace").splitlines()
     except OSError:
@@ -115,12 +124,12 @@ def _wait_until(ready: Callable[[], bool], process: subprocess.Popen[bytes], ser
             server.pid_file(state_dir).unlink(missing_ok=True)
             raise LocalServerError(
                 f"{server.name} exited with code {process.returncode}; see {log}:\n"
-                + _log_tail(log))
+                + log_tail(log))
         time.sleep(0.25)
     _stop_pid(process.pid, server)
     server.pid_file(state_dir).unlink(missing_ok=True)
     raise LocalServerError(f"{server.name} did not answer within {timeout:.0f} s; "
-                           f"see {log}:\n" + _log_tail(log))
+                           f"see {log}:\n" + log_tail(log))
 
 
 def _read_pid(path: Path) -> int | None:
