@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -188,6 +189,7 @@ def kill_tree(pid: int, sig: int = signal.SIGKILL) -> list[int]:
     return victims
 
 
+@functools.cache
 def can_set_hostname() -> bool:
     """Whether workers can run under host names of their own (``unshare --uts``)."""
     if shutil.which("unshare") is None:
